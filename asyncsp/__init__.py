@@ -1,0 +1,82 @@
+"""asyncsp: async service points with one TLS policy for HTTP, SMTP, FTPS and raw streams.
+
+.NET's ``ServicePointManager`` model for await-based Python: a process-wide (or per-manager,
+or per-endpoint) `TlsPolicy` is snapshotted into an `ssl.SSLContext` for each new
+connection, and every TLS connection reports and verifies what it actually negotiated.
+"""
+
+from ._defaults import Defaults, defaults
+from ._endpoint import Endpoint
+from ._errors import (
+    AsyncspError,
+    BodyTooLargeError,
+    CertificateVerificationError,
+    ConnectError,
+    ConnectionClosedError,
+    FtpError,
+    FtpProtocolError,
+    FtpReplyError,
+    HttpError,
+    InsecurePolicyWarning,
+    InvalidSecurityProtocolError,
+    ManagerClosedError,
+    PinMismatchError,
+    PolicyError,
+    ProtocolNotAllowedError,
+    ReadLimitError,
+    SmtpError,
+    SmtpProtocolError,
+    SmtpRecipientsRefused,
+    SmtpReplyError,
+    StartTlsUnavailableError,
+    TimeoutError,
+    TlsError,
+)
+from ._manager import ConnectionManager, ServicePointLimitError
+from ._policy import TlsPolicy
+from ._protocols import SecurityProtocol
+from ._servicepoint import ServicePoint, ServicePointStats
+from ._sockets import SocketOptions
+from ._streams import Stream
+from ._tls import TlsInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncspError",
+    "BodyTooLargeError",
+    "CertificateVerificationError",
+    "ConnectError",
+    "ConnectionClosedError",
+    "ConnectionManager",
+    "Defaults",
+    "Endpoint",
+    "FtpError",
+    "FtpProtocolError",
+    "FtpReplyError",
+    "HttpError",
+    "InsecurePolicyWarning",
+    "InvalidSecurityProtocolError",
+    "ManagerClosedError",
+    "PinMismatchError",
+    "PolicyError",
+    "ProtocolNotAllowedError",
+    "ReadLimitError",
+    "SecurityProtocol",
+    "ServicePoint",
+    "ServicePointLimitError",
+    "ServicePointStats",
+    "SmtpError",
+    "SmtpProtocolError",
+    "SmtpRecipientsRefused",
+    "SmtpReplyError",
+    "SocketOptions",
+    "StartTlsUnavailableError",
+    "Stream",
+    "TimeoutError",
+    "TlsError",
+    "TlsInfo",
+    "TlsPolicy",
+    "__version__",
+    "defaults",
+]

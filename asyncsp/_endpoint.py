@@ -1,0 +1,86 @@
+"""Endpoints: the normalised (scheme, host, port) that names a service point."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import urllib.parse
+
+__all__ = ["DEFAULT_PORTS", "Endpoint"]
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "smtp": 25, "smtps": 465, "ftp": 21, "ftps": 990}
+"""Well-known ports; ``tcp://`` and ``tls://`` (raw streams) always name theirs."""
+SCHEMES = frozenset(DEFAULT_PORTS) | {"tcp", "tls"}
+TLS_SCHEMES = frozenset({"https", "smtps", "ftps", "tls"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A normalised endpoint: lower-case scheme and host (IDNA), explicit port."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, url_or_address: str) -> Endpoint:
+        """Parse ``https://Host:443/path``-style text; `ValueError` names what is wrong."""
+        if not isinstance(url_or_address, str):
+            raise ValueError(f"an endpoint is a URL string, not {type(url_or_address).__name__}")
+        text = url_or_address.strip()
+        parts = urllib.parse.urlsplit(text)
+        scheme = parts.scheme.lower()
+        if scheme not in SCHEMES:
+            raise ValueError(
+                f"{url_or_address!r}: unknown or missing scheme; use one of "
+                + ", ".join(f"{s}://" for s in sorted(SCHEMES))
+            )
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(
+                f"{url_or_address!r}: the port is not a number from 0 to 65535"
+            ) from None
+        if port is None:
+            if scheme not in DEFAULT_PORTS:
+                raise ValueError(f"{url_or_address!r}: {scheme}:// needs an explicit port")
+            port = DEFAULT_PORTS[scheme]
+        if not 0 < port < 65536:
+            raise ValueError(f"{url_or_address!r}: port {port} is out of range")
+        return cls(scheme, normalise_host(parts.hostname or "", url_or_address), port)
+
+    @property
+    def address(self) -> str:
+        """``"scheme://host:port"``, with IPv6 hosts in brackets."""
+        return f"{self.scheme}://{self.netloc}"
+
+    @property
+    def netloc(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def implicit_tls(self) -> bool:
+        """Whether connections to this endpoint start with a TLS handshake."""
+        return self.scheme in TLS_SCHEMES
+
+    def __str__(self) -> str:
+        return self.address
+
+
+def normalise_host(host: str, context: str = "") -> str:
+    """Lower-case, bracket-free, IDNA-encoded host; `ValueError` if it cannot name a host."""
+    host = host.strip().strip("[]").rstrip(".").lower()
+    if not host:
+        raise ValueError(f"{context or host!r}: no host name")
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        pass
+    try:
+        encoded = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"{context or host!r}: {host!r} is not a valid host name") from None
+    if any(c in encoded for c in "/\\@?#% \t\r\n\0"):
+        raise ValueError(f"{context or host!r}: {host!r} is not a valid host name")
+    return encoded

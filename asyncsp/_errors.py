@@ -1,0 +1,160 @@
+"""The exception tree: one root, leaves that also inherit the stdlib type a user would catch.
+
+Every error raised to a caller is one of these. Errors that concern a connection carry the
+endpoint (``"https://host:port"``) in ``endpoint`` and name it in their message; none of them
+ever holds a password.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+__all__ = [
+    "AsyncspError",
+    "BodyTooLargeError",
+    "CertificateVerificationError",
+    "ConnectError",
+    "ConnectionClosedError",
+    "FtpError",
+    "FtpProtocolError",
+    "FtpReplyError",
+    "HttpError",
+    "InsecurePolicyWarning",
+    "InvalidSecurityProtocolError",
+    "ManagerClosedError",
+    "PinMismatchError",
+    "PolicyError",
+    "ProtocolNotAllowedError",
+    "ReadLimitError",
+    "SmtpError",
+    "SmtpProtocolError",
+    "SmtpRecipientsRefused",
+    "SmtpReplyError",
+    "StartTlsUnavailableError",
+    "TimeoutError",
+    "TlsError",
+]
+
+
+class AsyncspError(Exception):
+    """The root of every error asyncsp raises.
+
+    ``endpoint`` is the normalised address of the service point involved, or ``None``.
+    """
+
+    def __init__(self, message: str, *, endpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+class InvalidSecurityProtocolError(AsyncspError, ValueError):
+    """A `SecurityProtocol` value or spelling that names no valid set of versions."""
+
+
+class PolicyError(AsyncspError, ValueError):
+    """A `TlsPolicy` (or manager setting) that cannot be built as given."""
+
+
+class ManagerClosedError(AsyncspError):
+    """The `ConnectionManager` was closed while this operation was waiting or running."""
+
+
+class ConnectError(AsyncspError, ConnectionError):
+    """The TCP connection could not be made (refused, unreachable, name not resolved)."""
+
+
+class ConnectionClosedError(AsyncspError, ConnectionError):
+    """The peer closed or reset an established connection; ``partial`` holds unread bytes."""
+
+    def __init__(
+        self, message: str, *, endpoint: str | None = None, partial: bytes | None = None
+    ) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.partial = partial
+
+
+class ReadLimitError(AsyncspError, ValueError):
+    """The peer sent a line (or reply) longer than the limit the reader accepts."""
+
+
+class TimeoutError(AsyncspError, builtins.TimeoutError):
+    """A step (connect, handshake, reply, read) did not finish within its timeout."""
+
+
+class TlsError(AsyncspError):
+    """The TLS layer failed or refused the connection."""
+
+
+class CertificateVerificationError(TlsError):
+    """The peer's certificate was refused: untrusted, wrong host, revoked, or by the validator."""
+
+
+class ProtocolNotAllowedError(TlsError):
+    """The negotiated TLS version is outside the policy's explicit `protocols` set."""
+
+
+class PinMismatchError(TlsError):
+    """The peer's leaf certificate matches none of the policy's pins."""
+
+
+class StartTlsUnavailableError(TlsError):
+    """The server will not start TLS (no STARTTLS, ``AUTH TLS`` refused); nothing went in clear."""
+
+
+class HttpError(AsyncspError):
+    """An HTTP exchange failed after the request was sent."""
+
+
+class BodyTooLargeError(HttpError):
+    """A response body exceeded the manager's ``max_body_size`` (counted after decoding)."""
+
+
+class SmtpError(AsyncspError):
+    """An SMTP session failed."""
+
+
+class SmtpReplyError(SmtpError):
+    """The SMTP server answered a command with an error reply."""
+
+    def __init__(self, code: int, message: str, *, endpoint: str | None = None) -> None:
+        where = f" from {endpoint}" if endpoint else ""
+        super().__init__(f"SMTP reply {code}{where}: {message}", endpoint=endpoint)
+        self.code = code
+        self.message = message
+
+
+class SmtpRecipientsRefused(SmtpError):
+    """Every recipient of a message was refused; ``refused`` maps each to its reply."""
+
+    def __init__(self, refused: dict[str, object], *, endpoint: str | None = None) -> None:
+        super().__init__(
+            f"all {len(refused)} recipient(s) refused by {endpoint or 'the server'}",
+            endpoint=endpoint,
+        )
+        self.refused = refused
+
+
+class SmtpProtocolError(SmtpError):
+    """The SMTP server sent something that breaks the protocol (malformed, oversized, injected)."""
+
+
+class FtpError(AsyncspError):
+    """An FTP session failed."""
+
+
+class FtpReplyError(FtpError):
+    """The FTP server answered a command with an error reply."""
+
+    def __init__(self, code: int, message: str, *, endpoint: str | None = None) -> None:
+        where = f" from {endpoint}" if endpoint else ""
+        super().__init__(f"FTP reply {code}{where}: {message}", endpoint=endpoint)
+        self.code = code
+        self.message = message
+
+
+class FtpProtocolError(FtpError):
+    """The FTP server sent something that breaks the protocol, or a transfer ended dishonestly."""
+
+
+class InsecurePolicyWarning(UserWarning):
+    """A policy turns a protection off (legacy crypto, no verification). Explicit, never silent."""

@@ -1,0 +1,378 @@
+"""`ConnectionManager`: the registry of service points and the entry to every protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._defaults import (
+    check_limit,
+    check_optional_seconds,
+    check_seconds,
+    defaults,
+)
+from ._endpoint import Endpoint, normalise_host
+from ._errors import AsyncspError, ManagerClosedError
+from ._policy import TlsPolicy
+from ._protocols import SecurityProtocol
+from ._servicepoint import ServicePoint, close_quietly
+from ._sockets import SocketOptions
+from ._streams import Stream
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["ConnectionManager", "ServicePointLimitError"]
+
+T = TypeVar("T")
+_CLOSE_GRACE = 2.0
+"""Seconds `aclose` lets idle connections say goodbye before it aborts them."""
+
+
+class ServicePointLimitError(AsyncspError):
+    """``max_service_points`` is reached and no service point is idle to make room."""
+
+
+class ConnectionManager:
+    """Owns service points and their connections; the async ``ServicePointManager``.
+
+    Every setting left as ``None`` follows `asyncsp.defaults` live. Use it as
+    ``async with ConnectionManager() as mgr:`` or call `aclose`; closing closes every
+    connection it owns and fails whatever still waits or runs with `ManagerClosedError`.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: TlsPolicy | None = None,
+        security_protocol: SecurityProtocol | int | str | None = None,
+        default_connection_limit: int | None = None,
+        max_idle_time: float | None = None,
+        connection_lease_timeout: float | None = None,
+        max_service_points: int = 0,
+        dns_refresh_timeout: float | None = None,
+        max_body_size: int | None = 64 * 2**20,
+        proxy: str | None = None,
+        trust_env: bool = False,
+        tcp_nodelay: bool = True,
+        tcp_keepalive: tuple[float, float] | None = None,
+        local_address: str | None = None,
+    ) -> None:
+        if policy is not None and not isinstance(policy, TlsPolicy):
+            raise TypeError(f"policy must be a TlsPolicy, not {type(policy).__name__}")
+        if security_protocol is not None:
+            policy = dataclasses.replace(
+                policy or defaults.policy, protocols=_as_protocol(security_protocol)
+            )
+        self._policy = policy
+        self._connection_limit = (
+            None
+            if default_connection_limit is None
+            else check_limit("default_connection_limit", default_connection_limit)
+        )
+        self._max_idle_time = (
+            None if max_idle_time is None else check_seconds("max_idle_time", max_idle_time)
+        )
+        self._lease_timeout = check_optional_seconds(
+            "connection_lease_timeout", connection_lease_timeout
+        )
+        self._dns_refresh_timeout = (
+            None
+            if dns_refresh_timeout is None
+            else check_seconds("dns_refresh_timeout", dns_refresh_timeout)
+        )
+        if (
+            isinstance(max_service_points, bool)
+            or not isinstance(max_service_points, int)
+            or (max_service_points < 0)
+        ):
+            raise ValueError(f"max_service_points must be an int >= 0, not {max_service_points!r}")
+        self.max_service_points = max_service_points
+        """Most service points kept (0: unlimited); past it the least recently used idle goes."""
+        if max_body_size is not None and (
+            isinstance(max_body_size, bool)
+            or not isinstance(max_body_size, int)
+            or max_body_size < 0
+        ):
+            raise ValueError(f"max_body_size must be an int >= 0 or None, not {max_body_size!r}")
+        self.max_body_size = max_body_size
+        """Largest body `get()`-style calls read, after decoding (``None``: unbounded)."""
+        if not isinstance(trust_env, bool):
+            raise ValueError(f"trust_env must be a bool, not {trust_env!r}")
+        self._proxy = _check_proxy(proxy)
+        self.trust_env = trust_env
+        self._socket_options = SocketOptions(
+            tcp_nodelay=tcp_nodelay, tcp_keepalive=tcp_keepalive, local_address=local_address
+        )
+        self._service_points: collections.OrderedDict[tuple[Endpoint, str | None], ServicePoint] = (
+            collections.OrderedDict()
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self._closing: asyncio.Future[None] | None = None
+        self._protocol_state: dict[str, Any] = {}  # per-protocol state of the HTTP/SMTP/FTP layers
+
+    # -- settings --------------------------------------------------------------------------
+
+    @property
+    def policy(self) -> TlsPolicy:
+        """The policy new connections use (the process default unless set here)."""
+        return self._policy or defaults.policy
+
+    @policy.setter
+    def policy(self, value: TlsPolicy | None) -> None:
+        if value is not None and not isinstance(value, TlsPolicy):
+            raise TypeError(f"policy must be a TlsPolicy or None, not {type(value).__name__}")
+        self._policy = value
+
+    @property
+    def security_protocol(self) -> SecurityProtocol:
+        """The versions new connections may use; setting it keeps the rest of the policy."""
+        return self.policy.protocols
+
+    @security_protocol.setter
+    def security_protocol(self, value: SecurityProtocol | int | str) -> None:
+        self._policy = dataclasses.replace(self.policy, protocols=_as_protocol(value))
+
+    @property
+    def default_connection_limit(self) -> int:
+        """The connection limit new service points start with."""
+        return self._connection_limit or defaults.default_connection_limit
+
+    @default_connection_limit.setter
+    def default_connection_limit(self, value: int | None) -> None:
+        self._connection_limit = (
+            None if value is None else check_limit("default_connection_limit", value)
+        )
+
+    @property
+    def max_idle_time(self) -> float:
+        """The idle time new service points start with."""
+        return defaults.max_idle_time if self._max_idle_time is None else self._max_idle_time
+
+    @max_idle_time.setter
+    def max_idle_time(self, value: float | None) -> None:
+        self._max_idle_time = None if value is None else check_seconds("max_idle_time", value)
+
+    @property
+    def connection_lease_timeout(self) -> float | None:
+        """The lease timeout new service points start with."""
+        if self._lease_timeout is None:
+            return defaults.connection_lease_timeout
+        return self._lease_timeout
+
+    @connection_lease_timeout.setter
+    def connection_lease_timeout(self, value: float | None) -> None:
+        self._lease_timeout = check_optional_seconds("connection_lease_timeout", value)
+
+    @property
+    def dns_refresh_timeout(self) -> float:
+        """How long new service points reuse resolved addresses."""
+        if self._dns_refresh_timeout is None:
+            return defaults.dns_refresh_timeout
+        return self._dns_refresh_timeout
+
+    @dns_refresh_timeout.setter
+    def dns_refresh_timeout(self, value: float | None) -> None:
+        self._dns_refresh_timeout = (
+            None if value is None else check_seconds("dns_refresh_timeout", value)
+        )
+
+    @property
+    def socket_options(self) -> SocketOptions:
+        """TCP options set on every new socket (no-delay, keep-alive, local address)."""
+        return self._socket_options
+
+    @property
+    def proxy(self) -> str | None:
+        """The proxy URL HTTP requests go through (as given, credentials included)."""
+        return self._proxy
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- service points --------------------------------------------------------------------
+
+    def find_service_point(self, url_or_address: str, *, proxy: str | None = None) -> ServicePoint:
+        """The service point of *url_or_address*'s (scheme, host, port): the same object each time.
+
+        ``https://h`` means port 443, ``http://h`` 80, ``smtp://h`` 25, ``smtps://h`` 465,
+        ``ftp://h`` 21, ``ftps://h`` 990; ``tcp://h:p`` and ``tls://h:p`` name raw streams.
+        *proxy* (a URL without credentials) names a separate, through-proxy service point.
+        """
+        endpoint = Endpoint.parse(url_or_address)
+        key = (endpoint, proxy)
+        sp = self._service_points.get(key)
+        if sp is None:
+            self._check_open()
+            if self.max_service_points and len(self._service_points) >= self.max_service_points:
+                self._evict_service_point()
+            sp = ServicePoint(self, endpoint, proxy=proxy)
+            self._service_points[key] = sp
+        else:
+            self._service_points.move_to_end(key)
+        return sp
+
+    @property
+    def service_points(self) -> list[ServicePoint]:
+        """Every service point, least recently used first."""
+        return list(self._service_points.values())
+
+    def _evict_service_point(self) -> None:
+        for key, sp in self._service_points.items():
+            if sp.is_idle:
+                del self._service_points[key]
+                for conn in sp._shutdown():
+                    self._spawn(close_quietly(conn))
+                return
+        raise ServicePointLimitError(
+            f"max_service_points={self.max_service_points} reached and every service point is "
+            "in use; raise the limit or close connections first"
+        )
+
+    def _used(self, sp: ServicePoint) -> None:
+        key = (sp.endpoint, sp.proxy)
+        if self._service_points.get(key) is sp:
+            self._service_points.move_to_end(key)
+
+    # -- raw streams -----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def open_stream(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: bool = False,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Stream]:
+        """Open a TCP (or TLS) stream to *host*:*port* under the current policy.
+
+        Counts against the ``tcp://`` (``tls://``) service point's limit while open. *timeout*
+        bounds the wait for a slot, the connect, the handshake and then every operation.
+        """
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise ValueError(f"port must be an int, not {port!r}")
+        host = normalise_host(host)
+        netloc = f"[{host}]" if ":" in host else host
+        sp = self.find_service_point(f"{'tls' if tls else 'tcp'}://{netloc}:{port}")
+        stream: Stream = await sp.obtain(tls=tls, server_hostname=server_hostname, timeout=timeout)
+        sp.stats.requests += 1
+        try:
+            yield stream
+        finally:
+            await stream.aclose()
+
+    # -- HTTP, SMTP, FTP (their modules hold the protocol code) ----------------------------
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        """``async with mgr.request("GET", url) as resp:`` streams a response (see `Response`)."""
+        from ._http import request
+
+        return request(self, method, url, **kwargs)
+
+    async def get(self, url: str, **kwargs: Any) -> Any:
+        """GET *url*, read the body (at most ``max_body_size``) and free the connection."""
+        return await self._fetch("GET", url, **kwargs)
+
+    async def post(self, url: str, **kwargs: Any) -> Any:
+        """POST to *url*; see `get`."""
+        return await self._fetch("POST", url, **kwargs)
+
+    async def put(self, url: str, **kwargs: Any) -> Any:
+        """PUT to *url*; see `get`."""
+        return await self._fetch("PUT", url, **kwargs)
+
+    async def patch(self, url: str, **kwargs: Any) -> Any:
+        """PATCH *url*; see `get`."""
+        return await self._fetch("PATCH", url, **kwargs)
+
+    async def delete(self, url: str, **kwargs: Any) -> Any:
+        """DELETE *url*; see `get`."""
+        return await self._fetch("DELETE", url, **kwargs)
+
+    async def head(self, url: str, **kwargs: Any) -> Any:
+        """HEAD *url*; see `get`."""
+        return await self._fetch("HEAD", url, **kwargs)
+
+    async def options(self, url: str, **kwargs: Any) -> Any:
+        """OPTIONS *url*; see `get`."""
+        return await self._fetch("OPTIONS", url, **kwargs)
+
+    async def _fetch(self, method: str, url: str, **kwargs: Any) -> Any:
+        from ._http import fetch
+
+        return await fetch(self, method, url, **kwargs)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ManagerClosedError("the connection manager is closed")
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run a background close (or similar) that `aclose` waits for."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def aclose(self) -> None:
+        """Close every connection; whatever still waits or runs fails with `ManagerClosedError`."""
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+            return
+        self._closed = True
+        self._closing = asyncio.get_running_loop().create_future()
+        try:
+            idle: list[Any] = []
+            for sp in list(self._service_points.values()):
+                idle += sp._shutdown()
+            hooks = list(self._protocol_state.get("close_hooks", []))
+            closers = [close_quietly(conn) for conn in idle] + [hook() for hook in hooks]
+            if closers:
+                await asyncio.wait(
+                    [asyncio.ensure_future(c) for c in closers], timeout=_CLOSE_GRACE
+                )
+            for sp in self._service_points.values():
+                for stream in list(sp._active):
+                    stream.abort(by_manager=True)
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=_CLOSE_GRACE)
+        finally:
+            self._closing.set_result(None)
+
+    async def __aenter__(self) -> ConnectionManager:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._service_points)} service points"
+        return f"<ConnectionManager {self.policy.protocols!r} {state}>"
+
+
+def _as_protocol(value: SecurityProtocol | int | str) -> SecurityProtocol:
+    if isinstance(value, str):
+        return SecurityProtocol.parse(value)
+    return SecurityProtocol.validate(value)
+
+
+def _check_proxy(proxy: object) -> str | None:
+    if proxy is None:
+        return None
+    if not isinstance(proxy, str) or not proxy.lower().startswith(("http://", "https://")):
+        raise ValueError("proxy must be a URL such as 'http://proxy.example:3128'")
+    return proxy

@@ -1,0 +1,167 @@
+"""`TlsPolicy`, the immutable TLS snapshot, and the one factory that turns it into an SSLContext."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import ssl
+import string
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ._errors import InvalidSecurityProtocolError, PolicyError
+from ._protocols import SecurityProtocol
+
+if TYPE_CHECKING:
+    from ._tls import TlsInfo
+
+__all__ = ["TlsPolicy"]
+
+# Suites no policy with strong_crypto=True may ever offer, even with a custom cipher string.
+_WEAK_SUITES = "!aNULL:!eNULL:!EXPORT:!DES:!3DES:!RC4:!MD5:!PSK:!SRP"
+# OpenSSL 3 refuses TLS 1.0/1.1 (SHA-1 signatures) above security level 0.
+LEGACY_CIPHERS = "DEFAULT:@SECLEVEL=0"
+_LEGACY_VERSIONS = SecurityProtocol.TLS | SecurityProtocol.TLS11
+_HEX = frozenset(string.hexdigits.lower())
+
+PathLike = str | os.PathLike[str]
+Validator = Callable[["TlsInfo", bytes], bool]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TlsPolicy:
+    """What a new TLS connection may do, as an immutable, hashable snapshot.
+
+    A connection is made under exactly one policy and keeps it for its life; changing a
+    manager's policy reaches new connections only. Vary a policy with `dataclasses.replace`.
+    Invalid settings raise `PolicyError` here, when the policy is made, never at the first
+    connection.
+    """
+
+    protocols: SecurityProtocol = SecurityProtocol.SYSTEM_DEFAULT
+    """The versions allowed; ``SYSTEM_DEFAULT`` lets OpenSSL choose (TLS 1.2 and 1.3 today)."""
+    strong_crypto: bool = True
+    """Secure suites and TLS 1.2 at the least; ``False`` is the warned legacy opt-out."""
+    verify: bool = True
+    """Verify the certificate chain and host name; ``False`` warns with InsecurePolicyWarning."""
+    cafile: PathLike | None = None
+    """PEM file of trusted CAs, used instead of the system store."""
+    cadata: str | bytes | None = None
+    """PEM text or DER bytes of trusted CAs, used instead of the system store."""
+    client_cert: tuple[str, str | None] | None = None
+    """(certificate file, key file or None) presented to servers that ask."""
+    pins: frozenset[str] = frozenset()
+    """Lower-case hex SHA-256 digests of accepted leaf certificates (DER); empty = no pinning."""
+    ciphers: str | None = None
+    """An OpenSSL cipher string for TLS 1.2 and below; weak suites stay excluded."""
+    alpn: tuple[str, ...] = ()
+    """ALPN protocol names offered, in preference order."""
+    resume_sessions: bool = True
+    """Resume TLS sessions per service point (never across endpoints or policies)."""
+    crlfile: PathLike | None = None
+    """PEM CRL file; a leaf listed as revoked there is refused."""
+    validator: Validator | None = None
+    """Called after every built-in check with (TlsInfo, leaf DER); can only refuse."""
+
+    def __post_init__(self) -> None:
+        try:
+            protocols = SecurityProtocol.validate(self.protocols)
+        except InvalidSecurityProtocolError as exc:
+            raise PolicyError(f"TlsPolicy.protocols: {exc}") from exc
+        object.__setattr__(self, "protocols", protocols)
+        if protocols & SecurityProtocol.SSL3:
+            raise PolicyError(
+                "TlsPolicy.protocols: SSL 3.0 is not available with this OpenSSL and is broken "
+                "(POODLE); use TLS12 or TLS13"
+            )
+        if self.strong_crypto and protocols & _LEGACY_VERSIONS:
+            raise PolicyError(
+                f"TlsPolicy.protocols={protocols!r} asks for TLS 1.0/1.1, which strong_crypto "
+                "forbids; to reach a legacy peer opt out explicitly with strong_crypto=False "
+                "(or ASYNCSP_STRONG_CRYPTO=0)"
+            )
+        for name in ("strong_crypto", "verify", "resume_sessions"):
+            if not isinstance(getattr(self, name), bool):
+                raise PolicyError(f"TlsPolicy.{name} must be a bool")
+        _check_file("cafile", self.cafile)
+        _check_file("crlfile", self.crlfile)
+        if self.cadata is not None and not isinstance(self.cadata, str | bytes):
+            raise PolicyError("TlsPolicy.cadata must be PEM text (str) or DER bytes")
+        if self.client_cert is not None:
+            if not (isinstance(self.client_cert, tuple) and len(self.client_cert) == 2):
+                raise PolicyError("TlsPolicy.client_cert must be (certfile, keyfile or None)")
+            _check_file("client_cert certificate", self.client_cert[0])
+            _check_file("client_cert key", self.client_cert[1])
+        object.__setattr__(self, "pins", _normalise_pins(self.pins))
+        if isinstance(self.alpn, str) or not all(
+            isinstance(p, str) and 0 < len(p.encode()) < 256 for p in self.alpn
+        ):
+            raise PolicyError("TlsPolicy.alpn must be a tuple of names such as ('h2', 'http/1.1')")
+        object.__setattr__(self, "alpn", tuple(self.alpn))
+        if self.ciphers is not None:
+            if not isinstance(self.ciphers, str):
+                raise PolicyError("TlsPolicy.ciphers must be an OpenSSL cipher string")
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(cipher_string(self))
+            except ssl.SSLError as exc:
+                raise PolicyError(
+                    f"TlsPolicy.ciphers={self.ciphers!r} selects no usable cipher"
+                    + (" once weak suites are excluded" if self.strong_crypto else "")
+                    + "; see `openssl ciphers -v` for valid names"
+                ) from exc
+        if self.validator is not None and not callable(self.validator):
+            raise PolicyError("TlsPolicy.validator must be callable (TlsInfo, bytes) -> bool")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The `ssl.SSLContext` for this policy: built once, shared by every equal policy.
+
+        The returned context must not be modified. Building one reads CA files and may take
+        tens of milliseconds; async code can call this through ``anyio.to_thread.run_sync``.
+        """
+        from ._tls import context_for  # the factory lives with the handshake check
+
+        return context_for(self)
+
+    @property
+    def is_explicit(self) -> bool:
+        """Whether `protocols` is an explicit set checked after every handshake."""
+        return self.protocols != SecurityProtocol.SYSTEM_DEFAULT
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default
+        )
+        return f"TlsPolicy({fields})"
+
+
+def cipher_string(policy: TlsPolicy) -> str:
+    """The cipher string for *policy*'s context, or "" to keep the secure default."""
+    if not policy.strong_crypto:
+        return policy.ciphers or LEGACY_CIPHERS
+    return f"{policy.ciphers}:{_WEAK_SUITES}" if policy.ciphers else ""
+
+
+def _check_file(field: str, path: object) -> None:
+    if path is None:
+        return
+    if not isinstance(path, str | os.PathLike):
+        raise PolicyError(f"TlsPolicy.{field} must be a path, not {type(path).__name__}")
+    if not os.path.isfile(path):
+        raise PolicyError(f"TlsPolicy.{field}: no such file {os.fspath(path)!r}")
+
+
+def _normalise_pins(pins: object) -> frozenset[str]:
+    if isinstance(pins, str) or not isinstance(pins, frozenset | set | tuple | list):
+        raise PolicyError("TlsPolicy.pins must be a frozenset of hex SHA-256 digests")
+    result = set()
+    for pin in pins:
+        digest = pin.replace(":", "").lower() if isinstance(pin, str) else ""
+        if len(digest) != 64 or not set(digest) <= _HEX:
+            raise PolicyError(
+                f"TlsPolicy.pins: {pin!r} is not a SHA-256 digest (64 hex digits of the leaf "
+                "certificate's DER, e.g. from `openssl x509 -outform der | sha256sum`)"
+            )
+        result.add(digest)
+    return frozenset(result)

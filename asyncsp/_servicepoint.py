@@ -1,0 +1,516 @@
+"""`ServicePoint`: one endpoint's limits, pool, TLS sessions, addresses and statistics.
+
+Connect, handshake and verification share one code path here (`ServicePoint.obtain` and
+`ServicePoint._upgrade`); HTTP, SMTP, FTP and raw streams all come through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+from ._defaults import check_limit, check_optional_seconds, check_seconds
+from ._endpoint import Endpoint
+from ._errors import ConnectError, ManagerClosedError
+from ._policy import TlsPolicy
+from ._pool import Poolable, SlotPool
+from ._streams import DEFAULT_LINE_LIMIT, Stream, StreamProtocol
+from ._tls import ConnectAttempt, TlsInfo, connect_attempt, context_for_async
+from ._translate import translate_connect_error
+
+if TYPE_CHECKING:
+    from ._manager import ConnectionManager
+
+__all__ = ["ServicePoint", "ServicePointStats"]
+
+_REAP_SLACK = 0.05
+"""Seconds added to an idle deadline so the reaper never runs a hair early."""
+
+
+@dataclasses.dataclass(slots=True)
+class ServicePointStats:
+    """Counters of one service point since it was made."""
+
+    requests: int = 0
+    """Requests (HTTP), messages (SMTP), commands with a transfer (FTP), streams opened."""
+    connections_opened: int = 0
+    """TCP connections made."""
+    tls_handshakes: int = 0
+    """Full TLS handshakes that passed verification."""
+    session_resumptions: int = 0
+    """Abbreviated (resumed) TLS handshakes that passed verification."""
+    versions: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Negotiated TLS version string -> number of connections that negotiated it."""
+
+
+class ServicePoint:
+    """One endpoint (scheme, host, port): its connection limit, idle and lease times, policy.
+
+    Made by `ConnectionManager.find_service_point`, never directly. Its limit and times start
+    from the manager's values when it is made and can then be set per endpoint; its `policy`
+    follows the manager live unless overridden here.
+    """
+
+    def __init__(
+        self, manager: ConnectionManager, endpoint: Endpoint, *, proxy: str | None = None
+    ) -> None:
+        self._manager = manager
+        self._endpoint = endpoint
+        self._proxy = proxy
+        self._policy_override: TlsPolicy | None = None
+        self._max_idle_time = manager.max_idle_time
+        self._lease_timeout = manager.connection_lease_timeout
+        self._dns_refresh_timeout = manager.dns_refresh_timeout
+        self._pool: SlotPool[Any] = SlotPool(manager.default_connection_limit)
+        self._active: set[Stream] = set()
+        self._extra_busy = 0  # exchanges in flight on connections not counted by the pool
+        self._extra_connections = 0  # sockets owned by a protocol layer's own pool (HTTP)
+        self._idle_since: datetime.datetime | None = _utcnow()
+        self._sessions: dict[tuple[TlsPolicy, str], tuple[ssl.SSLContext, ssl.SSLSession]] = {}
+        self._addresses: tuple[float, list[tuple[Any, ...]]] | None = None
+        self._reaper: asyncio.TimerHandle | None = None
+        self.stats = ServicePointStats()
+        """Counters since the service point was made."""
+        self.certificate: bytes | None = None
+        """DER of the peer's leaf certificate on the last TLS connection (``None`` before one)."""
+
+    # -- identity --------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The normalised ``"scheme://host:port"``."""
+        return self._endpoint.address
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self._endpoint
+
+    @property
+    def scheme(self) -> str:
+        return self._endpoint.scheme
+
+    @property
+    def host(self) -> str:
+        return self._endpoint.host
+
+    @property
+    def port(self) -> int:
+        return self._endpoint.port
+
+    @property
+    def proxy(self) -> str | None:
+        """The proxy URL (without credentials) this service point goes through, or ``None``."""
+        return self._proxy
+
+    @property
+    def manager(self) -> ConnectionManager:
+        return self._manager
+
+    # -- settings --------------------------------------------------------------------------
+
+    @property
+    def connection_limit(self) -> int:
+        """Never more sockets open at once to this endpoint (int >= 1)."""
+        return self._pool.limit
+
+    @connection_limit.setter
+    def connection_limit(self, value: int) -> None:
+        self._pool.set_limit(check_limit("connection_limit", value))
+
+    @property
+    def max_idle_time(self) -> float:
+        """Seconds a pooled connection may stay idle before it is closed."""
+        return self._max_idle_time
+
+    @max_idle_time.setter
+    def max_idle_time(self, value: float) -> None:
+        self._max_idle_time = check_seconds("max_idle_time", value)
+        self._schedule_reaper()
+
+    @property
+    def connection_lease_timeout(self) -> float | None:
+        """Seconds after which a connection is not reused (``None``: unlimited)."""
+        return self._lease_timeout
+
+    @connection_lease_timeout.setter
+    def connection_lease_timeout(self, value: float | None) -> None:
+        self._lease_timeout = check_optional_seconds("connection_lease_timeout", value)
+        self._schedule_reaper()
+
+    @property
+    def dns_refresh_timeout(self) -> float:
+        """Seconds resolved addresses are reused before new connections resolve again."""
+        return self._dns_refresh_timeout
+
+    @dns_refresh_timeout.setter
+    def dns_refresh_timeout(self, value: float) -> None:
+        self._dns_refresh_timeout = check_seconds("dns_refresh_timeout", value)
+        self._addresses = None
+
+    @property
+    def policy(self) -> TlsPolicy:
+        """The policy the next new connection uses; set to override, ``None`` to follow again."""
+        return self._policy_override or self._manager.policy
+
+    @policy.setter
+    def policy(self, value: TlsPolicy | None) -> None:
+        if value is not None and not isinstance(value, TlsPolicy):
+            raise TypeError(f"policy must be a TlsPolicy or None, not {type(value).__name__}")
+        self._policy_override = value
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def current_connections(self) -> int:
+        """Sockets open (or opening) to this endpoint now, in use or idle."""
+        return self._pool.opened + self._extra_connections
+
+    @property
+    def idle_since(self) -> datetime.datetime | None:
+        """When (UTC) the service point last became idle; ``None`` while in use."""
+        return self._idle_since
+
+    @property
+    def is_idle(self) -> bool:
+        return self._pool.in_use == 0 and self._extra_busy == 0 and not self._pool.waiting
+
+    def _touch(self) -> None:
+        if self.is_idle:
+            if self._idle_since is None:
+                self._idle_since = _utcnow()
+        else:
+            self._idle_since = None
+        self._manager._used(self)
+
+    def __repr__(self) -> str:
+        via = f" via {self._proxy}" if self._proxy else ""
+        return (
+            f"<ServicePoint {self.address}{via} connections={self.current_connections}/"
+            f"{self.connection_limit} requests={self.stats.requests}>"
+        )
+
+    # -- connections -----------------------------------------------------------------------
+
+    async def obtain(
+        self,
+        *,
+        reuse_key: Hashable | None = None,
+        tls: bool | None = None,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+        line_limit: int = DEFAULT_LINE_LIMIT,
+    ) -> Any:
+        """An idle pooled connection for *reuse_key*, or else a new `Stream`.
+
+        Waits while the endpoint is at its connection limit; an idle connection of another
+        key is closed to make room. *timeout* bounds the wait, the connect and the handshake,
+        each. With ``reuse_key=None`` a new stream is always opened. ``tls=None`` means the
+        scheme's default (implicit TLS for ``https``, ``smtps``, ``ftps``, ``tls``).
+        """
+        self._manager._check_open()
+        policy = self.policy
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await self._acquire(reuse_key, policy)
+        except TimeoutError as exc:
+            raise translate_connect_error(
+                exc, self.address, during_tls=False, timeout=timeout
+            ) from exc
+        if conn is not None:
+            return conn
+        try:
+            return await self._open(
+                policy=policy,
+                tls=self._endpoint.implicit_tls if tls is None else tls,
+                server_hostname=server_hostname,
+                timeout=timeout,
+                line_limit=line_limit,
+            )
+        except BaseException:
+            self._pool.release()
+            self._touch()
+            raise
+
+    async def checkin(self, conn: Poolable, reuse_key: Hashable) -> None:
+        """Give a connection back: pooled when healthy and current, closed otherwise."""
+        if (
+            self._manager.closed
+            or not conn.is_reusable()
+            or conn.policy != self.policy
+            or (
+                self._lease_timeout is not None
+                and time.monotonic() - conn.opened_at >= self._lease_timeout
+            )
+        ):
+            await close_quietly(conn)
+            return
+        self._pool.put_idle(conn, reuse_key)
+        self._touch()
+        self._schedule_reaper()
+
+    async def close(self) -> None:
+        """Close this endpoint's idle connections now (connections in use are not touched)."""
+        for conn in self._pool.drain_idle():
+            await close_quietly(conn)
+        self._touch()
+
+    async def _acquire(self, reuse_key: Hashable | None, policy: TlsPolicy) -> Any:
+        while True:
+            self._manager._check_open()
+            conn = None
+            if reuse_key is not None:
+                conn, stale = self._pool.take_idle(
+                    reuse_key,
+                    policy=policy,
+                    max_idle=self._max_idle_time,
+                    lease=self._lease_timeout,
+                )
+            else:
+                stale = self._pool.expire(
+                    policy=policy, max_idle=self._max_idle_time, lease=self._lease_timeout
+                )
+            for old in stale:
+                self._manager._spawn(close_quietly(old))
+            if conn is not None:
+                self._touch()
+                return conn
+            if self._pool.try_reserve():
+                self._touch()
+                return None
+            victim = self._pool.evict_idle()
+            if victim is not None:
+                # Closing frees its slot; shielded so a cancelled waiter still closes it.
+                await asyncio.shield(self._manager._spawn(close_quietly(victim)))
+                continue
+            self._idle_since = None
+            await self._pool.wait()
+
+    async def _open(
+        self,
+        *,
+        policy: TlsPolicy,
+        tls: bool,
+        server_hostname: str | None,
+        timeout: float | None,
+        line_limit: int,
+    ) -> Stream:
+        loop = asyncio.get_running_loop()
+        hostname = server_hostname or self.host
+        context = await context_for_async(policy) if tls else None
+        try:
+            async with asyncio.timeout(timeout):
+                sock = await self._connect_socket()
+        except (OSError, TimeoutError) as exc:
+            raise translate_connect_error(
+                exc, self.address, during_tls=False, timeout=timeout
+            ) from exc
+        self.stats.connections_opened += 1
+        protocol = StreamProtocol(high_water=max(2 * line_limit, 256 * 1024))
+        try:
+            with connect_attempt(self._attempt(policy, hostname, context)):
+                async with asyncio.timeout(timeout):
+                    transport, _ = await loop.create_connection(
+                        lambda: protocol,
+                        sock=sock,
+                        ssl=context,
+                        server_hostname=hostname if context else None,
+                        ssl_handshake_timeout=_backstop(timeout) if context else None,
+                    )
+        except BaseException as exc:
+            sock.close()
+            if isinstance(exc, Exception):
+                raise translate_connect_error(
+                    exc, self.address, during_tls=True, timeout=timeout
+                ) from exc
+            raise
+        stream = Stream(
+            service_point=self,
+            transport=transport,
+            protocol=protocol,
+            policy=policy,
+            timeout=timeout,
+            server_hostname=hostname,
+            on_close=self._stream_closed,
+            line_limit=line_limit,
+        )
+        self._active.add(stream)
+        if self._manager.closed:
+            stream.abort(by_manager=True)
+            self._manager._check_open()
+        return stream
+
+    async def _upgrade(self, stream: Stream, server_hostname: str) -> TlsInfo:
+        """STARTTLS: run a handshake on *stream* under its policy snapshot."""
+        loop = asyncio.get_running_loop()
+        context = await context_for_async(stream.policy)
+        try:
+            with connect_attempt(self._attempt(stream.policy, server_hostname, context)):
+                transport = await loop.start_tls(
+                    stream._transport,
+                    stream._protocol,
+                    context,
+                    server_hostname=server_hostname,
+                    ssl_handshake_timeout=_backstop(stream.timeout),
+                )
+        except BaseException as exc:
+            stream.abort()
+            if isinstance(exc, Exception):
+                raise translate_connect_error(
+                    exc, self.address, during_tls=True, timeout=stream.timeout
+                ) from exc
+            raise
+        if transport is None:  # pragma: no cover - start_tls returns None only when closing
+            stream.abort()
+            raise ConnectError(f"{self.address} closed the connection during STARTTLS")
+        stream._replace_transport(transport)
+        info = stream.tls
+        assert info is not None
+        return info
+
+    def _attempt(
+        self, policy: TlsPolicy, hostname: str, context: ssl.SSLContext | None
+    ) -> ConnectAttempt:
+        offered = None
+        if context is not None and policy.resume_sessions:
+            cached = self._sessions.get((policy, hostname))
+            if cached is not None and cached[0] is context:
+                offered = cached[1]
+        return ConnectAttempt(
+            endpoint=self.address, session=offered, on_established=self._on_established
+        )
+
+    def _on_established(self, ssl_object: ssl.SSLObject, info: TlsInfo, der: bytes | None) -> None:
+        if info.session_reused:
+            self.stats.session_resumptions += 1
+        else:
+            self.stats.tls_handshakes += 1
+        self.stats.versions[info.version] = self.stats.versions.get(info.version, 0) + 1
+        if der is not None:
+            self.certificate = der
+
+    def _remember_session(self, stream: Stream) -> None:
+        """Keep *stream*'s TLS session for the next connection under the same policy and name."""
+        ssl_object = stream.get_extra_info("ssl_object")
+        if ssl_object is None or not stream.policy.resume_sessions or stream.tls is None:
+            return
+        self.remember_session(ssl_object, stream.policy, stream._server_hostname)
+
+    def remember_session(self, ssl_object: Any, policy: TlsPolicy, hostname: str) -> None:
+        """Keep *ssl_object*'s session (read once: each read copies it) for later connections."""
+        session = ssl_object.session
+        if session is not None and (session.has_ticket or session.id):
+            self._sessions[(policy, hostname)] = (ssl_object.context, session)
+
+    def session_for(self, policy: TlsPolicy, hostname: str) -> ssl.SSLSession | None:
+        """The cached session for (policy, host name), if any."""
+        cached = self._sessions.get((policy, hostname))
+        return cached[1] if cached else None
+
+    def _stream_closed(self, stream: Stream) -> None:
+        self._active.discard(stream)
+        self._pool.release()
+        self._touch()
+
+    # -- addresses -------------------------------------------------------------------------
+
+    async def _resolve(self) -> list[tuple[Any, ...]]:
+        try:
+            ip = ipaddress.ip_address(self.host)
+        except ValueError:
+            pass
+        else:
+            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            return [(family, (self.host, self.port))]
+        now = time.monotonic()
+        if self._addresses is not None and now < self._addresses[0]:
+            return self._addresses[1]
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ConnectError(
+                f"cannot resolve {self.host!r} for {self.address}: {exc.strerror or exc}",
+                endpoint=self.address,
+            ) from exc
+        addresses = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+        self._addresses = (now + self._dns_refresh_timeout, addresses)
+        return addresses
+
+    async def _connect_socket(self) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        last: OSError | None = None
+        for family, sockaddr in await self._resolve():
+            sock = self._manager._socket_options.create_socket(family)
+            try:
+                await loop.sock_connect(sock, sockaddr)
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        assert last is not None
+        self._addresses = None  # the addresses may have moved: resolve again next time
+        raise last
+
+    # -- idle reaping and shutdown ---------------------------------------------------------
+
+    def _schedule_reaper(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        deadline = self._pool.next_expiry(max_idle=self._max_idle_time, lease=self._lease_timeout)
+        if deadline is not None and not self._manager.closed:
+            loop = asyncio.get_running_loop()
+            self._reaper = loop.call_at(deadline + _REAP_SLACK, self._reap)
+
+    def _reap(self) -> None:
+        self._reaper = None
+        for conn in self._pool.expire(
+            policy=self.policy, max_idle=self._max_idle_time, lease=self._lease_timeout
+        ):
+            self._manager._spawn(close_quietly(conn))
+        self._schedule_reaper()
+
+    def _shutdown(self) -> list[Any]:
+        """Fail waiters, abort streams in use; return idle connections for the caller to close."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        endpoint = self.address
+        idle = self._pool.close(
+            lambda: ManagerClosedError(
+                f"the connection manager was closed while waiting for {endpoint}",
+                endpoint=endpoint,
+            )
+        )
+        pooled = {getattr(conn, "stream", conn) for conn in idle}
+        for stream in list(self._active):
+            if stream not in pooled:  # idle sessions get a polite close from the caller
+                stream.abort(by_manager=True)
+        return idle
+
+
+async def close_quietly(conn: Poolable) -> None:
+    # Nobody waits on this close, so its error has no reader.
+    with contextlib.suppress(Exception):
+        await conn.aclose()
+
+
+def _backstop(timeout: float | None) -> float | None:
+    """asyncio's own handshake limit, set past ours so ours fires first with a clear error."""
+    return None if timeout is None else timeout + 5.0
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)

@@ -1,0 +1,332 @@
+"""The TLS factory, what a connection negotiated (`TlsInfo`), and the check every handshake passes.
+
+Every `ssl.SSLContext` asyncsp uses comes from `context_for`, one per distinct policy. Its
+SSL objects verify the negotiated version, the pins and the policy's validator *inside*
+``do_handshake``, so a refused connection fails its handshake and no application byte is ever
+written on it, whichever transport (asyncio streams, aiohttp, ``start_tls``) drives it.
+A `ConnectAttempt` set in a context variable around a connect tells the SSL object which
+endpoint it serves, which session to offer, and whom to tell about the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import hashlib
+import ssl
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio.to_thread
+
+from ._errors import (
+    CertificateVerificationError,
+    InsecurePolicyWarning,
+    PinMismatchError,
+    PolicyError,
+    ProtocolNotAllowedError,
+    TlsError,
+)
+from ._policy import TlsPolicy, cipher_string
+from ._protocols import SecurityProtocol
+
+__all__ = [
+    "ConnectAttempt",
+    "HandshakeRefused",
+    "TlsInfo",
+    "connect_attempt",
+    "context_for",
+    "context_for_async",
+    "established_info",
+    "verify_session",
+]
+
+_CONTEXT_CACHE_SIZE = 64
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TlsInfo:
+    """What one TLS connection actually negotiated."""
+
+    protocol: SecurityProtocol
+    """The negotiated version as a single `SecurityProtocol` member."""
+    version: str
+    """The negotiated version as OpenSSL spells it, e.g. ``"TLSv1.3"``."""
+    cipher: str
+    """The negotiated cipher suite, e.g. ``"TLS_AES_256_GCM_SHA384"``."""
+    bits: int
+    """The secret bits of the cipher."""
+    alpn: str | None
+    """The ALPN protocol the server selected, if any."""
+    peer_cert_sha256: str | None
+    """Lower-case hex SHA-256 of the peer's leaf certificate (DER), if it sent one."""
+    session_reused: bool
+    """Whether this connection resumed an earlier TLS session (abbreviated handshake)."""
+
+    @classmethod
+    def from_ssl_object(cls, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TlsInfo:
+        """Read the facts of an established connection."""
+        version = ssl_object.version()
+        cipher = ssl_object.cipher()
+        if version is None or cipher is None:
+            raise TlsError("the TLS handshake has not completed")
+        der = ssl_object.getpeercert(binary_form=True)
+        return cls(
+            protocol=SecurityProtocol.from_version_string(version),
+            version=version,
+            cipher=cipher[0],
+            bits=cipher[2],
+            alpn=ssl_object.selected_alpn_protocol(),
+            peer_cert_sha256=hashlib.sha256(der).hexdigest() if der else None,
+            session_reused=bool(ssl_object.session_reused),
+        )
+
+
+def verify_session(
+    ssl_object: ssl.SSLObject | ssl.SSLSocket, policy: TlsPolicy, endpoint: str
+) -> tuple[TlsInfo, bytes | None]:
+    """Check an established connection against *policy*; return its `TlsInfo` and leaf DER.
+
+    Runs after every handshake, full or resumed, before the first application byte.
+    """
+    info = TlsInfo.from_ssl_object(ssl_object)
+    der = ssl_object.getpeercert(binary_form=True)
+    # OpenSSL can only offer a contiguous range, so a set with a gap offers its whole span;
+    # this is where a version in the gap is refused.
+    if policy.is_explicit and not policy.protocols.allows(info.protocol):
+        raise ProtocolNotAllowedError(
+            f"{endpoint} negotiated {info.version}, which the policy does not allow "
+            f"({policy.protocols!r}); the connection was closed before any data was sent",
+            endpoint=endpoint,
+        )
+    if policy.pins and info.peer_cert_sha256 not in policy.pins:
+        raise PinMismatchError(
+            f"{endpoint} presented a certificate (sha256 {info.peer_cert_sha256}) that matches "
+            "none of the policy's pins; the connection was closed before any data was sent",
+            endpoint=endpoint,
+        )
+    if policy.validator is not None:
+        try:
+            accepted = policy.validator(info, der or b"")
+        except Exception as exc:
+            raise CertificateVerificationError(
+                f"{endpoint}: the policy's validator refused the certificate ({exc!r})",
+                endpoint=endpoint,
+            ) from exc
+        if accepted is not True:
+            raise CertificateVerificationError(
+                f"{endpoint}: the policy's validator refused the certificate",
+                endpoint=endpoint,
+            )
+    return info, der
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ConnectAttempt:
+    """What the SSL object of one new connection needs to know about it."""
+
+    endpoint: str
+    session: ssl.SSLSession | None = None
+    on_established: Callable[[ssl.SSLObject, TlsInfo, bytes | None], None] | None = None
+
+
+_ATTEMPT: contextvars.ContextVar[ConnectAttempt | None] = contextvars.ContextVar(
+    "asyncsp_connect_attempt", default=None
+)
+
+
+@contextlib.contextmanager
+def connect_attempt(attempt: ConnectAttempt) -> Iterator[ConnectAttempt]:
+    """Make *attempt* the one that connections opened inside this ``with`` block belong to."""
+    token = _ATTEMPT.set(attempt)
+    try:
+        yield attempt
+    finally:
+        _ATTEMPT.reset(token)
+
+
+class HandshakeRefused(ssl.SSLError):
+    """Carries our verdict through transports that only expect `ssl.SSLError` from a handshake.
+
+    asyncio treats an `OSError` from the handshake quietly (no "fatal error" log) and hands it
+    to whoever awaits the connection; the error boundary unwraps ``error``.
+    """
+
+    def __init__(self, error: TlsError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _VerifyingSSLObject(ssl.SSLObject):
+    """An SSL object that refuses a connection the policy does not allow, in the handshake."""
+
+    asyncsp_attempt: ConnectAttempt | None = None
+    asyncsp_info: TlsInfo | None = None
+    asyncsp_der: bytes | None = None
+
+    def do_handshake(self) -> None:
+        super().do_handshake()  # raises SSLWantReadError until the handshake is complete
+        context = self.context
+        assert isinstance(context, _PolicyContext)
+        attempt = self.asyncsp_attempt
+        endpoint = attempt.endpoint if attempt else f"tls://{self.server_hostname}"
+        try:
+            info, der = verify_session(self, context.policy, endpoint)
+        except TlsError as exc:
+            raise HandshakeRefused(exc) from exc
+        self.asyncsp_info, self.asyncsp_der = info, der
+        if attempt is not None and attempt.on_established is not None:
+            attempt.on_established(self, info, der)
+
+
+class _PolicyContext(ssl.SSLContext):
+    """The context of one policy: offers the attempt's session and verifies every handshake."""
+
+    policy: TlsPolicy
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        attempt = _ATTEMPT.get()
+        if session is None and attempt is not None and self.policy.resume_sessions:
+            session = attempt.session
+        obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        assert isinstance(obj, _VerifyingSSLObject)
+        obj.asyncsp_attempt = attempt
+        return obj
+
+
+def established_info(ssl_object: Any) -> TlsInfo | None:
+    """The `TlsInfo` recorded by the handshake check of *ssl_object*, if it ran."""
+    info = getattr(ssl_object, "asyncsp_info", None)
+    return info if isinstance(info, TlsInfo) else None
+
+
+def _build_context(policy: TlsPolicy) -> _PolicyContext:
+    """The one place a context is made. Each hardening line says why."""
+    ctx = _PolicyContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.policy = policy
+    ctx.sslobject_class = _VerifyingSSLObject
+    # PROTOCOL_TLS_CLIENT starts with CERT_REQUIRED, check_hostname, TLS 1.2 at the least,
+    # no compression and the security-level-2 cipher list of create_default_context().
+    # A certificate must carry the host in its subjectAltName: no common-name fallback
+    # (RFC 6125 §6.4.4; urllib3 2 does the same).
+    ctx.hostname_checks_common_name = False
+    try:
+        if policy.cafile is not None or policy.cadata is not None:
+            ctx.load_verify_locations(cafile=policy.cafile, cadata=policy.cadata)
+        elif policy.verify:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    except (ssl.SSLError, ValueError, OSError) as exc:
+        raise PolicyError(f"TlsPolicy.cafile/cadata: cannot load CA certificates: {exc}") from exc
+    if policy.crlfile is not None:
+        try:
+            ctx.load_verify_locations(cafile=policy.crlfile)
+        except (ssl.SSLError, OSError) as exc:
+            raise PolicyError(f"TlsPolicy.crlfile: cannot load the CRL: {exc}") from exc
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    if policy.client_cert is not None:
+        certfile, keyfile = policy.client_cert
+        try:
+            ctx.load_cert_chain(certfile, keyfile)
+        except (ssl.SSLError, OSError) as exc:
+            raise PolicyError(f"TlsPolicy.client_cert: cannot load certificate/key: {exc}") from exc
+    ciphers = cipher_string(policy)
+    if ciphers:
+        ctx.set_ciphers(ciphers)
+    if policy.is_explicit:
+        # OpenSSL offers a contiguous range only; a version in a gap (TLS 1.1 in TLS|TLS12) is
+        # refused after the handshake by verify_session.
+        versions = policy.protocols.members
+        with warnings.catch_warnings():
+            # The ssl module deprecates TLS 1.0/1.1; reaching them is what the opt-out is for.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = versions[0].tls_version
+            ctx.maximum_version = versions[-1].tls_version
+    if policy.alpn:
+        ctx.set_alpn_protocols(list(policy.alpn))
+    if not policy.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def insecure_settings(policy: TlsPolicy) -> list[str]:
+    """What *policy* turns off, one sentence each (empty for a secure policy)."""
+    found = []
+    if not policy.verify:
+        found.append(
+            f"{policy!r} does not verify certificates or host names: any peer can impersonate "
+            "the server"
+        )
+    if not policy.strong_crypto:
+        found.append(
+            f"{policy!r} allows legacy TLS versions and weak suites (OpenSSL security level 0); "
+            "use it only for peers that cannot be upgraded"
+        )
+    return found
+
+
+def warn_insecure(policy: TlsPolicy, stacklevel: int = 3) -> None:
+    """Warn once per context build with `InsecurePolicyWarning` for each insecure setting."""
+    for message in insecure_settings(policy):
+        warnings.warn(message, InsecurePolicyWarning, stacklevel=stacklevel)
+
+
+class _ContextCache:
+    """Equal policies share one context; a bounded LRU, so a stream of policies cannot grow it."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._contexts: OrderedDict[TlsPolicy, _PolicyContext] = OrderedDict()
+        self._lock = threading.Lock()  # contexts may be built in worker threads
+        self.builds = 0
+
+    def peek(self, policy: TlsPolicy) -> _PolicyContext | None:
+        with self._lock:
+            return self._contexts.get(policy)
+
+    def get(self, policy: TlsPolicy) -> tuple[_PolicyContext, bool]:
+        """The context of *policy* and whether this call built it."""
+        with self._lock:
+            ctx = self._contexts.get(policy)
+            if ctx is not None:
+                self._contexts.move_to_end(policy)
+                return ctx, False
+            ctx = _build_context(policy)
+            self.builds += 1
+            self._contexts[policy] = ctx
+            if len(self._contexts) > self._size:
+                self._contexts.popitem(last=False)
+            return ctx, True
+
+
+CONTEXTS = _ContextCache(_CONTEXT_CACHE_SIZE)
+
+
+def context_for(policy: TlsPolicy) -> ssl.SSLContext:
+    """The shared context of *policy*, built (and warned about) on first use."""
+    ctx, built = CONTEXTS.get(policy)
+    if built:
+        warn_insecure(policy, stacklevel=4)
+    return ctx
+
+
+async def context_for_async(policy: TlsPolicy) -> ssl.SSLContext:
+    """Like `context_for`, building a new context in a worker thread (it reads CA files)."""
+    cached = CONTEXTS.peek(policy)
+    if cached is not None:
+        return cached
+    ctx, built = await anyio.to_thread.run_sync(CONTEXTS.get, policy)
+    if built:
+        warn_insecure(policy, stacklevel=4)
+    return ctx
