@@ -32,10 +32,13 @@ from ._errors import (
     TimeoutError,
     TlsError,
 )
+from ._ftp import FtpClient, FtpEntry
+from ._http import Response
 from ._manager import ConnectionManager, ServicePointLimitError
 from ._policy import TlsPolicy
 from ._protocols import SecurityProtocol
 from ._servicepoint import ServicePoint, ServicePointStats
+from ._smtp import SendResult, SmtpClient, SmtpReply
 from ._sockets import SocketOptions
 from ._streams import Stream
 from ._tls import TlsInfo
@@ -51,6 +54,8 @@ __all__ = [
     "ConnectionManager",
     "Defaults",
     "Endpoint",
+    "FtpClient",
+    "FtpEntry",
     "FtpError",
     "FtpProtocolError",
     "FtpReplyError",
@@ -62,13 +67,17 @@ __all__ = [
     "PolicyError",
     "ProtocolNotAllowedError",
     "ReadLimitError",
+    "Response",
     "SecurityProtocol",
+    "SendResult",
     "ServicePoint",
     "ServicePointLimitError",
     "ServicePointStats",
+    "SmtpClient",
     "SmtpError",
     "SmtpProtocolError",
     "SmtpRecipientsRefused",
+    "SmtpReply",
     "SmtpReplyError",
     "SocketOptions",
     "StartTlsUnavailableError",

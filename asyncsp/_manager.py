@@ -6,7 +6,8 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._defaults import (
@@ -25,6 +26,9 @@ from ._streams import Stream
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+    from ._ftp import FtpClient
+    from ._smtp import SmtpClient
 
 __all__ = ["ConnectionManager", "ServicePointLimitError"]
 
@@ -114,7 +118,7 @@ class ConnectionManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
-        self._protocol_state: dict[str, Any] = {}  # per-protocol state of the HTTP/SMTP/FTP layers
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
     # -- settings --------------------------------------------------------------------------
 
@@ -310,6 +314,66 @@ class ConnectionManager:
 
         return await fetch(self, method, url, **kwargs)
 
+    def smtp(
+        self,
+        host: str,
+        port: int = 587,
+        *,
+        security: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        local_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> AbstractAsyncContextManager[SmtpClient]:
+        """``async with mgr.smtp(host) as client:`` a pooled SMTP session (see `SmtpClient`).
+
+        *security* is ``"starttls"`` (required; the default on every port but 465), ``"tls"``
+        (implicit; the default for 465) or ``"none"``. Credentials never cross in clear.
+        """
+        from ._smtp import open_smtp
+
+        return open_smtp(
+            self,
+            host,
+            port,
+            security=security,
+            username=username,
+            password=password,
+            local_hostname=local_hostname,
+            timeout=timeout,
+        )
+
+    def ftp(
+        self,
+        host: str,
+        port: int = 21,
+        *,
+        security: str | None = None,
+        username: str = "anonymous",
+        password: str = "",
+        timeout: float | None = None,
+    ) -> AbstractAsyncContextManager[FtpClient]:
+        """``async with mgr.ftp(host) as client:`` a pooled FTPS session (see `FtpClient`).
+
+        *security* is ``"starttls"`` (explicit ``AUTH TLS``; the default on every port but
+        990), ``"tls"`` (implicit; the default for 990) or ``"none"``.
+        """
+        from ._ftp import open_ftp
+
+        return open_ftp(
+            self,
+            host,
+            port,
+            security=security,
+            username=username,
+            password=password,
+            timeout=timeout,
+        )
+
+    def _add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run *closer* when the manager closes (a protocol layer's own pools)."""
+        self._closers.append(closer)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -334,8 +398,7 @@ class ConnectionManager:
             idle: list[Any] = []
             for sp in list(self._service_points.values()):
                 idle += sp._shutdown()
-            hooks = list(self._protocol_state.get("close_hooks", []))
-            closers = [close_quietly(conn) for conn in idle] + [hook() for hook in hooks]
+            closers = [close_quietly(conn) for conn in idle] + [close() for close in self._closers]
             if closers:
                 await asyncio.wait(
                     [asyncio.ensure_future(c) for c in closers], timeout=_CLOSE_GRACE

@@ -77,6 +77,8 @@ class ServicePoint:
         self._sessions: dict[tuple[TlsPolicy, str], tuple[ssl.SSLContext, ssl.SSLSession]] = {}
         self._addresses: tuple[float, list[tuple[Any, ...]]] | None = None
         self._reaper: asyncio.TimerHandle | None = None
+        self.layer_state: dict[str, Any] = {}
+        """Per-protocol state a layer keeps here (the HTTP connector, for one)."""
         self.stats = ServicePointStats()
         """Counters since the service point was made."""
         self.certificate: bytes | None = None
