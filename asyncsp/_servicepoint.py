@@ -295,6 +295,32 @@ class ServicePoint:
             self._idle_since = None
             await self._pool.wait()
 
+    async def open_side_stream(
+        self,
+        peer: tuple[str, int],
+        *,
+        policy: TlsPolicy,
+        tls: bool,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+        timeout: float | None = None,
+    ) -> Stream:
+        """A connection that belongs to another one of this endpoint (an FTP data channel).
+
+        It takes no slot of its own, goes to *peer* (an IP address and port), runs the same
+        handshake and verification under *policy*, and offers *session* for resumption.
+        """
+        self._manager._check_open()
+        return await self._open(
+            policy=policy,
+            tls=tls,
+            server_hostname=server_hostname,
+            timeout=timeout,
+            line_limit=DEFAULT_LINE_LIMIT,
+            peer=peer,
+            session=session,
+        )
+
     async def _open(
         self,
         *,
@@ -303,13 +329,15 @@ class ServicePoint:
         server_hostname: str | None,
         timeout: float | None,
         line_limit: int,
+        peer: tuple[str, int] | None = None,
+        session: ssl.SSLSession | None = None,
     ) -> Stream:
         loop = asyncio.get_running_loop()
         hostname = server_hostname or self.host
         context = await context_for_async(policy) if tls else None
         try:
             async with asyncio.timeout(timeout):
-                sock = await self._connect_socket()
+                sock = await self._connect_socket(peer)
         except (OSError, TimeoutError) as exc:
             raise translate_connect_error(
                 exc, self.address, during_tls=False, timeout=timeout
@@ -317,7 +345,7 @@ class ServicePoint:
         self.stats.connections_opened += 1
         protocol = StreamProtocol(high_water=max(2 * line_limit, 256 * 1024))
         try:
-            with connect_attempt(self._attempt(policy, hostname, context)):
+            with connect_attempt(self._attempt(policy, hostname, context, session)):
                 async with asyncio.timeout(timeout):
                     transport, _ = await loop.create_connection(
                         lambda: protocol,
@@ -340,7 +368,7 @@ class ServicePoint:
             policy=policy,
             timeout=timeout,
             server_hostname=hostname,
-            on_close=self._stream_closed,
+            on_close=self._stream_closed if peer is None else self._side_stream_closed,
             line_limit=line_limit,
         )
         self._active.add(stream)
@@ -378,10 +406,14 @@ class ServicePoint:
         return info
 
     def _attempt(
-        self, policy: TlsPolicy, hostname: str, context: ssl.SSLContext | None
+        self,
+        policy: TlsPolicy,
+        hostname: str,
+        context: ssl.SSLContext | None,
+        session: ssl.SSLSession | None = None,
     ) -> ConnectAttempt:
-        offered = None
-        if context is not None and policy.resume_sessions:
+        offered = session
+        if offered is None and context is not None and policy.resume_sessions:
             cached = self._sessions.get((policy, hostname))
             if cached is not None and cached[0] is context:
                 offered = cached[1]
@@ -403,7 +435,7 @@ class ServicePoint:
         ssl_object = stream.get_extra_info("ssl_object")
         if ssl_object is None or not stream.policy.resume_sessions or stream.tls is None:
             return
-        self.remember_session(ssl_object, stream.policy, stream._server_hostname)
+        self.remember_session(ssl_object, stream.policy, stream.server_hostname)
 
     def remember_session(self, ssl_object: Any, policy: TlsPolicy, hostname: str) -> None:
         """Keep *ssl_object*'s session (read once: each read copies it) for later connections."""
@@ -420,6 +452,9 @@ class ServicePoint:
         self._active.discard(stream)
         self._pool.release()
         self._touch()
+
+    def _side_stream_closed(self, stream: Stream) -> None:
+        self._active.discard(stream)
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -446,10 +481,15 @@ class ServicePoint:
         self._addresses = (now + self._dns_refresh_timeout, addresses)
         return addresses
 
-    async def _connect_socket(self) -> socket.socket:
+    async def _connect_socket(self, peer: tuple[str, int] | None = None) -> socket.socket:
         loop = asyncio.get_running_loop()
         last: OSError | None = None
-        for family, sockaddr in await self._resolve():
+        if peer is None:
+            addresses = await self._resolve()
+        else:
+            family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
+            addresses = [(family, peer)]
+        for family, sockaddr in addresses:
             sock = self._manager._socket_options.create_socket(family)
             try:
                 await loop.sock_connect(sock, sockaddr)

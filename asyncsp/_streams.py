@@ -229,6 +229,20 @@ class Stream:
         """Whether a TLS peer ended the stream with close_notify (a clean, untruncated end)."""
         return self._protocol.eof_is_tls_close
 
+    @property
+    def server_hostname(self) -> str:
+        """The name TLS verifies (and sends as SNI) on this connection."""
+        return self._server_hostname
+
+    def tls_session(self) -> ssl.SSLSession | None:
+        """The connection's TLS session, to offer on a related connection (each call copies it).
+
+        Under TLS 1.3 the resumable ticket arrives after the handshake: read it once the first
+        reply after the handshake has been received.
+        """
+        ssl_object = self._transport.get_extra_info("ssl_object")
+        return None if ssl_object is None else ssl_object.session
+
     def is_reusable(self) -> bool:
         """Whether the stream can carry another exchange (open, healthy, nothing unread)."""
         return not (
