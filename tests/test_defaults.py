@@ -1,0 +1,121 @@
+"""asyncsp.defaults: the process-wide statics, initialised from the environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import asyncsp
+from asyncsp import (
+    ConnectionManager,
+    Defaults,
+    InvalidSecurityProtocolError,
+    PolicyError,
+    SecurityProtocol,
+    TlsPolicy,
+)
+
+SP = SecurityProtocol
+
+
+def test_environment_sets_the_protocols() -> None:
+    d = Defaults.from_environment({"ASYNCSP_SECURITY_PROTOCOL": "Tls12, Tls13"})
+    assert d.security_protocol == SP.TLS12 | SP.TLS13
+    assert d.policy.strong_crypto
+
+
+def test_environment_opt_out_allows_legacy() -> None:
+    d = Defaults.from_environment(
+        {"ASYNCSP_SECURITY_PROTOCOL": "tls11|tls12", "ASYNCSP_STRONG_CRYPTO": "0"}
+    )
+    assert d.security_protocol == SP.TLS11 | SP.TLS12
+    assert not d.policy.strong_crypto
+
+
+def test_empty_environment_is_system_default() -> None:
+    d = Defaults.from_environment({})
+    assert d.policy == TlsPolicy()
+
+
+@pytest.mark.parametrize(
+    ("env", "error", "names"),
+    [
+        ({"ASYNCSP_SECURITY_PROTOCOL": "Tls14"}, InvalidSecurityProtocolError, "ASYNCSP_SECURITY_PROTOCOL"),
+        ({"ASYNCSP_SECURITY_PROTOCOL": ""}, InvalidSecurityProtocolError, "ASYNCSP_SECURITY_PROTOCOL"),
+        ({"ASYNCSP_STRONG_CRYPTO": "maybe"}, PolicyError, "ASYNCSP_STRONG_CRYPTO"),
+        ({"ASYNCSP_SECURITY_PROTOCOL": "Tls11"}, PolicyError, "ASYNCSP_STRONG_CRYPTO"),
+    ],
+)
+def test_bad_environment_values_name_the_variable(
+    env: dict[str, str], error: type[Exception], names: str
+) -> None:
+    with pytest.raises(error, match=names):
+        Defaults.from_environment(env)
+
+
+def test_bad_environment_fails_the_import_with_the_variable_named() -> None:
+    env = dict(os.environ, ASYNCSP_SECURITY_PROTOCOL="Tls99")
+    result = subprocess.run(
+        [sys.executable, "-c", "import asyncsp"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "ASYNCSP_SECURITY_PROTOCOL='Tls99'" in result.stderr
+    assert "Tls12" in result.stderr  # lists the valid names
+
+
+def test_good_environment_reaches_the_process_defaults() -> None:
+    env = dict(os.environ, ASYNCSP_SECURITY_PROTOCOL="TLSv1.3")
+    result = subprocess.run(
+        [sys.executable, "-c", "import asyncsp; print(int(asyncsp.defaults.security_protocol))"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == "12288"
+
+
+def test_security_protocol_assignment_validates_and_keeps_old_value() -> None:
+    asyncsp.defaults.security_protocol = SP.TLS13
+    for bad in (1024, 1, SP.TLS11, "Tls12"):
+        with pytest.raises(ValueError):
+            asyncsp.defaults.security_protocol = bad  # type: ignore[assignment]
+        assert asyncsp.defaults.security_protocol == SP.TLS13
+
+
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [
+        ("default_connection_limit", 0),
+        ("default_connection_limit", 2.5),
+        ("max_idle_time", -1),
+        ("connection_lease_timeout", "10"),
+        ("dns_refresh_timeout", -0.1),
+    ],
+)
+def test_invalid_numbers_leave_the_old_setting(name: str, bad: object) -> None:
+    before = getattr(asyncsp.defaults, name)
+    with pytest.raises(ValueError, match=name):
+        setattr(asyncsp.defaults, name, bad)
+    assert getattr(asyncsp.defaults, name) == before
+
+
+def test_managers_without_a_policy_follow_the_defaults_live() -> None:
+    follower = ConnectionManager()
+    own = ConnectionManager(security_protocol=SP.TLS12)
+    asyncsp.defaults.security_protocol = SP.TLS13
+    assert follower.security_protocol == SP.TLS13
+    assert own.security_protocol == SP.TLS12
+    sp = follower.find_service_point("https://example.test")
+    assert sp.policy.protocols == SP.TLS13
+    asyncsp.defaults.security_protocol = SP.TLS12 | SP.TLS13
+    assert sp.policy.protocols == SP.TLS12 | SP.TLS13

@@ -1,0 +1,150 @@
+"""SlotPool: the synchronous bookkeeping of one service point's sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from asyncsp import TlsPolicy
+from asyncsp._pool import SlotPool
+
+POLICY = TlsPolicy()
+
+
+@dataclasses.dataclass(eq=False)
+class Conn:
+    name: str
+    policy: TlsPolicy = POLICY
+    opened_at: float = 0.0
+    healthy: bool = True
+    stream: object = None
+
+    def is_reusable(self) -> bool:
+        return self.healthy
+
+    async def aclose(self) -> None:
+        self.healthy = False
+
+
+def test_reserve_up_to_the_limit() -> None:
+    pool: SlotPool[Conn] = SlotPool(2)
+    assert pool.try_reserve() and pool.try_reserve()
+    assert not pool.try_reserve()
+    assert pool.opened == 2
+    pool.release()
+    assert pool.try_reserve()
+
+
+def test_idle_reuse_by_key_most_recent_first() -> None:
+    pool: SlotPool[Conn] = SlotPool(3)
+    a, b, c = Conn("a"), Conn("b"), Conn("c")
+    for _ in range(3):
+        assert pool.try_reserve()
+    pool.put_idle(a, "k1", now=1.0)
+    pool.put_idle(b, "k2", now=2.0)
+    pool.put_idle(c, "k1", now=3.0)
+    got, stale = pool.take_idle("k1", policy=POLICY, max_idle=100, lease=None, now=4.0)
+    assert got is c and stale == []
+    assert pool.idle_count == 2 and pool.in_use == 1
+
+
+def test_expiry_by_idle_time_lease_policy_and_health() -> None:
+    pool: SlotPool[Conn] = SlotPool(4)
+    old_idle = Conn("idle")
+    too_old = Conn("old", opened_at=0.0)
+    other_policy = Conn("policy", policy=TlsPolicy(resume_sessions=False))
+    broken = Conn("broken", healthy=False)
+    fresh = Conn("fresh", opened_at=9.0)
+    for conn, since in [(old_idle, 0.0), (too_old, 9.0), (other_policy, 9.0), (broken, 9.0)]:
+        pool.try_reserve()
+        pool.put_idle(conn, "k", now=since)
+    pool.set_limit(5)
+    pool.try_reserve()
+    pool.put_idle(fresh, "k", now=9.0)
+    got, stale = pool.take_idle("k", policy=POLICY, max_idle=5.0, lease=8.0, now=10.0)
+    assert got is fresh
+    assert {c.name for c in stale} == {"idle", "old", "policy", "broken"}
+    # Stale connections keep their slots until the caller closes them and releases.
+    assert pool.opened == 5
+
+
+def test_next_expiry() -> None:
+    pool: SlotPool[Conn] = SlotPool(2)
+    pool.try_reserve()
+    pool.put_idle(Conn("a", opened_at=1.0), "k", now=2.0)
+    assert pool.next_expiry(max_idle=10.0, lease=None) == 12.0
+    assert pool.next_expiry(max_idle=10.0, lease=3.0) == 4.0
+
+
+def test_evict_least_recently_used() -> None:
+    pool: SlotPool[Conn] = SlotPool(2)
+    a, b = Conn("a"), Conn("b")
+    pool.try_reserve()
+    pool.try_reserve()
+    pool.put_idle(a, "k1", now=1.0)
+    pool.put_idle(b, "k2", now=2.0)
+    assert pool.evict_idle() is a
+    assert pool.opened == 2  # the slot is freed only by release() after the close
+
+
+async def test_waiters_are_woken_in_order_by_release() -> None:
+    pool: SlotPool[Conn] = SlotPool(1)
+    assert pool.try_reserve()
+    order: list[int] = []
+
+    async def waiter(n: int) -> None:
+        while not pool.try_reserve():
+            await pool.wait()
+        order.append(n)
+
+    tasks = [asyncio.create_task(waiter(n)) for n in range(3)]
+    await asyncio.sleep(0)
+    assert pool.waiting == 3
+    for expected in range(3):
+        pool.release()
+        await tasks[expected]
+        assert order[-1] == expected
+    assert pool.opened == 1
+
+
+async def test_cancelled_waiter_passes_its_wakeup_on() -> None:
+    pool: SlotPool[Conn] = SlotPool(1)
+    assert pool.try_reserve()
+    first = asyncio.create_task(pool.wait())
+    second = asyncio.create_task(pool.wait())
+    await asyncio.sleep(0)
+    pool.release()  # wakes `first`...
+    first.cancel()  # ...which is cancelled before it runs: `second` must get the wake-up
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.wait_for(second, 1)
+    assert pool.try_reserve()
+
+
+async def test_close_fails_waiters_and_returns_idle() -> None:
+    pool: SlotPool[Conn] = SlotPool(1)
+    pool.try_reserve()
+    pool.put_idle(Conn("a"), "k")
+    pool2: SlotPool[Conn] = SlotPool(1)
+    pool2.try_reserve()
+    waiter = asyncio.create_task(pool2.wait())
+    await asyncio.sleep(0)
+    idle = pool.close(lambda: RuntimeError("closed"))
+    assert [c.name for c in idle] == ["a"]
+    pool2.close(lambda: RuntimeError("closed"))
+    with pytest.raises(RuntimeError, match="closed"):
+        await waiter
+    with pytest.raises(RuntimeError, match="closed"):
+        await pool2.wait()
+
+
+async def test_raising_the_limit_wakes_waiters() -> None:
+    pool: SlotPool[Conn] = SlotPool(1)
+    pool.try_reserve()
+    waiter = asyncio.create_task(pool.wait())
+    await asyncio.sleep(0)
+    pool.set_limit(2)
+    await asyncio.wait_for(waiter, 1)
+    assert pool.try_reserve()
