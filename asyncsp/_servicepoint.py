@@ -24,7 +24,7 @@ from ._policy import TlsPolicy
 from ._pool import Poolable, SlotPool
 from ._streams import DEFAULT_LINE_LIMIT, Stream, StreamProtocol
 from ._tls import ConnectAttempt, TlsInfo, connect_attempt, context_for_async
-from ._translate import translate_connect_error
+from ._translate import raise_connect_error
 
 if TYPE_CHECKING:
     from ._manager import ConnectionManager
@@ -223,9 +223,7 @@ class ServicePoint:
             async with asyncio.timeout(timeout):
                 conn = await self._acquire(reuse_key, policy)
         except TimeoutError as exc:
-            raise translate_connect_error(
-                exc, self.address, during_tls=False, timeout=timeout
-            ) from exc
+            raise_connect_error(exc, self.address, during_tls=False, timeout=timeout)
         if conn is not None:
             return conn
         try:
@@ -339,9 +337,7 @@ class ServicePoint:
             async with asyncio.timeout(timeout):
                 sock = await self._connect_socket(peer)
         except (OSError, TimeoutError) as exc:
-            raise translate_connect_error(
-                exc, self.address, during_tls=False, timeout=timeout
-            ) from exc
+            raise_connect_error(exc, self.address, during_tls=False, timeout=timeout)
         self.stats.connections_opened += 1
         protocol = StreamProtocol(high_water=max(2 * line_limit, 256 * 1024))
         try:
@@ -357,9 +353,7 @@ class ServicePoint:
         except BaseException as exc:
             sock.close()
             if isinstance(exc, Exception):
-                raise translate_connect_error(
-                    exc, self.address, during_tls=True, timeout=timeout
-                ) from exc
+                raise_connect_error(exc, self.address, during_tls=True, timeout=timeout)
             raise
         stream = Stream(
             service_point=self,
@@ -393,9 +387,7 @@ class ServicePoint:
         except BaseException as exc:
             stream.abort()
             if isinstance(exc, Exception):
-                raise translate_connect_error(
-                    exc, self.address, during_tls=True, timeout=stream.timeout
-                ) from exc
+                raise_connect_error(exc, self.address, during_tls=True, timeout=stream.timeout)
             raise
         if transport is None:  # pragma: no cover - start_tls returns None only when closing
             stream.abort()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from typing import NoReturn
 
 from ._errors import (
     AsyncspError,
@@ -15,7 +16,7 @@ from ._errors import (
 )
 from ._tls import HandshakeRefused
 
-__all__ = ["translate_connect_error"]
+__all__ = ["raise_connect_error", "translate_connect_error"]
 
 # OpenSSL reasons that mean "no TLS version both sides allow".
 _VERSION_REASONS = frozenset(
@@ -74,3 +75,16 @@ def translate_connect_error(
             )
         return ConnectError(f"cannot connect to {endpoint}: {detail}", endpoint=endpoint)
     return AsyncspError(f"{endpoint}: {type(exc).__name__}: {exc}", endpoint=endpoint)
+
+
+def raise_connect_error(
+    exc: BaseException, endpoint: str, *, during_tls: bool, timeout: float | None = None
+) -> NoReturn:
+    """Raise `translate_connect_error`'s result, chained to *exc*.
+
+    An error that already has a cause (a validator's exception) keeps it.
+    """
+    error = translate_connect_error(exc, endpoint, during_tls=during_tls, timeout=timeout)
+    if error is exc:
+        raise error
+    raise error from (error.__cause__ or exc)

@@ -43,8 +43,16 @@ def test_empty_environment_is_system_default() -> None:
 @pytest.mark.parametrize(
     ("env", "error", "names"),
     [
-        ({"ASYNCSP_SECURITY_PROTOCOL": "Tls14"}, InvalidSecurityProtocolError, "ASYNCSP_SECURITY_PROTOCOL"),
-        ({"ASYNCSP_SECURITY_PROTOCOL": ""}, InvalidSecurityProtocolError, "ASYNCSP_SECURITY_PROTOCOL"),
+        (
+            {"ASYNCSP_SECURITY_PROTOCOL": "Tls14"},
+            InvalidSecurityProtocolError,
+            "ASYNCSP_SECURITY_PROTOCOL",
+        ),
+        (
+            {"ASYNCSP_SECURITY_PROTOCOL": ""},
+            InvalidSecurityProtocolError,
+            "ASYNCSP_SECURITY_PROTOCOL",
+        ),
         ({"ASYNCSP_STRONG_CRYPTO": "maybe"}, PolicyError, "ASYNCSP_STRONG_CRYPTO"),
         ({"ASYNCSP_SECURITY_PROTOCOL": "Tls11"}, PolicyError, "ASYNCSP_STRONG_CRYPTO"),
     ],

@@ -12,7 +12,9 @@ SP = SecurityProtocol
 
 
 def test_values_are_dotnet_security_protocol_type() -> None:
-    assert [(m.name, int(m)) for m in (SP.SYSTEM_DEFAULT, SP.SSL3, SP.TLS, SP.TLS11, SP.TLS12, SP.TLS13)] == [
+    assert [
+        (m.name, int(m)) for m in (SP.SYSTEM_DEFAULT, SP.SSL3, SP.TLS, SP.TLS11, SP.TLS12, SP.TLS13)
+    ] == [
         ("SYSTEM_DEFAULT", 0),
         ("SSL3", 48),
         ("TLS", 192),

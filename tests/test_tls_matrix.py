@@ -59,7 +59,13 @@ MATRIX: dict[str, tuple[SP, bool, dict[str, str | None]]] = {
     "legacy opt-out": (
         LEGACY_ALL,
         False,
-        {"1.0": "TLSv1", "1.1": "TLSv1.1", "1.2": "TLSv1.2", "1.3": "TLSv1.3", "1.2-1.3": "TLSv1.3"},
+        {
+            "1.0": "TLSv1",
+            "1.1": "TLSv1.1",
+            "1.2": "TLSv1.2",
+            "1.3": "TLSv1.3",
+            "1.2-1.3": "TLSv1.3",
+        },
     ),
     "gap TLS|TLS12": (
         SP.TLS | SP.TLS12,
