@@ -70,7 +70,12 @@ class SecurityProtocol(enum.IntFlag):
         result = 0
         saw_system_default = False
         for token in tokens:
-            if token.isdigit():
+            if token.isascii() and token.isdigit():
+                if len(token) > 6:  # no valid value has more digits than 15360
+                    raise InvalidSecurityProtocolError(
+                        f"security protocol number {token[:12]!r} is too large; valid values: "
+                        + ", ".join(f"{m.name}={m.value}" for m in _ALL_MEMBERS)
+                    )
                 value = int(cls.validate(int(token)))
             else:
                 found = _ALIASES.get(_normalise(token))
