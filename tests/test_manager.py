@@ -1,0 +1,186 @@
+"""ConnectionManager and ServicePoint: the registry, settings, limits and eviction."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import asyncsp
+from asyncsp import (
+    ConnectionManager,
+    Endpoint,
+    InvalidSecurityProtocolError,
+    PolicyError,
+    SecurityProtocol,
+    ServicePointLimitError,
+    TlsPolicy,
+)
+
+from .servers import ThreadedServer
+
+SP = SecurityProtocol
+
+
+@pytest.fixture(scope="module")
+def plain_server() -> Iterator[ThreadedServer]:
+    with ThreadedServer() as server:
+        yield server
+
+
+@pytest.mark.parametrize(
+    ("url", "address"),
+    [
+        ("https://Example.ORG/path?q=1", "https://example.org:443"),
+        ("http://example.org", "http://example.org:80"),
+        ("smtp://mail.example.org", "smtp://mail.example.org:25"),
+        ("smtps://mail.example.org", "smtps://mail.example.org:465"),
+        ("ftp://files.example.org", "ftp://files.example.org:21"),
+        ("ftps://files.example.org", "ftps://files.example.org:990"),
+        ("tcp://127.0.0.1:7", "tcp://127.0.0.1:7"),
+        ("tls://[::1]:8443", "tls://[::1]:8443"),
+        ("HTTPS://example.org.:8443", "https://example.org:8443"),
+        ("https://bücher.example", "https://xn--bcher-kva.example:443"),
+    ],
+)
+def test_service_point_addresses(url: str, address: str) -> None:
+    mgr = ConnectionManager()
+    sp = mgr.find_service_point(url)
+    assert sp.address == address
+    assert mgr.find_service_point(address) is sp
+    assert (sp.scheme, sp.host, sp.port) == (
+        Endpoint.parse(address).scheme,
+        Endpoint.parse(address).host,
+        Endpoint.parse(address).port,
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["example.org", "gopher://x", "tcp://host", "https://:443", "https://h:99999", "https://h:x"],
+)
+def test_bad_addresses_are_value_errors(bad: str) -> None:
+    with pytest.raises(ValueError):
+        ConnectionManager().find_service_point(bad)
+
+
+@given(
+    st.sampled_from(["http", "https", "smtp", "smtps", "ftp", "ftps", "tcp", "tls"]),
+    st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,10}(\.[A-Za-z][A-Za-z0-9-]{0,10}){0,2}", fullmatch=True),
+    st.integers(min_value=1, max_value=65535),
+)
+def test_endpoint_normalisation_is_idempotent(scheme: str, host: str, port: int) -> None:
+    first = Endpoint.parse(f"{scheme}://{host}:{port}/x")
+    again = Endpoint.parse(first.address)
+    assert again == first
+    assert again.address == first.address
+
+
+@given(st.text(max_size=40))
+def test_endpoint_parse_raises_only_value_error(text: str) -> None:
+    try:
+        Endpoint.parse(text)
+    except ValueError:
+        pass
+
+
+def test_manager_settings_follow_defaults_until_set() -> None:
+    mgr = ConnectionManager()
+    asyncsp.defaults.default_connection_limit = 7
+    asyncsp.defaults.max_idle_time = 3.0
+    assert mgr.default_connection_limit == 7
+    assert mgr.max_idle_time == 3.0
+    sp = mgr.find_service_point("https://a.test")
+    assert sp.connection_limit == 7 and sp.max_idle_time == 3.0
+    mgr.default_connection_limit = 3
+    assert mgr.find_service_point("https://b.test").connection_limit == 3
+    assert sp.connection_limit == 7  # a service point keeps what it started with
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"default_connection_limit": 0},
+        {"max_idle_time": -1},
+        {"connection_lease_timeout": -5},
+        {"max_service_points": -1},
+        {"dns_refresh_timeout": "x"},
+        {"max_body_size": -1},
+        {"tcp_keepalive": (0, 1)},
+        {"tcp_keepalive": (10,)},
+        {"local_address": "not-an-ip"},
+        {"tcp_nodelay": "yes"},
+        {"proxy": "socks5://x"},
+    ],
+)
+def test_invalid_manager_arguments(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        ConnectionManager(**kwargs)  # type: ignore[arg-type]
+
+
+def test_security_protocol_setter_keeps_old_value_on_error(ca_pem: str) -> None:
+    mgr = ConnectionManager(policy=TlsPolicy(cadata=ca_pem), security_protocol="Tls13")
+    assert mgr.security_protocol == SP.TLS13
+    assert mgr.policy.cadata == ca_pem
+    with pytest.raises(InvalidSecurityProtocolError):
+        mgr.security_protocol = 1024
+    with pytest.raises(InvalidSecurityProtocolError):
+        mgr.security_protocol = "Tls14"
+    with pytest.raises(PolicyError, match="strong_crypto"):
+        mgr.security_protocol = SP.TLS11
+    assert mgr.security_protocol == SP.TLS13
+
+
+def test_connection_limit_validation() -> None:
+    sp = ConnectionManager().find_service_point("https://a.test")
+    for bad in (0, -1, 1.5, True, None):
+        with pytest.raises(ValueError):
+            sp.connection_limit = bad  # type: ignore[assignment]
+    sp.connection_limit = 5
+    assert sp.connection_limit == 5
+    with pytest.raises(ValueError):
+        sp.max_idle_time = -1
+    sp.connection_lease_timeout = None
+    assert sp.connection_lease_timeout is None
+
+
+def test_idle_since_is_utc() -> None:
+    sp = ConnectionManager().find_service_point("https://a.test")
+    assert sp.idle_since is not None
+    assert sp.idle_since.tzinfo == datetime.UTC
+    assert sp.current_connections == 0
+
+
+async def test_max_service_points_evicts_least_recently_used_idle(
+    plain_server: ThreadedServer,
+) -> None:
+    async with ConnectionManager(max_service_points=2) as mgr:
+        a = mgr.find_service_point("https://a.test")
+        b = mgr.find_service_point("https://b.test")
+        mgr.find_service_point("https://a.test")  # a is now the most recently used
+        c = mgr.find_service_point("https://c.test")
+        assert {sp.address for sp in mgr.service_points} == {a.address, c.address}
+        assert b not in mgr.service_points
+
+
+async def test_max_service_points_with_none_idle_is_a_clear_error(
+    plain_server: ThreadedServer,
+) -> None:
+    async with ConnectionManager(max_service_points=1) as mgr:
+        async with mgr.open_stream("127.0.0.1", plain_server.port, timeout=5):
+            with pytest.raises(ServicePointLimitError, match="max_service_points=1"):
+                mgr.find_service_point("https://other.test")
+        # Once idle, the old one makes room.
+        assert mgr.find_service_point("https://other.test").host == "other.test"
+
+
+async def test_aclose_is_idempotent() -> None:
+    mgr = ConnectionManager()
+    await mgr.aclose()
+    await mgr.aclose()
+    assert mgr.closed
+    with pytest.raises(asyncsp.ManagerClosedError):
+        mgr.find_service_point("https://new.test")
