@@ -82,9 +82,10 @@ def test_endpoint_normalisation_is_idempotent(scheme: str, host: str, port: int)
 @given(st.text(max_size=40))
 def test_endpoint_parse_raises_only_value_error(text: str) -> None:
     try:
-        Endpoint.parse(text)
+        endpoint = Endpoint.parse(text)
     except ValueError:
-        pass
+        return
+    assert Endpoint.parse(endpoint.address) == endpoint
 
 
 def test_manager_settings_follow_defaults_until_set() -> None:
