@@ -40,6 +40,20 @@ _CLOSE_TIMEOUT = 2.0
 T = TypeVar("T")
 
 
+def _received_close_notify(ssl_object: ssl.SSLObject) -> bool:
+    """Whether the peer's close_notify was read (asyncio has already drained every record).
+
+    A TCP FIN without close_notify leaves nothing to read (``SSLWantReadError``), or a
+    partial record.
+    """
+    try:
+        return ssl_object.read(1) == b""
+    except ssl.SSLZeroReturnError:  # close_notify after ours went out
+        return True
+    except (ssl.SSLError, ValueError):
+        return False
+
+
 class StreamProtocol(asyncio.Protocol):
     """Buffers what arrives, pauses the peer past a high-water mark, wakes one reader."""
 
@@ -75,13 +89,14 @@ class StreamProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
-        over_tls = self._transport is not None and bool(
-            self._transport.get_extra_info("ssl_object")
+        ssl_object = None if self._transport is None else self._transport.get_extra_info(
+            "ssl_object"
         )
-        # Under TLS, asyncio calls this only for the peer's close_notify: a clean end.
-        self.eof_is_tls_close = over_tls
+        # Under TLS asyncio calls this both for the peer's close_notify and for a bare TCP FIN
+        # (a truncation). Only after close_notify does OpenSSL report a zero return on read.
+        self.eof_is_tls_close = ssl_object is not None and _received_close_notify(ssl_object)
         self._wake()
-        return not over_tls  # plain TCP: keep our half open (the owner closes)
+        return ssl_object is None  # plain TCP: keep our half open (the owner closes)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
