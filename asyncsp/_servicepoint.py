@@ -7,6 +7,7 @@ Connect, handshake and verification share one code path here (`ServicePoint.obta
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import dataclasses
 import datetime
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._defaults import check_limit, check_optional_seconds, check_seconds
 from ._endpoint import Endpoint
-from ._errors import ConnectError, ManagerClosedError
+from ._errors import ConnectError, ManagerClosedError, TimeoutError
 from ._policy import TlsPolicy
 from ._pool import Poolable, SlotPool
 from ._streams import DEFAULT_LINE_LIMIT, Stream, StreamProtocol
@@ -222,12 +223,16 @@ class ServicePoint:
         try:
             async with asyncio.timeout(timeout):
                 conn = await self._acquire(reuse_key, policy)
-        except TimeoutError as exc:
-            raise_connect_error(exc, self.address, during_tls=False, timeout=timeout)
+        except builtins.TimeoutError as exc:
+            raise TimeoutError(
+                f"{self.address}: no connection became free within {timeout} s "
+                f"(connection_limit={self.connection_limit})",
+                endpoint=self.address,
+            ) from exc
         if conn is not None:
             return conn
         try:
-            return await self._open(
+            stream = await self._open(
                 policy=policy,
                 tls=self._endpoint.implicit_tls if tls is None else tls,
                 server_hostname=server_hostname,
@@ -235,9 +240,10 @@ class ServicePoint:
                 line_limit=line_limit,
             )
         except BaseException:
-            self._pool.release()
+            self._pool.release()  # the slot was never handed to a stream
             self._touch()
             raise
+        return self._unless_closed(stream)
 
     async def checkin(self, conn: Poolable, reuse_key: Hashable) -> None:
         """Give a connection back: pooled when healthy and current, closed otherwise."""
@@ -309,7 +315,7 @@ class ServicePoint:
         handshake and verification under *policy*, and offers *session* for resumption.
         """
         self._manager._check_open()
-        return await self._open(
+        stream = await self._open(
             policy=policy,
             tls=tls,
             server_hostname=server_hostname,
@@ -318,6 +324,14 @@ class ServicePoint:
             peer=peer,
             session=session,
         )
+        return self._unless_closed(stream)
+
+    def _unless_closed(self, stream: Stream) -> Stream:
+        # The manager may have closed while we connected: the new stream is not handed out.
+        if self._manager.closed:
+            stream.abort(by_manager=True)
+            self._manager._check_open()
+        return stream
 
     async def _open(
         self,
@@ -336,7 +350,7 @@ class ServicePoint:
         try:
             async with asyncio.timeout(timeout):
                 sock = await self._connect_socket(peer)
-        except (OSError, TimeoutError) as exc:
+        except OSError as exc:  # builtins.TimeoutError included
             raise_connect_error(exc, self.address, during_tls=False, timeout=timeout)
         self.stats.connections_opened += 1
         protocol = StreamProtocol(high_water=max(2 * line_limit, 256 * 1024))
@@ -366,9 +380,6 @@ class ServicePoint:
             line_limit=line_limit,
         )
         self._active.add(stream)
-        if self._manager.closed:
-            stream.abort(by_manager=True)
-            self._manager._check_open()
         return stream
 
     async def _upgrade(self, stream: Stream, server_hostname: str) -> TlsInfo:

@@ -402,3 +402,13 @@ async def test_ipv6_loopback(
             async with mgr.open_stream("::1", server.port, tls=True, timeout=5) as s:
                 assert s.tls is not None
                 assert s.service_point.address == f"tls://[::1]:{server.port}"
+
+
+async def test_waiting_for_a_slot_is_bounded_by_the_timeout(plain_server: ThreadedServer) -> None:
+    async with ConnectionManager(default_connection_limit=1) as mgr:
+        async with mgr.open_stream("127.0.0.1", plain_server.port, timeout=5):
+            with pytest.raises(asyncsp.TimeoutError, match="connection_limit=1"):
+                async with mgr.open_stream("127.0.0.1", plain_server.port, timeout=0.1):
+                    pass
+        sp = mgr.find_service_point(f"tcp://127.0.0.1:{plain_server.port}")
+        assert sp.current_connections == 0 and sp._pool.waiting == 0
