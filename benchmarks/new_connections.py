@@ -1,0 +1,147 @@
+"""New HTTPS connections per second: asyncsp (with and without TLS resumption) vs aiohttp vs httpx.
+
+Every request goes out on a new connection (the request asks the server to close it), at a
+concurrency of 20, against a loopback server in another process: nginx when installed (one
+shared session cache, tickets on), else a Python aiohttp server. TLS 1.2 and TLS 1.3 each, all
+clients in the same run, several rounds; the best round of each is compared.
+
+    python benchmarks/new_connections.py [--requests 1000] [--rounds 3] [--python-server]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ssl
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import httpx
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+from _loopback import https_servers
+
+import asyncsp
+from asyncsp import ConnectionManager, SecurityProtocol, TlsPolicy
+
+CONCURRENCY = 20
+CLOSE = {"Connection": "close"}
+Run = Callable[[str, int], Awaitable[None]]
+
+
+def client_context(cafile: str, version: ssl.TLSVersion) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.minimum_version = ctx.maximum_version = version
+    return ctx
+
+
+async def bounded(n: int, one: Callable[[], Awaitable[None]]) -> None:
+    queue = iter(range(n))
+
+    async def worker() -> None:
+        for _ in queue:
+            await one()
+
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+
+
+def make_asyncsp(cafile: str, protocols: SecurityProtocol, resume: bool) -> Run:
+    async def run(url: str, n: int) -> None:
+        policy = TlsPolicy(cafile=cafile, protocols=protocols, resume_sessions=resume)
+        async with ConnectionManager(policy=policy, default_connection_limit=CONCURRENCY) as mgr:
+
+            async def one() -> None:
+                resp = await mgr.get(url, headers=CLOSE)
+                assert resp.status == 200
+
+            await bounded(n, one)
+            sp = mgr.find_service_point(url)
+            if resume:
+                assert sp.stats.session_resumptions > 0, "no session was resumed"
+
+    return run
+
+
+def make_aiohttp(ctx: ssl.SSLContext) -> Run:
+    async def run(url: str, n: int) -> None:
+        connector = aiohttp.TCPConnector(ssl=ctx, limit=CONCURRENCY, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one() -> None:
+                async with session.get(url, headers=CLOSE) as resp:
+                    await resp.read()
+                    assert resp.status == 200
+
+            await bounded(n, one)
+
+    return run
+
+
+def make_httpx(ctx: ssl.SSLContext) -> Run:
+    async def run(url: str, n: int) -> None:
+        limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=0)
+        async with httpx.AsyncClient(verify=ctx, limits=limits) as client:
+
+            async def one() -> None:
+                resp = await client.get(url, headers=CLOSE)
+                assert resp.status_code == 200
+
+            await bounded(n, one)
+
+    return run
+
+
+async def measure(run: Run, url: str, n: int, rounds: int) -> list[float]:
+    await run(url, min(n, 50))  # warm up: imports, first context build
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        await run(url, n)
+        rates.append(n / (time.perf_counter() - start))
+    return rates
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--python-server", action="store_true", help="skip nginx")
+    args = parser.parse_args()
+    with https_servers(prefer_nginx=not args.python_server) as servers:
+        print(
+            f"server: {servers.kind}; {args.requests} new connections per round, "
+            f"concurrency {CONCURRENCY}, best of {args.rounds} rounds"
+        )
+        for label, port, version, protocols in (
+            ("TLS 1.2", servers.port12, ssl.TLSVersion.TLSv1_2, SecurityProtocol.TLS12),
+            ("TLS 1.3", servers.port13, ssl.TLSVersion.TLSv1_3, SecurityProtocol.TLS13),
+        ):
+            url = f"https://localhost:{port}/"
+            ctx = client_context(servers.cafile, version)
+            clients: dict[str, Run] = {
+                "asyncsp (resumption)": make_asyncsp(servers.cafile, protocols, True),
+                "asyncsp (no resumption)": make_asyncsp(servers.cafile, protocols, False),
+                "aiohttp": make_aiohttp(ctx),
+                "httpx": make_httpx(ctx),
+            }
+            results = {}
+            for name, run in clients.items():
+                results[name] = await measure(run, url, args.requests, args.rounds)
+            base = max(results["aiohttp"])
+            print(f"\n{label}")
+            print(f"  {'client':26} {'best conn/s':>12} {'median':>10} {'vs aiohttp':>11}")
+            for name, rates in results.items():
+                print(
+                    f"  {name:26} {max(rates):12.0f} {statistics.median(rates):10.0f} "
+                    f"{max(rates) / base:10.2f}x"
+                )
+
+
+if __name__ == "__main__":
+    print(
+        f"asyncsp {asyncsp.__version__}, aiohttp {aiohttp.__version__}, httpx {httpx.__version__}"
+    )
+    asyncio.run(main())
