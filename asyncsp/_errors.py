@@ -15,6 +15,7 @@ __all__ = [
     "CertificateVerificationError",
     "ConnectError",
     "ConnectionClosedError",
+    "FtpCommandError",
     "FtpError",
     "FtpProtocolError",
     "FtpReplyError",
@@ -154,6 +155,10 @@ class FtpReplyError(FtpError):
 
 class FtpProtocolError(FtpError):
     """The FTP server sent something that breaks the protocol, or a transfer ended dishonestly."""
+
+
+class FtpCommandError(FtpError, ValueError):
+    """An FTP command argument (a path) that cannot be sent safely (CR, LF or NUL); nothing sent."""
 
 
 class InsecurePolicyWarning(UserWarning):
