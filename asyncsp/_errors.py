@@ -8,6 +8,10 @@ ever holds a password.
 from __future__ import annotations
 
 import builtins
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._smtp_protocol import SmtpReply
 
 __all__ = [
     "AsyncspError",
@@ -27,6 +31,7 @@ __all__ = [
     "PolicyError",
     "ProtocolNotAllowedError",
     "ReadLimitError",
+    "SmtpArgumentError",
     "SmtpError",
     "SmtpProtocolError",
     "SmtpRecipientsRefused",
@@ -127,7 +132,7 @@ class SmtpReplyError(SmtpError):
 class SmtpRecipientsRefused(SmtpError):
     """Every recipient of a message was refused; ``refused`` maps each to its reply."""
 
-    def __init__(self, refused: dict[str, object], *, endpoint: str | None = None) -> None:
+    def __init__(self, refused: dict[str, SmtpReply], *, endpoint: str | None = None) -> None:
         super().__init__(
             f"all {len(refused)} recipient(s) refused by {endpoint or 'the server'}",
             endpoint=endpoint,
@@ -137,6 +142,10 @@ class SmtpRecipientsRefused(SmtpError):
 
 class SmtpProtocolError(SmtpError):
     """The SMTP server sent something that breaks the protocol (malformed, oversized, injected)."""
+
+
+class SmtpArgumentError(SmtpError, ValueError):
+    """An address, argument or header that cannot go on the wire safely; nothing was sent."""
 
 
 class FtpError(AsyncspError):
