@@ -1,0 +1,106 @@
+"""What the command line prints: rich on a terminal, plain aligned text otherwise.
+
+Only the command line imports this module; `rich` is imported when a terminal asks for it,
+so piped output (and the tests) need nothing beyond the standard library here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TextIO
+
+__all__ = ["Output", "progress"]
+
+_STYLES = {"ok": "green", "bad": "bold red", "warn": "yellow", "dim": "dim", "head": "bold"}
+_PLAIN_MARKS = {"ok": "", "bad": "! ", "warn": "! ", "dim": "", "head": ""}
+
+
+class Output:
+    """Lines, headings and tables for one stream, styled only when it is a terminal.
+
+    Text is never parsed as rich markup: host names such as ``[::1]`` print as they are.
+    """
+
+    def __init__(self, stream: TextIO, *, styled: bool | None = None) -> None:
+        self.stream = stream
+        self.styled = _is_terminal(stream) if styled is None else styled
+        self._console: Any = None
+        if self.styled:
+            from rich.console import Console
+
+            self._console = Console(file=stream, highlight=False, soft_wrap=True)
+
+    def line(self, text: str = "", style: str | None = None) -> None:
+        """Print one line; *style* is ``ok``, ``bad``, ``warn``, ``dim`` or ``head``."""
+        if self._console is not None:
+            from rich.text import Text
+
+            self._console.print(Text(text, style=_STYLES.get(style or "", "")))
+        else:
+            print(_PLAIN_MARKS.get(style or "", "") + text, file=self.stream, flush=True)
+
+    def table(
+        self,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[str]],
+        *,
+        title: str | None = None,
+        styles: Sequence[str | None] | None = None,
+    ) -> None:
+        """Print a table; *styles* gives one optional style per row."""
+        if self._console is not None:
+            from rich.table import Table
+            from rich.text import Text
+
+            table = Table(title=title, title_justify="left", header_style="bold")
+            for column in columns:
+                table.add_column(column)
+            for index, row in enumerate(rows):
+                style = _STYLES.get((styles[index] if styles else None) or "", "")
+                table.add_row(*(Text(cell) for cell in row), style=style)
+            self._console.print(table)
+            return
+        if title:
+            print(title, file=self.stream)
+        widths = [len(c) for c in columns]
+        for row in rows:
+            widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+        for row in (columns, *rows):
+            cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            print("  ".join(cells).rstrip(), file=self.stream)
+        self.stream.flush()
+
+    def field(self, name: str, value: str, width: int = 10) -> None:
+        """Print ``name  value`` with the names aligned."""
+        self.line(f"  {name.ljust(width)}  {value}")
+
+
+@contextlib.contextmanager
+def progress(stream: TextIO, description: str, total: int) -> Iterator[Callable[[], None]]:
+    """A progress bar on *stream* when it is a terminal; yields the function that advances it.
+
+    Nothing is drawn when *stream* is not a terminal (piped output stays clean).
+    """
+    if not _is_terminal(stream):
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(file=stream),
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
