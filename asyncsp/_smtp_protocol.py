@@ -16,6 +16,7 @@ import collections
 import dataclasses
 import enum
 import re
+from typing import NewType
 
 from ._errors import SmtpArgumentError, SmtpProtocolError, SmtpReplyError
 
@@ -23,8 +24,10 @@ __all__ = [
     "MAX_REPLY_LINE",
     "MAX_REPLY_LINES",
     "Command",
+    "EncodedContent",
     "Outcome",
     "ReplyParser",
+    "SendResult",
     "SmtpReply",
     "SmtpSession",
     "State",
@@ -71,6 +74,18 @@ class SmtpReply:
 
     def __str__(self) -> str:
         return f"{self.code} {self.message}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SendResult:
+    """The outcome of one message: who took it, who refused it, and the final reply."""
+
+    accepted: list[str]
+    """Recipients the server accepted."""
+    refused: dict[str, SmtpReply]
+    """Recipients the server refused, each with its reply."""
+    reply: SmtpReply
+    """The server's reply to the end of the message content (``250`` when queued)."""
 
 
 class ReplyParser:
@@ -182,7 +197,11 @@ def encode_command(verb: str, *args: str, utf8: bool = False) -> bytes:
     return " ".join((verb, *args)).encode("utf-8") + b"\r\n"
 
 
-def encode_data(body: bytes) -> bytes:
+EncodedContent = NewType("EncodedContent", bytes)
+"""Message content ready for the wire: CRLF line ends, dot-stuffed, ending in ``.CRLF``."""
+
+
+def encode_data(body: bytes) -> EncodedContent:
     """The DATA content for *body*: line breaks made CRLF, dot-stuffed, ending in ``.CRLF``.
 
     First every lone CR and lone LF becomes CRLF, *then* lines starting with a dot get a
@@ -191,13 +210,13 @@ def encode_data(body: bytes) -> bytes:
     (the 2023 SMTP smuggling attacks). After both steps ``CRLF.CRLF`` can only be our end.
     """
     if not body:
-        return b".\r\n"
+        return EncodedContent(b".\r\n")
     text = _LINE_BREAK.sub(b"\r\n", body)
     if not text.endswith(b"\r\n"):
         text += b"\r\n"
     if text.startswith(b"."):
         text = b"." + text
-    return text.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+    return EncodedContent(text.replace(b"\r\n.", b"\r\n..") + b".\r\n")
 
 
 def parse_ehlo(reply: SmtpReply) -> dict[str, str]:
@@ -285,7 +304,8 @@ _TRANSITIONS: dict[tuple[State, Command, Outcome], State] = {
     (S.MAIL, C.RCPT, R.NEGATIVE): S.MAIL,
     (S.RCPT, C.RCPT, R.POSITIVE): S.RCPT,
     (S.RCPT, C.RCPT, R.NEGATIVE): S.RCPT,
-    (S.READY, C.DATA, R.NEGATIVE): S.READY,  # pipelined after a refused MAIL
+    (S.READY, C.RCPT, R.NEGATIVE): S.READY,  # pipelined after a refused MAIL
+    (S.READY, C.DATA, R.NEGATIVE): S.READY,
     (S.MAIL, C.DATA, R.NEGATIVE): S.MAIL,  # no valid recipient
     # RFC 2920 §3.1: some servers accept DATA though every RCPT failed; the client then ends
     # the empty content with a lone dot.
@@ -345,10 +365,19 @@ class SmtpSession:
         self.pending.append(command)
         return line
 
-    def mail(self, sender: str, *params: str) -> bytes:
-        """``MAIL FROM:<sender> params`` (an empty *sender* is the null reverse-path)."""
-        check_address(sender, "sender", utf8=self.utf8)
-        return self.command(Command.MAIL, f"FROM:<{sender}>", *params)
+    def mail(self, sender: str, *params: str, utf8: bool = False) -> bytes:
+        """``MAIL FROM:<sender> params`` (an empty *sender* is the null reverse-path).
+
+        With *utf8* (the caller puts ``SMTPUTF8`` in *params*) the transaction's addresses
+        may be non-ASCII (RFC 6531 §3.4).
+        """
+        check_address(sender, "sender", utf8=utf8)
+        previous, self.utf8 = self.utf8, utf8
+        try:
+            return self.command(Command.MAIL, f"FROM:<{sender}>", *params)
+        except BaseException:
+            self.utf8 = previous
+            raise
 
     def rcpt(self, recipient: str, *params: str) -> bytes:
         """``RCPT TO:<recipient> params``."""
@@ -364,10 +393,9 @@ class SmtpSession:
         self.pending.append(Command.AUTH_RESPONSE)
         return line.encode("ascii") + b"\r\n"
 
-    def content(self, body: bytes) -> bytes:
-        """The encoded message content (valid once DATA was answered with 354)."""
+    def content(self, data: EncodedContent) -> bytes:
+        """The message content from `encode_data` (valid once DATA was answered with 354)."""
         self._check_can_send(Command.CONTENT)
-        data = encode_data(body)
         self.pending.append(Command.CONTENT)
         return data
 
@@ -425,6 +453,8 @@ class SmtpSession:
                 f"makes no sense {where}",
                 endpoint=self.endpoint,
             )
+        if after is State.READY:
+            self.utf8 = False  # SMTPUTF8 is asked per transaction
         if command in (Command.EHLO, Command.HELO) and after is State.READY:
             self.esmtp = command is Command.EHLO
             self.extensions = parse_ehlo(reply) if self.esmtp else {}
