@@ -314,7 +314,7 @@ async def _get(args: argparse.Namespace) -> int:
             size = await _save_body(resp, args.output)
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
-    out.line(f"{status} {reason or ''}".rstrip(), "ok" if status < 400 else "bad")
+    out.line(f"{status} {reason or ''}".rstrip(), "ok" if status < 400 else "warn")
     if tls is not None:
         out.line(
             f"{tls.version} {tls.cipher} ({tls.bits} bits)"

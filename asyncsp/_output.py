@@ -13,7 +13,8 @@ from typing import Any, TextIO
 __all__ = ["Output", "progress"]
 
 _STYLES = {"ok": "green", "bad": "bold red", "warn": "yellow", "dim": "dim", "head": "bold"}
-_PLAIN_MARKS = {"ok": "", "bad": "! ", "warn": "! ", "dim": "", "head": ""}
+_PLAIN_MARKS = {"bad": "! "}
+"""Without colour, a finding still stands out."""
 
 
 class Output:

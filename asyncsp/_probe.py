@@ -22,6 +22,7 @@ from ._errors import (
     FtpError,
     SmtpError,
     StartTlsUnavailableError,
+    TlsError,
 )
 from ._manager import ConnectionManager
 from ._output import Output
@@ -309,12 +310,11 @@ def explain_untrusted(exc: CertificateVerificationError) -> str:
 def explain(exc: AsyncspError) -> str:
     """A short reason: OpenSSL's reason code for a refused handshake, else the message."""
     cause = exc.__cause__
-    if (
-        not isinstance(exc, CertificateVerificationError)
-        and isinstance(cause, ssl.SSLError)
-        and cause.reason
-    ):
-        return f"handshake refused ({cause.reason})"
+    if not isinstance(exc, CertificateVerificationError) and isinstance(exc, TlsError):
+        if isinstance(cause, ssl.SSLError) and cause.reason:
+            return f"handshake refused ({cause.reason})"
+        if isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError):
+            return f"the server closed the connection in the handshake ({type(cause).__name__})"
     text = str(exc)
     if exc.endpoint and text.startswith(f"{exc.endpoint}: "):
         text = text[len(exc.endpoint) + 2 :]

@@ -1,0 +1,376 @@
+"""The ``asyncsp`` command line, run as a subprocess against loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from aiohttp import web
+
+from .servers import ThreadedServer, server_context
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_TIMEOUT = 30
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCSP_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env["COLUMNS"] = "200"
+    return env
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m asyncsp ARGS`` with piped output (so no colours and no progress bar)."""
+    return subprocess.run(
+        [sys.executable, "-m", "asyncsp", *args],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        env=_env(),
+        cwd=ROOT,
+        check=False,
+    )
+
+
+async def arun(*args: str) -> subprocess.CompletedProcess[str]:
+    """`run` without blocking the event loop that serves the peer."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "asyncsp",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_env(),
+        cwd=ROOT,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
+
+
+@pytest.fixture(scope="module")
+def cafile(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+def leaf_sha256(cert: trustme.LeafCert) -> str:
+    pem = cert.cert_chain_pems[0].bytes().decode()
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the contract's JSON schema ------------------------------------------------------------
+
+VERSION_NAMES = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
+
+
+def check_probe_schema(report: object) -> None:
+    """Exactly CONTRACT.md's ``probe --json`` object: keys, nothing more, and their types."""
+    assert isinstance(report, dict)
+    assert set(report) == {"target", "versions", "certificate", "findings"}
+    assert isinstance(report["target"], str)
+    versions = report["versions"]
+    assert isinstance(versions, dict) and list(versions) == VERSION_NAMES
+    for v in versions.values():
+        assert set(v) == {"accepted", "cipher", "alpn", "error"}
+        assert isinstance(v["accepted"], bool)
+        for key in ("cipher", "alpn", "error"):
+            assert v[key] is None or isinstance(v[key], str)
+    cert = report["certificate"]
+    if cert is not None:
+        assert set(cert) == {"subject", "issuer", "san", "not_after", "sha256"}
+        assert all(isinstance(cert[k], str) for k in ("subject", "issuer", "not_after", "sha256"))
+        assert isinstance(cert["san"], list) and all(isinstance(s, str) for s in cert["san"])
+        import datetime
+
+        datetime.datetime.fromisoformat(cert["not_after"])  # ISO 8601
+    assert isinstance(report["findings"], list)
+    assert all(isinstance(f, str) for f in report["findings"])
+
+
+# -- probe ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls12_server(server_cert: trustme.LeafCert) -> Iterator[ThreadedServer]:
+    with ThreadedServer(server_context(server_cert, "TLSv1.2", "TLSv1.2")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tls11_server(server_cert: trustme.LeafCert) -> Iterator[ThreadedServer]:
+    with ThreadedServer(server_context(server_cert, "TLSv1.1", "TLSv1.3")) as server:
+        yield server
+
+
+def test_probe_json_tls12_only(
+    tls12_server: ThreadedServer, cafile: str, server_cert: trustme.LeafCert
+) -> None:
+    target = f"127.0.0.1:{tls12_server.port}"
+    result = run("probe", target, "--cafile", cafile, "--json")
+    assert result.stderr == ""
+    report = json.loads(result.stdout)  # one object and nothing else on stdout
+    check_probe_schema(report)
+    assert report["target"] == target
+    versions = report["versions"]
+    assert versions["TLSv1.2"]["accepted"] is True
+    assert versions["TLSv1.2"]["cipher"] and versions["TLSv1.2"]["error"] is None
+    assert versions["TLSv1.3"]["accepted"] is False
+    assert versions["TLSv1.3"]["error"]
+    # Without --insecure-legacy the legacy versions are not tried, and say so.
+    assert not versions["TLSv1"]["accepted"] and "not tried" in versions["TLSv1"]["error"]
+    assert report["certificate"]["sha256"] == leaf_sha256(server_cert)
+    assert set(report["certificate"]["san"]) >= {"localhost", "127.0.0.1"}
+    assert report["findings"] == []
+    assert result.returncode == 0
+
+
+def test_probe_flags_a_tls11_capable_server(tls11_server: ThreadedServer, cafile: str) -> None:
+    target = f"https://localhost:{tls11_server.port}"
+    result = run("probe", target, "--cafile", cafile, "--insecure-legacy", "--json")
+    report = json.loads(result.stdout)
+    check_probe_schema(report)
+    versions = report["versions"]
+    assert versions["TLSv1.1"]["accepted"] is True
+    assert versions["TLSv1"]["accepted"] is False
+    assert versions["TLSv1.3"]["accepted"] is True
+    assert any(f.startswith("TLSv1.1 accepted") for f in report["findings"])
+    assert result.returncode == 1
+
+    human = run("probe", target, "--cafile", cafile, "--insecure-legacy")
+    assert human.returncode == 1
+    assert "TLSv1.1 accepted" in human.stdout
+    assert "\x1b[" not in human.stdout  # plain text when piped
+
+
+def test_probe_untrusted_certificate_is_a_finding(tls12_server: ThreadedServer) -> None:
+    # No --cafile: the system store does not know the test CA.
+    result = run("probe", f"localhost:{tls12_server.port}", "--json")
+    report = json.loads(result.stdout)
+    check_probe_schema(report)
+    assert report["versions"]["TLSv1.2"]["accepted"] is True  # the version, not the trust
+    assert report["certificate"] is not None
+    assert any(f.startswith("certificate not trusted") for f in report["findings"])
+    assert result.returncode == 1
+
+
+def test_probe_unreachable_target_exits_1() -> None:
+    result = run("probe", f"127.0.0.1:{closed_port()}", "--json", "--timeout", "5")
+    report = json.loads(result.stdout)
+    check_probe_schema(report)
+    assert report["certificate"] is None
+    assert report["findings"] and "connect" in report["findings"][0]
+    assert result.returncode == 1
+
+
+def test_probe_protocol_option_limits_the_versions(
+    tls12_server: ThreadedServer, cafile: str
+) -> None:
+    result = run(
+        "probe", f"localhost:{tls12_server.port}", "--cafile", cafile, "--protocol", "Tls13"
+    )
+    assert result.returncode == 1  # nothing the policy allows is accepted
+    assert "no TLS version accepted" in result.stdout
+
+
+# -- usage errors and help -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["frobnicate"],
+        ["probe"],
+        ["probe", "localhost"],
+        ["probe", "http://localhost"],
+        ["probe", "localhost:1", "--protocol", "Tls14"],
+        ["probe", "localhost:1", "--protocol", "tls11"],
+        ["probe", "localhost:1", "--timeout", "0"],
+        ["probe", "localhost:1", "--cafile", "/nonexistent/ca.pem"],
+        ["get", "ftp://localhost/"],
+        ["smtp-check", "localhost:99999"],
+    ],
+)
+def test_usage_error_is_one_line_and_exit_2(args: list[str]) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("asyncsp")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["probe"], ["get"], ["smtp-check"]])
+def test_help_everywhere(command: list[str]) -> None:
+    result = run(*command, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: asyncsp")
+
+
+def test_missing_cli_extra_is_one_clear_line() -> None:
+    code = (
+        "import sys; sys.modules['trustme'] = None; "
+        "from asyncsp._cli import main; sys.exit(main(['demo']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        env=_env(),
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        'asyncsp demo needs trustme, which is not installed: pip install "asyncsp[cli]"'
+    ]
+
+
+# -- get -----------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def https_app(cert: trustme.LeafCert) -> AsyncIterator[int]:
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello, asyncsp\n")
+
+    app = web.Application()
+    app.router.add_get("/hello", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    site = web.SockSite(runner, sock, ssl_context=server_context(cert, "TLSv1.2", "TLSv1.3"))
+    await site.start()
+    try:
+        yield int(sock.getsockname()[1])
+    finally:
+        await runner.cleanup()
+
+
+async def test_get(server_cert: trustme.LeafCert, cafile: str, tmp_path: Path) -> None:
+    async with https_app(server_cert) as port:
+        url = f"https://localhost:{port}/hello"
+        body = tmp_path / "body.txt"
+        result = await arun("get", url, "--cafile", cafile, "-o", str(body))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("200 OK")
+        assert "TLSv1.3" in result.stdout
+        assert body.read_bytes() == b"hello, asyncsp\n"
+
+        pinned = await arun("get", url, "--cafile", cafile, "--protocol", "TLSv1.2")
+        assert pinned.returncode == 0, pinned.stderr
+        assert "TLSv1.2" in pinned.stdout
+
+        missing = await arun("get", f"https://localhost:{port}/missing", "--cafile", cafile)
+        assert missing.returncode == 1
+        assert missing.stdout.startswith("404")
+
+        untrusted = await arun("get", url)
+        assert untrusted.returncode == 1
+        assert untrusted.stdout == ""
+        assert len(untrusted.stderr.splitlines()) == 1
+        assert "certificate" in untrusted.stderr and "Traceback" not in untrusted.stderr
+
+
+# -- SMTP ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def smtp_server(cert: trustme.LeafCert, *, starttls: bool = True, auth_require_tls: bool = True):
+    from aiosmtpd.controller import Controller
+
+    class Sink:
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            return "250 OK"
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.configure_cert(context)
+    controller = Controller(
+        Sink(),
+        hostname="127.0.0.1",
+        port=closed_port(),
+        tls_context=context if starttls else None,
+        require_starttls=starttls,
+        auth_require_tls=auth_require_tls,
+    )
+    controller.start()
+    try:
+        yield controller.port
+    finally:
+        controller.stop()
+
+
+def test_smtp_check_starttls(server_cert: trustme.LeafCert, cafile: str) -> None:
+    with smtp_server(server_cert) as port:
+        result = run("smtp-check", f"localhost:{port}", "--cafile", cafile)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "greeting" in out and "220" in out
+    before = next(line for line in out.splitlines() if "before TLS" in line)
+    after = next(line for line in out.splitlines() if "after TLS" in line)
+    assert "STARTTLS" in before and "AUTH" not in before
+    assert "AUTH" in after and "STARTTLS" not in after
+    assert "TLSv1.3" in out
+    assert "offered only after TLS" in out
+
+
+def test_smtp_check_flags_auth_before_tls(server_cert: trustme.LeafCert, cafile: str) -> None:
+    with smtp_server(server_cert, auth_require_tls=False) as port:
+        result = run("smtp-check", f"127.0.0.1:{port}", "--cafile", cafile)
+    assert result.returncode == 1
+    assert "offered before TLS" in result.stdout
+
+
+def test_smtp_check_flags_a_server_without_starttls(server_cert: trustme.LeafCert) -> None:
+    with smtp_server(server_cert, starttls=False) as port:
+        result = run("smtp-check", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert "does not offer STARTTLS" in result.stdout
+
+
+def test_probe_smtp_starttls(server_cert: trustme.LeafCert, cafile: str) -> None:
+    with smtp_server(server_cert) as port:
+        result = run("probe", f"smtp://localhost:{port}", "--cafile", cafile, "--json")
+    report = json.loads(result.stdout)
+    check_probe_schema(report)
+    assert report["versions"]["TLSv1.2"]["accepted"] is True
+    assert report["versions"]["TLSv1.3"]["accepted"] is True
+    assert report["findings"] == []
+    assert result.returncode == 0
+
+
+# -- demo ----------------------------------------------------------------------------------
+
+
+def test_demo() -> None:
+    result = run("demo")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "TLSv1.3" in out and "TLSv1.2" in out
+    assert "TLSv1.1" in out and "InsecurePolicyWarning" in out
+    assert "session_reused=True" in out
+    assert "still runs TLSv1.3" in out
+    assert result.stderr == ""
