@@ -144,6 +144,13 @@ class SmtpConnection:
         if _log.isEnabledFor(logging.DEBUG):
             shown = "<credentials hidden>" if secret else data[:200].decode("utf-8", "replace")
             _log.debug("%s C: %r", self.endpoint, shown)
+        if self.stream.buffered:
+            # We only write once every awaited reply is in, so these bytes answer nothing.
+            self.abort()
+            raise SmtpProtocolError(
+                f"{self.endpoint} sent {self.stream.buffered} byte(s) nobody asked for",
+                endpoint=self.endpoint,
+            )
         try:
             self.stream.write(data)
             async with asyncio.timeout(self._limit(command)):

@@ -44,8 +44,9 @@ real servers send longer EHLO and error lines, so we allow sixteen times that an
 MAX_REPLY_LINES = 1000
 """Most lines in one (multi-line) reply; bounds memory against an endless continuation."""
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-"""C0 controls and DEL: CR, LF and NUL would end or split a command line (injection)."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""C0 and C1 controls, DEL and the Unicode line separators: CR, LF and NUL would end or split
+a command line (command injection); the others are line ends to some software."""
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 _ENHANCED_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?= |$)")
 _EHLO_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
@@ -322,6 +323,29 @@ _TRANSITIONS: dict[tuple[State, Command, Outcome], State] = {
 breaking the protocol (a 354 to MAIL, a 334 to RCPT): `SmtpProtocolError`."""
 del S, C, R
 
+_SENDABLE: dict[State, frozenset[Command]] = {
+    State.GREETING: frozenset(),
+    State.CONNECTED: frozenset({Command.EHLO, Command.HELO, Command.NOOP, Command.QUIT}),
+    State.READY: frozenset(
+        {
+            Command.EHLO,
+            Command.HELO,
+            Command.STARTTLS,
+            Command.AUTH,
+            Command.MAIL,
+            Command.RSET,
+            Command.NOOP,
+            Command.QUIT,
+        }
+    ),
+    State.AUTH: frozenset({Command.AUTH_RESPONSE}),
+    State.STARTTLS: frozenset(),  # the TLS handshake, nothing else (RFC 3207 §4.2)
+    State.MAIL: frozenset({Command.RCPT, Command.RSET, Command.NOOP, Command.QUIT}),
+    State.RCPT: frozenset({Command.RCPT, Command.DATA, Command.RSET, Command.NOOP, Command.QUIT}),
+    State.DATA: frozenset({Command.CONTENT}),
+    State.CLOSED: frozenset(),
+}
+"""What the client may send in each state (RFC 5321 §4.1.4 command order)."""
 _PIPELINABLE = frozenset({Command.MAIL, Command.RCPT, Command.RSET})
 """Commands that may be followed by more in one batch; the others end a batch (RFC 2920 §3.1)."""
 _EXPECTED = {Command.DATA: Outcome.INTERMEDIATE}
@@ -401,6 +425,13 @@ class SmtpSession:
 
     def _check_can_send(self, command: Command) -> None:
         state = self.state
+        if not self.pending and self.parser.buffered:
+            # Bytes that arrived before we asked anything would be taken for the answer.
+            self.state = State.CLOSED
+            raise SmtpProtocolError(
+                f"{self.endpoint} sent {self.parser.buffered} byte(s) nobody asked for",
+                endpoint=self.endpoint,
+            )
         if self.pending:
             if not self.pipelining or self.pending[-1] not in _PIPELINABLE:
                 raise self._local_error(f"{command.value} while a reply is still awaited")
@@ -408,11 +439,7 @@ class SmtpSession:
                 state = _TRANSITIONS.get(
                     (state, queued, _EXPECTED.get(queued, Outcome.POSITIVE)), State.CLOSED
                 )
-        if command is Command.CONTENT:
-            allowed = state is State.DATA
-        else:
-            allowed = any((state, command, o) in _TRANSITIONS for o in Outcome)
-        if not allowed:
+        if command not in _SENDABLE[state]:
             raise self._local_error(f"{command.value} is not allowed {state.value}")
 
     def _local_error(self, what: str) -> SmtpProtocolError:

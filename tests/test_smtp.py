@@ -1,0 +1,851 @@
+"""SMTP sessions against aiosmtpd on loopback and against scripted misbehaving servers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+import asyncsp
+from asyncsp import (
+    ConnectionClosedError,
+    ConnectionManager,
+    SmtpError,
+    SmtpProtocolError,
+    SmtpRecipientsRefused,
+    SmtpReplyError,
+    StartTlsUnavailableError,
+    TlsPolicy,
+)
+from asyncsp._errors import SmtpArgumentError
+
+from .servers import fd_baseline
+
+USER, PASSWORD, TOKEN = "alice", "s3cret-Pa55word", "ya29.token-value"
+LOCAL = "127.0.0.1"
+
+# -- aiosmtpd on loopback -----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Mailbox:
+    """What an aiosmtpd server saw (written from its thread)."""
+
+    messages: list[tuple[str, list[str], bytes, list[str]]] = dataclasses.field(
+        default_factory=list
+    )
+    connections: int = 0
+    active: int = 0
+    peak: int = 0
+    quits: int = 0
+    auths: list[str] = dataclasses.field(default_factory=list)
+    quit_seen: threading.Event = dataclasses.field(default_factory=threading.Event)
+    counting: bool = False  # off while aiosmtpd's controller checks it is up
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+class Handler:
+    """Accepts mail, refuses recipients named ``nobody*``, offers PIPELINING and XOAUTH2."""
+
+    def __init__(self, box: Mailbox, *, pipelining: bool = True) -> None:
+        self.box = box
+        self.pipelining = pipelining
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        extra = ["250-PIPELINING"] if self.pipelining else []
+        return responses[:-1] + extra + responses[-1:]
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address.startswith("nobody"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert envelope.mail_from is not None and envelope.original_content is not None
+        self.box.messages.append(
+            (
+                envelope.mail_from,
+                list(envelope.rcpt_tos),
+                envelope.original_content,
+                list(envelope.mail_options),
+            )
+        )
+        return "250 2.0.0 queued"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self.box.lock:
+            self.box.quits += 1
+        self.box.quit_seen.set()
+        return "221 bye"
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        self.box.auths.append("XOAUTH2")
+        expected = f"user={USER}\x01auth=Bearer {TOKEN}\x01\x01".encode()
+        ok = len(args) == 2 and base64.b64decode(args[1]) == expected
+        return AuthResult(success=ok, handled=False)
+
+
+class RecordingController(Controller):
+    def __init__(self, box: Mailbox, *args: Any, **kwargs: Any) -> None:
+        self.box = box
+        super().__init__(*args, **kwargs)
+
+    def factory(self) -> SMTP:
+        box = self.box
+
+        class CountingSMTP(SMTP):
+            counted = False
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                # STARTTLS calls this again for the same connection.
+                if box.counting and not self.counted:
+                    self.counted = True
+                    with box.lock:
+                        box.connections += 1
+                        box.active += 1
+                        box.peak = max(box.peak, box.active)
+                super().connection_made(transport)
+
+            def connection_lost(self, error: Exception | None) -> None:
+                if self.counted:
+                    self.counted = False
+                    with box.lock:
+                        box.active -= 1
+                super().connection_lost(error)
+
+        return CountingSMTP(self.handler, **self.SMTP_kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOCAL, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclasses.dataclass
+class MailServer:
+    port: int
+    box: Mailbox
+
+
+def authenticate(box: Mailbox) -> Callable[..., AuthResult]:
+    def check(
+        server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        box.auths.append(mechanism)
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            USER.encode(),
+            PASSWORD.encode(),
+        )
+        return AuthResult(success=ok, handled=False)
+
+    return check
+
+
+@contextlib.contextmanager
+def mail_server(
+    cert: trustme.LeafCert | None,
+    *,
+    implicit: bool = False,
+    pipelining: bool = True,
+    exclude: tuple[str, ...] = (),
+) -> Iterator[MailServer]:
+    box = Mailbox()
+    kwargs: dict[str, Any] = {}
+    if cert is not None:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(ctx)
+        if implicit:
+            # aiosmtpd counts only STARTTLS as encryption: let AUTH through under implicit TLS.
+            kwargs.update(ssl_context=ctx, auth_require_tls=False)
+        else:
+            kwargs.update(tls_context=ctx, require_starttls=True)
+    port = free_port()
+    controller = RecordingController(
+        box,
+        Handler(box, pipelining=pipelining),
+        hostname=LOCAL,
+        port=port,
+        authenticator=authenticate(box),
+        auth_exclude_mechanism=list(exclude),
+        **kwargs,
+    )
+    controller.start()
+    box.counting = True
+    try:
+        yield MailServer(port, box)
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def starttls_server(server_cert: trustme.LeafCert) -> Iterator[MailServer]:
+    with mail_server(server_cert) as server:
+        yield server
+
+
+@pytest.fixture
+def policy(trusted: Callable[..., TlsPolicy]) -> TlsPolicy:
+    return trusted()
+
+
+def message(**headers: str) -> EmailMessage:
+    msg = EmailMessage()
+    for name, value in {"From": "alice@example.org", "To": "bob@example.org", **headers}.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content("Hello.\n")
+    return msg
+
+
+# -- scripted servers ----------------------------------------------------------------------
+
+
+class Peer:
+    """One connection to a scripted server: reads lines, records every chunk it received."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.chunks: list[bytes] = []
+        self._buffer = b""
+
+    async def line(self) -> bytes:
+        while b"\n" not in self._buffer:
+            chunk = await self.reader.read(65536)
+            if not chunk:
+                raise ConnectionResetError("client closed")
+            self.chunks.append(chunk)
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line + b"\n"
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+
+Script = Callable[[Peer], Awaitable[None]]
+
+
+class ScriptedServer:
+    """An asyncio server in the test's loop running *script* for each connection."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.peers: list[Peer] = []
+        self.done = asyncio.Event()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = Peer(reader, writer)
+        self.peers.append(peer)
+        try:
+            await self.script(peer)
+            # Then read until the client goes, so what it sends last is recorded too.
+            with contextlib.suppress(ConnectionError):
+                while await peer.line():
+                    pass
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.done.set()
+            writer.close()
+
+    @property
+    def received(self) -> bytes:
+        return b"".join(c for p in self.peers for c in p.chunks)
+
+
+@contextlib.asynccontextmanager
+async def scripted(script: Script) -> AsyncIterator[tuple[ScriptedServer, int]]:
+    server = ScriptedServer(script)
+    listener = await asyncio.start_server(server._serve, LOCAL, 0)
+    try:
+        yield server, listener.sockets[0].getsockname()[1]
+    finally:
+        listener.close()
+        for peer in server.peers:
+            peer.writer.close()
+        await listener.wait_closed()
+
+
+def ehlo_reply(*extensions: str) -> bytes:
+    lines = ["mx.test", *extensions]
+    return b"".join(
+        f"250{'-' if i < len(lines) - 1 else ' '}{line}\r\n".encode()
+        for i, line in enumerate(lines)
+    )
+
+
+def responder(*extensions: str, answers: dict[bytes, bytes] | None = None) -> Script:
+    """A plain-text server offering *extensions*; *answers* overrides replies by verb."""
+
+    async def script(peer: Peer) -> None:
+        await peer.send(b"220 mx.test ESMTP\r\n")
+        while True:
+            line = await peer.line()
+            verb = line.split(b" ", 1)[0].split(b":", 1)[0].strip().upper()
+            if answers and verb in answers:
+                await peer.send(answers[verb])
+            elif verb == b"EHLO":
+                await peer.send(ehlo_reply(*extensions))
+            elif verb == b"DATA":
+                await peer.send(b"354 go ahead\r\n")
+                while await peer.line() != b".\r\n":
+                    pass
+                await peer.send(b"250 queued\r\n")
+            elif verb == b"QUIT":
+                await peer.send(b"221 bye\r\n")
+                return
+            else:
+                await peer.send(b"250 ok\r\n")
+
+    return script
+
+
+PLAIN = {"security": "none", "timeout": 5}
+
+
+# -- against aiosmtpd ---------------------------------------------------------------------
+
+
+async def test_starttls_then_auth_then_send(starttls_server: MailServer, policy: TlsPolicy) -> None:
+    port = starttls_server.port
+    async with ConnectionManager(policy=policy) as mgr:
+        async with mgr.smtp(LOCAL, port, username=USER, password=PASSWORD, timeout=5) as client:
+            assert client.tls is not None and client.tls.version == "TLSv1.3"
+            assert "STARTTLS" not in client.extensions  # the list from after the handshake
+            assert set(client.extensions["AUTH"].split()) >= {"PLAIN", "LOGIN"}
+            msg = message(Cc="carol@example.org", Bcc="dave@example.org", Subject="hi")
+            result = await client.send_message(msg)
+        assert result.accepted == ["bob@example.org", "carol@example.org", "dave@example.org"]
+        assert result.refused == {} and result.reply.code == 250
+        assert result.reply.enhanced_status == "2.0.0"
+        sp = mgr.find_service_point(f"smtp://{LOCAL}:{port}")
+        assert sp.stats.requests == 1 and sp.stats.tls_handshakes == 1
+    (sender, rcpts, content, _), *_ = starttls_server.box.messages
+    assert sender == "alice@example.org" and "dave@example.org" in rcpts
+    assert b"Subject: hi\r\n" in content and b"Bcc" not in content and b"dave" not in content
+    assert starttls_server.box.auths == ["PLAIN"]
+
+
+async def test_auth_login_and_xoauth2(server_cert: trustme.LeafCert, policy: TlsPolicy) -> None:
+    with mail_server(server_cert, exclude=("PLAIN",)) as server:
+        async with ConnectionManager(policy=policy) as mgr:
+            async with mgr.smtp(LOCAL, server.port, username=USER, password=PASSWORD, timeout=5):
+                pass
+            async with mgr.smtp(LOCAL, server.port, timeout=5) as client:
+                await client.login(USER, oauth2_token=TOKEN)
+                await client.sendmail("a@example.org", "b@example.org", b"Subject: x\r\n\r\nx\r\n")
+            async with mgr.smtp(LOCAL, server.port, timeout=5) as client:
+                with pytest.raises(SmtpReplyError) as info:
+                    await client.login(USER, oauth2_token="wrong")
+                assert info.value.code == 535
+        assert server.box.auths == ["LOGIN", "XOAUTH2", "XOAUTH2"]
+
+
+async def test_implicit_tls(server_cert: trustme.LeafCert, policy: TlsPolicy) -> None:
+    with mail_server(server_cert, implicit=True) as server:
+        async with ConnectionManager(policy=policy) as mgr:
+            async with mgr.smtp(
+                LOCAL, server.port, security="tls", username=USER, password=PASSWORD, timeout=5
+            ) as client:
+                assert client.tls is not None
+                assert client.service_point.address == f"smtps://{LOCAL}:{server.port}"
+                result = await client.sendmail("a@example.org", ["b@example.org"], b"x\r\n")
+                assert result.accepted == ["b@example.org"]
+    assert server.box.auths == ["PLAIN"] and len(server.box.messages) == 1
+
+
+async def test_untrusted_certificate_on_starttls(starttls_server: MailServer) -> None:
+    async with ConnectionManager(policy=TlsPolicy()) as mgr:
+        with pytest.raises(asyncsp.CertificateVerificationError):
+            async with mgr.smtp(
+                LOCAL, starttls_server.port, username=USER, password=PASSWORD, timeout=5
+            ):
+                pass
+        sp = mgr.find_service_point(f"smtp://{LOCAL}:{starttls_server.port}")
+        assert sp.current_connections == 0
+    assert starttls_server.box.auths == []
+
+
+async def test_sessions_are_reused_per_credentials(
+    starttls_server: MailServer, policy: TlsPolicy
+) -> None:
+    port = starttls_server.port
+    async with ConnectionManager(policy=policy) as mgr:
+        for i in range(3):
+            async with mgr.smtp(LOCAL, port, username=USER, password=PASSWORD, timeout=5) as c:
+                await c.sendmail("a@example.org", ["b@example.org"], f"n: {i}\r\n\r\n".encode())
+        sp = mgr.find_service_point(f"smtp://{LOCAL}:{port}")
+        assert starttls_server.box.connections == 1 and sp.stats.connections_opened == 1
+        assert sp.stats.requests == 3 and sp.current_connections == 1
+        # Other credentials (or none) never get the authenticated session.
+        async with mgr.smtp(LOCAL, port, timeout=5) as client:
+            assert "AUTH" in client.extensions
+        assert starttls_server.box.connections == 2
+    assert len(starttls_server.box.messages) == 3 and starttls_server.box.auths == ["PLAIN"]
+    starttls_server.box.quit_seen.wait(5)
+    assert starttls_server.box.quits >= 1  # pooled sessions say goodbye when the manager closes
+
+
+async def test_policy_change_retires_pooled_session(
+    starttls_server: MailServer, trusted: Callable[..., TlsPolicy]
+) -> None:
+    async with ConnectionManager(policy=trusted()) as mgr:
+        async with mgr.smtp(LOCAL, starttls_server.port, timeout=5) as client:
+            assert client.tls is not None and client.tls.version == "TLSv1.3"
+        mgr.security_protocol = asyncsp.SecurityProtocol.TLS12
+        async with mgr.smtp(LOCAL, starttls_server.port, timeout=5) as client:
+            assert client.tls is not None and client.tls.version == "TLSv1.2"
+        assert await asyncio.to_thread(starttls_server.box.quit_seen.wait, 5)
+        assert starttls_server.box.connections == 2
+
+
+async def test_idle_session_is_closed_with_quit(
+    starttls_server: MailServer, policy: TlsPolicy
+) -> None:
+    async with ConnectionManager(policy=policy) as mgr:
+        sp = mgr.find_service_point(f"smtp://{LOCAL}:{starttls_server.port}")
+        sp.max_idle_time = 0.05
+        async with mgr.smtp(LOCAL, starttls_server.port, timeout=5):
+            pass
+        assert await asyncio.to_thread(starttls_server.box.quit_seen.wait, 5)
+        assert starttls_server.box.quits == 1
+
+
+async def test_partial_and_total_refusal(starttls_server: MailServer, policy: TlsPolicy) -> None:
+    async with ConnectionManager(policy=policy) as mgr:
+        async with mgr.smtp(LOCAL, starttls_server.port, timeout=5) as client:
+            result = await client.sendmail(
+                "a@example.org", ["nobody1@example.org", "b@example.org"], b"x\r\n"
+            )
+            assert result.accepted == ["b@example.org"]
+            assert result.refused["nobody1@example.org"].code == 550
+            assert result.refused["nobody1@example.org"].enhanced_status == "5.1.1"
+            with pytest.raises(SmtpRecipientsRefused) as info:
+                await client.sendmail("a@example.org", ["nobody2@x.org", "nobody3@x.org"], b"y\r\n")
+            assert set(info.value.refused) == {"nobody2@x.org", "nobody3@x.org"}
+            assert all(r.code == 550 for r in info.value.refused.values())
+            # The transaction was reset: the session goes on.
+            again = await client.sendmail("a@example.org", "c@example.org", b"z\r\n")
+            assert again.accepted == ["c@example.org"]
+    assert [m[1] for m in starttls_server.box.messages] == [["b@example.org"], ["c@example.org"]]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_bodies_arrive_intact(
+    server_cert: trustme.LeafCert, policy: TlsPolicy, pipelining: bool
+) -> None:
+    bodies = [
+        b"a\r\n.\r\nb\r\n",
+        b".leading dot\r\n..two\r\n",
+        b"bare\nLF\n.\nend",
+        b"bare\rCR\r.\rend",
+        b"mixed\r.\r\nx\n.\r\ny",
+        b"",
+    ]
+    with mail_server(server_cert, pipelining=pipelining) as server:
+        async with ConnectionManager(policy=policy) as mgr:
+            async with mgr.smtp(LOCAL, server.port, timeout=5) as client:
+                assert ("PIPELINING" in client.extensions) is pipelining
+                for body in bodies:
+                    await client.sendmail("a@example.org", ["b@example.org"], body)
+    expected = [
+        b"a\r\n.\r\nb\r\n",
+        b".leading dot\r\n..two\r\n",
+        b"bare\r\nLF\r\n.\r\nend\r\n",
+        b"bare\r\nCR\r\n.\r\nend\r\n",
+        b"mixed\r\n.\r\nx\r\n.\r\ny\r\n",
+        b"",
+    ]
+    assert [m[2] for m in server.box.messages] == expected
+
+
+async def test_eight_bit_and_utf8(starttls_server: MailServer, policy: TlsPolicy) -> None:
+    async with ConnectionManager(policy=policy) as mgr:
+        async with mgr.smtp(LOCAL, starttls_server.port, timeout=5) as client:
+            msg = message(To="zoë@bücher.example", Subject="Grüße")
+            msg.set_content("Grüße aus Köln\n")
+            result = await client.send_message(msg)
+            assert result.accepted == ["zoë@bücher.example"]
+    _, rcpts, content, options = starttls_server.box.messages[0]
+    assert rcpts == ["zoë@bücher.example"]
+    assert (
+        "SMTPUTF8" in options
+        and "BODY=8BITMIME" in options
+        and any(o.startswith("SIZE=") for o in options)
+    )
+    assert "Subject: Grüße\r\n".encode() in content
+
+
+async def test_header_injection_through_an_encoded_word_is_refused(
+    starttls_server: MailServer, policy: TlsPolicy
+) -> None:
+    msg = message(Subject="=?utf-8?q?hello=0A=0DBcc:=20evil@example.org?=")
+    async with ConnectionManager(policy=policy) as mgr:
+        async with mgr.smtp(LOCAL, starttls_server.port, timeout=5) as client:
+            with pytest.raises(SmtpArgumentError, match="CVE-2024-6923"):
+                await client.send_message(msg)
+            assert (await client.noop()).code == 250
+    assert starttls_server.box.messages == []
+
+
+async def test_connection_limit_bounds_concurrent_sessions(
+    starttls_server: MailServer, policy: TlsPolicy
+) -> None:
+    async with ConnectionManager(policy=policy) as mgr:
+        sp = mgr.find_service_point(f"smtp://{LOCAL}:{starttls_server.port}")
+        sp.connection_limit = 2
+
+        async def send(i: int) -> None:
+            async with mgr.smtp(LOCAL, starttls_server.port, timeout=10) as client:
+                await client.sendmail("a@example.org", ["b@example.org"], b"%d\r\n" % i)
+
+        await asyncio.gather(*(send(i) for i in range(8)))
+        assert sp.stats.connections_opened <= 2 and sp.stats.requests == 8
+    assert starttls_server.box.peak <= 2 and len(starttls_server.box.messages) == 8
+
+
+async def test_secrets_never_show(
+    starttls_server: MailServer, policy: TlsPolicy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="asyncsp")
+    secrets = [PASSWORD, base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()]
+    async with ConnectionManager(policy=policy) as mgr:
+        context = mgr.smtp(LOCAL, starttls_server.port, username=USER, password=PASSWORD, timeout=5)
+        async with context as client:
+            await client.sendmail("a@example.org", ["b@example.org"], b"x\r\n")
+            shown = [repr(context), repr(client), str(client.extensions)]
+        with pytest.raises(SmtpReplyError) as info:
+            async with mgr.smtp(
+                LOCAL, starttls_server.port, username=USER, password="wrong-" + PASSWORD, timeout=5
+            ):
+                pass
+        assert info.value.code == 535
+        shown += [str(info.value), repr(info.value)]
+        sp = mgr.find_service_point(f"smtp://{LOCAL}:{starttls_server.port}")
+        shown.append(repr(sp._pool._idle))
+    shown.append(caplog.text)
+    assert "MAIL FROM" in caplog.text and "credentials hidden" in caplog.text
+    for text in shown:
+        for secret in secrets:
+            assert secret not in text
+
+
+async def test_plain_text_refuses_credentials_before_connecting() -> None:
+    async with scripted(responder("AUTH PLAIN")) as (server, port):
+        async with ConnectionManager() as mgr:
+            with pytest.raises(SmtpError, match="never sent over an unencrypted"):
+                async with mgr.smtp(LOCAL, port, security="none", username=USER, password=PASSWORD):
+                    pass
+            async with mgr.smtp(LOCAL, port, **PLAIN) as client:
+                assert client.tls is None
+                with pytest.raises(SmtpError, match="never sent over an unencrypted"):
+                    await client.login(USER, PASSWORD)
+    assert len(server.peers) == 1
+    assert b"AUTH" not in server.received and PASSWORD.encode() not in server.received
+
+
+# -- against scripted servers -------------------------------------------------------------
+
+
+async def test_no_starttls_offered_sends_nothing_else() -> None:
+    async with scripted(responder("AUTH PLAIN", "PIPELINING")) as (server, port):
+        async with ConnectionManager() as mgr:
+            with pytest.raises(StartTlsUnavailableError, match="does not offer STARTTLS") as info:
+                async with mgr.smtp(LOCAL, port, username=USER, password=PASSWORD, timeout=5):
+                    pass
+            assert isinstance(info.value, asyncsp.TlsError)
+            await asyncio.wait_for(server.done.wait(), 5)
+    assert server.received == b"EHLO [127.0.0.1]\r\n"
+
+
+async def test_454_to_starttls_is_an_error() -> None:
+    script = responder("STARTTLS", answers={b"STARTTLS": b"454 4.7.0 TLS not available\r\n"})
+    async with scripted(script) as (server, port):
+        async with ConnectionManager() as mgr:
+            with pytest.raises(StartTlsUnavailableError, match="454"):
+                async with mgr.smtp(LOCAL, port, username=USER, password=PASSWORD, timeout=5):
+                    pass
+            await asyncio.wait_for(server.done.wait(), 5)
+    assert server.received == b"EHLO [127.0.0.1]\r\nSTARTTLS\r\n"
+
+
+async def test_bytes_injected_after_the_220_to_starttls() -> None:
+    injected = b"220 go ahead\r\n250-mx.test\r\n250 AUTH PLAIN\r\n"
+    script = responder("STARTTLS", answers={b"STARTTLS": injected})
+    async with scripted(script) as (server, port):
+        async with ConnectionManager() as mgr:
+            with pytest.raises(SmtpProtocolError, match="injection"):
+                async with mgr.smtp(LOCAL, port, username=USER, password=PASSWORD, timeout=5):
+                    pass
+            assert mgr.find_service_point(f"smtp://{LOCAL}:{port}").current_connections == 0
+            await asyncio.wait_for(server.done.wait(), 5)
+    assert server.received == b"EHLO [127.0.0.1]\r\nSTARTTLS\r\n"
+
+
+@pytest.mark.parametrize(
+    ("greeting", "error"),
+    [
+        (b"220-" + b"x" * (4 * 2**20) + b"\r\n220 ok\r\n", "longer than 8192"),
+        (b"220-x\r\n" * 2000 + b"220 ok\r\n", "more than 1000 lines"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "malformed"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n", "malformed"),
+        (b"220 ok\r\n250 unasked\r\n", None),
+    ],
+)
+async def test_bad_replies_are_protocol_errors(greeting: bytes, error: str | None) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.send(greeting)
+        await peer.line()
+        await peer.send(ehlo_reply())
+
+    async with scripted(script) as (_, port):
+        async with ConnectionManager() as mgr:
+            with pytest.raises(SmtpProtocolError, match=error or "nobody asked for|makes no sense"):
+                async with mgr.smtp(LOCAL, port, **PLAIN):
+                    pass
+            assert mgr.find_service_point(f"smtp://{LOCAL}:{port}").current_connections == 0
+
+
+@pytest.mark.parametrize(
+    ("greeting", "error"),
+    [
+        (b"554 5.3.2 no service\r\n", SmtpReplyError),
+        (b"421 4.3.2 busy\r\n", SmtpReplyError),
+        (b"", ConnectionClosedError),
+    ],
+)
+async def test_greeting_refusals(greeting: bytes, error: type[Exception]) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.send(greeting)
+        peer.writer.close()
+
+    async with scripted(script) as (server, port):
+        async with ConnectionManager() as mgr:
+            with pytest.raises(error):
+                async with mgr.smtp(LOCAL, port, **PLAIN):
+                    pass
+    assert server.received == b""
+
+
+async def test_silent_server_times_out_and_closes() -> None:
+    async def script(peer: Peer) -> None:
+        await peer.send(b"220 mx.test\r\n")
+        await peer.line()  # EHLO, never answered
+
+    async with scripted(script) as (server, port):
+        async with ConnectionManager() as mgr:
+            with pytest.raises(asyncsp.TimeoutError, match="EHLO") as info:
+                async with mgr.smtp(LOCAL, port, security="none", timeout=0.3):
+                    pass
+            assert isinstance(info.value, TimeoutError)
+            assert mgr.find_service_point(f"smtp://{LOCAL}:{port}").current_connections == 0
+            await asyncio.wait_for(server.done.wait(), 5)  # the server saw the close
+
+
+async def test_trickling_reply_still_ends_by_the_timeout() -> None:
+    async def script(peer: Peer) -> None:
+        await peer.send(b"220 mx.test\r\n")
+        await peer.line()
+        for _ in range(2000):  # an endless, slow multi-line reply, one byte at a time
+            for byte in b"250-still talking\r\n":
+                await peer.send(bytes([byte]))
+                await asyncio.sleep(0.002)
+
+    async with scripted(script) as (_, port):
+        async with ConnectionManager() as mgr:
+            started = time.monotonic()
+            with pytest.raises(asyncsp.TimeoutError):
+                async with mgr.smtp(LOCAL, port, security="none", timeout=0.5):
+                    pass
+            assert time.monotonic() - started < 10
+
+
+async def test_pipelined_batch_is_one_write() -> None:
+    async def script(peer: Peer) -> None:
+        await peer.send(b"220 mx.test\r\n")
+        await peer.line()
+        await peer.send(ehlo_reply("PIPELINING", "SIZE 100000"))
+        for _ in range(5):
+            await peer.line()
+        assert len(peer.chunks) == 2, "MAIL, RCPTs and DATA came in more than one read"
+        await peer.send(b"250 sender ok\r\n250 r1\r\n550 5.1.1 r2 unknown\r\n250 r3\r\n354 go\r\n")
+        while await peer.line() != b".\r\n":
+            pass
+        await peer.send(b"250 queued\r\n")
+
+    async with scripted(script) as (server, port):
+        async with ConnectionManager() as mgr:
+            async with mgr.smtp(LOCAL, port, **PLAIN) as client:
+                result = await client.sendmail(
+                    "a@example.org", ["r1@x.org", "r2@x.org", "r3@x.org"], b"hi\r\n"
+                )
+    assert result.accepted == ["r1@x.org", "r3@x.org"]
+    assert list(result.refused) == ["r2@x.org"] and result.reply.message == "queued"
+    assert server.peers[0].chunks[1] == (
+        b"MAIL FROM:<a@example.org> SIZE=7\r\nRCPT TO:<r1@x.org>\r\nRCPT TO:<r2@x.org>\r\n"
+        b"RCPT TO:<r3@x.org>\r\nDATA\r\n"
+    )
+
+
+async def test_pipelined_data_accepted_after_every_recipient_failed() -> None:
+    # RFC 2920 §3.1: such a server gets a lone dot, never the message.
+    answers = {b"RCPT": b"550 no\r\n"}
+    async with scripted(responder("PIPELINING", answers=answers)) as (server, port):
+        async with ConnectionManager() as mgr:
+            async with mgr.smtp(LOCAL, port, **PLAIN) as client:
+                with pytest.raises(SmtpRecipientsRefused):
+                    await client.sendmail("a@example.org", ["b@example.org"], b"secret body\r\n")
+                assert (await client.noop()).code == 250
+    assert b"secret body" not in server.received
+    assert b"DATA\r\n.\r\nNOOP\r\n" in server.received
+
+
+async def test_addresses_with_line_breaks_are_refused_before_sending() -> None:
+    async with scripted(responder("PIPELINING")) as (server, port):
+        async with ConnectionManager() as mgr:
+            async with mgr.smtp(LOCAL, port, **PLAIN) as client:
+                for sender, rcpt in [
+                    ("a@example.org", "b@example.org>\r\nRCPT TO:<evil@example.org"),
+                    ("a@example.org\r\nRSET", "b@example.org"),
+                    ("a@example.org", "b@example.org\nDATA"),
+                    ("a@example.org", "b\x00@example.org"),
+                ]:
+                    with pytest.raises(SmtpArgumentError):
+                        await client.sendmail(sender, [rcpt], b"x")
+                with pytest.raises(SmtpArgumentError):
+                    await client.send_message(message(To="bob@example.org"), sender="a@b\r\nX")
+                assert (await client.noop()).code == 250
+    assert server.received == b"EHLO [127.0.0.1]\r\nNOOP\r\nQUIT\r\n"
+
+
+async def test_extensions_needed_and_not_offered() -> None:
+    async with scripted(responder("SIZE 100")) as (server, port):
+        async with ConnectionManager() as mgr:
+            async with mgr.smtp(LOCAL, port, **PLAIN) as client:
+                with pytest.raises(SmtpError, match="SMTPUTF8"):
+                    await client.sendmail("a@example.org", ["zoë@example.org"], b"x")
+                with pytest.raises(SmtpError, match="8BITMIME"):
+                    await client.sendmail("a@example.org", ["b@example.org"], "é".encode())
+                with pytest.raises(SmtpError, match="at most 100"):
+                    await client.sendmail("a@example.org", ["b@example.org"], b"x" * 200)
+    assert b"MAIL" not in server.received
+
+
+async def test_421_anywhere_closes_the_session() -> None:
+    script = responder("PIPELINING", answers={b"MAIL": b"421 4.3.2 shutting down\r\n"})
+    async with scripted(script) as (server, port):
+        async with ConnectionManager() as mgr:
+            for _ in range(2):
+                async with mgr.smtp(LOCAL, port, **PLAIN) as client:
+                    with pytest.raises(SmtpReplyError) as info:
+                        await client.sendmail("a@example.org", ["b@example.org"], b"x")
+                    assert info.value.code == 421
+            sp = mgr.find_service_point(f"smtp://{LOCAL}:{port}")
+            assert sp.stats.connections_opened == 2 and sp.current_connections == 0
+    assert len(server.peers) == 2
+
+
+async def test_cancelled_send_is_never_pooled() -> None:
+    content_seen = asyncio.Event()
+
+    async def script(peer: Peer) -> None:
+        await peer.send(b"220 mx.test\r\n")
+        while True:
+            line = await peer.line()
+            if line.startswith(b"EHLO"):
+                await peer.send(ehlo_reply("PIPELINING"))
+            elif line.startswith(b"DATA"):
+                await peer.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
+            elif line == b".\r\n":
+                content_seen.set()  # and never answer
+            elif line.startswith(b"QUIT"):
+                await peer.send(b"221 bye\r\n")
+                return
+
+    async with scripted(script) as (server, port):
+        async with ConnectionManager() as mgr:
+
+            async def send() -> None:
+                async with mgr.smtp(LOCAL, port, **PLAIN) as client:
+                    await client.sendmail("a@example.org", ["b@example.org"], b"x")
+
+            task = asyncio.create_task(send())
+            await asyncio.wait_for(content_seen.wait(), 5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            sp = mgr.find_service_point(f"smtp://{LOCAL}:{port}")
+            assert sp.current_connections == 0
+            async with mgr.smtp(LOCAL, port, **PLAIN):
+                pass
+            assert sp.stats.connections_opened == 2
+    assert len(server.peers) == 2
+
+
+async def test_session_used_outside_its_block_is_refused() -> None:
+    async with scripted(responder()) as (_, port):
+        async with ConnectionManager() as mgr:
+            async with mgr.smtp(LOCAL, port, **PLAIN) as client:
+                pass
+            with pytest.raises(SmtpError, match="outside its 'async with'"):
+                await client.sendmail("a@example.org", ["b@example.org"], b"x")
+
+
+async def test_helo_fallback_and_bad_arguments() -> None:
+    script = responder(answers={b"EHLO": b"502 5.5.1 what?\r\n", b"HELO": b"250 mx.test\r\n"})
+    async with scripted(script) as (server, port):
+        async with ConnectionManager() as mgr:
+            async with mgr.smtp(LOCAL, port, local_hostname="client.test", **PLAIN) as client:
+                assert client.extensions == {}
+                await client.sendmail("a@example.org", ["b@example.org"], b"x")
+            with pytest.raises(ValueError, match="security"):
+                mgr.smtp(LOCAL, port, security="ssl")
+            with pytest.raises(SmtpArgumentError):
+                mgr.smtp(LOCAL, port, local_hostname="x\r\nMAIL FROM:<a@b>")
+    assert server.received.startswith(
+        b"EHLO client.test\r\nHELO client.test\r\nMAIL FROM:<a@example.org>"
+    )
+
+
+async def test_no_descriptor_leaks(server_cert: trustme.LeafCert, policy: TlsPolicy) -> None:
+    with mail_server(server_cert) as good, fd_baseline():
+        async with scripted(responder("AUTH PLAIN")) as (_, plain_port):
+            async with ConnectionManager(policy=policy) as mgr:
+                for _ in range(3):
+                    async with mgr.smtp(
+                        LOCAL, good.port, username=USER, password=PASSWORD, timeout=5
+                    ) as c:
+                        await c.sendmail("a@example.org", ["b@example.org"], b"x")
+                with pytest.raises(StartTlsUnavailableError):
+                    async with mgr.smtp(LOCAL, plain_port, timeout=5):
+                        pass
+            async with ConnectionManager(policy=TlsPolicy()) as untrusting:
+                with pytest.raises(asyncsp.CertificateVerificationError):
+                    async with untrusting.smtp(LOCAL, good.port, timeout=5):
+                        pass
