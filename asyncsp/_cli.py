@@ -192,6 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{name}: {exc}", EXIT_FINDING, debug)
     except KeyboardInterrupt:
         return _fail(f"{name}: interrupted", EXIT_INTERRUPTED, debug)
+    except BrokenPipeError:
+        # The reader went away (``| head``): nothing left to say, and nobody to say it to.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FINDING
     except Exception as exc:
         return _fail(
             f"{name}: unexpected {type(exc).__name__}: {exc} (--debug shows the traceback)",

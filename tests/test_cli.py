@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -101,7 +103,6 @@ def check_probe_schema(report: object) -> None:
         assert set(cert) == {"subject", "issuer", "san", "not_after", "sha256"}
         assert all(isinstance(cert[k], str) for k in ("subject", "issuer", "not_after", "sha256"))
         assert isinstance(cert["san"], list) and all(isinstance(s, str) for s in cert["san"])
-        import datetime
 
         datetime.datetime.fromisoformat(cert["not_after"])  # ISO 8601
     assert isinstance(report["findings"], list)
@@ -374,3 +375,81 @@ def test_demo() -> None:
     assert "session_reused=True" in out
     assert "still runs TLSv1.3" in out
     assert result.stderr == ""
+
+
+def test_probe_certificate_findings(ca: trustme.CA, cafile: str) -> None:
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=10)
+    cert = ca.issue_cert("other.example", not_after=soon)
+    with ThreadedServer(server_context(cert)) as server:
+        result = run("probe", f"localhost:{server.port}", "--cafile", cafile, "--json")
+    report = json.loads(result.stdout)
+    check_probe_schema(report)
+    findings = report["findings"]
+    assert any(f.startswith("hostname mismatch") and "other.example" in f for f in findings)
+    assert any(f.startswith("certificate expires soon") for f in findings)
+    # The verification failure is the mismatch already reported, not a second finding.
+    assert not any(f.startswith("certificate not trusted") for f in findings)
+    assert report["versions"]["TLSv1.3"]["accepted"] is True
+    assert result.returncode == 1
+
+
+def test_certificate_findings_weak_key_and_sha1(tmp_path: Path) -> None:
+    from asyncsp._certinfo import certificate_findings, describe_certificate
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command makes the SHA-1 certificate cryptography refuses to")
+    pem = tmp_path / "legacy.pem"
+    command = [openssl, "req", "-x509", "-sha1", "-newkey", "rsa:1024", "-nodes", "-days", "30"]
+    command += ["-keyout", str(tmp_path / "key.pem"), "-out", str(pem)]
+    command += ["-subj", "/CN=legacy.example", "-addext", "subjectAltName=DNS:*.legacy.example"]
+    subprocess.run(command, check=True, capture_output=True, timeout=RUN_TIMEOUT)
+    facts = describe_certificate(ssl.PEM_cert_to_DER_cert(pem.read_text()))
+    assert facts.key == "RSA 1024 bits" and facts.key_is_weak
+    assert facts.signature_hash == "sha1"
+    assert facts.san == ("*.legacy.example",)
+    assert [f.split(":")[0] for f in certificate_findings(facts, "www.legacy.example")] == [
+        "certificate expires soon",
+        "weak key",
+        "weak signature",
+    ]
+    # A wildcard covers exactly one label (RFC 6125 §6.4.3).
+    for host in ("a.b.legacy.example", "legacy.example"):
+        assert certificate_findings(facts, host)[-1].startswith("hostname mismatch")
+
+
+def test_certificate_findings_expired(ca: trustme.CA) -> None:
+    from asyncsp._certinfo import certificate_findings, describe_certificate
+
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+    cert = ca.issue_cert("localhost", not_after=past)
+    facts = describe_certificate(ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode()))
+    assert certificate_findings(facts, "localhost") == [
+        f"certificate expired on {facts.not_after.isoformat()}"
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:The (asyncore|asynchat) module is deprecated:DeprecationWarning")
+def test_probe_ftp_auth_tls(tmp_path: Path, server_cert: trustme.LeafCert, cafile: str) -> None:
+    from asyncsp._demo_servers import _ftp_server
+
+    key_and_cert = tmp_path / "server.pem"
+    server_cert.private_key_and_cert_chain_pem.write_to_path(str(key_and_cert))
+    with _ftp_server(str(key_and_cert), str(tmp_path), "secret") as port:
+        result = run("probe", f"ftp://localhost:{port}", "--cafile", cafile, "--json")
+    report = json.loads(result.stdout)
+    check_probe_schema(report)
+    assert report["versions"]["TLSv1.2"]["accepted"] is True
+    assert report["versions"]["TLSv1.3"]["accepted"] is True
+    assert report["certificate"]["sha256"] == leaf_sha256(server_cert)
+    assert result.returncode == 0
+
+
+def test_debug_adds_the_traceback(tls12_server: ThreadedServer) -> None:
+    url = f"https://localhost:{tls12_server.port}/"
+    plain = run("get", url)
+    debug = run("get", url, "--debug")
+    assert plain.returncode == debug.returncode == 1
+    assert "Traceback" not in plain.stderr
+    assert "Traceback" in debug.stderr
+    assert debug.stderr.splitlines()[-1] == plain.stderr.strip()
