@@ -429,7 +429,7 @@ def test_certificate_findings_expired(ca: trustme.CA) -> None:
     ]
 
 
-@pytest.mark.filterwarnings("ignore:The (asyncore|asynchat) module is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The (asyncore|asynchat) module:DeprecationWarning")
 def test_probe_ftp_auth_tls(tmp_path: Path, server_cert: trustme.LeafCert, cafile: str) -> None:
     from asyncsp._demo_servers import _ftp_server
 
