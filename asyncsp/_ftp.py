@@ -24,6 +24,7 @@ from ._endpoint import normalise_host
 from ._errors import (
     AsyncspError,
     ConnectionClosedError,
+    FtpCommandError,
     FtpError,
     FtpProtocolError,
     FtpReplyError,
@@ -556,8 +557,8 @@ class FtpClient:
         session = self._acquire()
         try:
             return await operation(session)
-        except FtpReplyError:
-            raise  # a complete exchange: the session is intact
+        except (FtpReplyError, FtpCommandError):
+            raise  # a complete exchange, or nothing sent: the session is intact
         except BaseException:
             session.abort()
             raise
