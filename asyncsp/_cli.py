@@ -20,13 +20,16 @@ import traceback
 import urllib.parse
 import warnings
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import anyio
 
 from ._errors import AsyncspError, InsecurePolicyWarning, PolicyError
 from ._policy import TlsPolicy
 from ._protocols import SecurityProtocol
+
+if TYPE_CHECKING:
+    from ._http import Response
 
 __all__ = ["EXIT_FINDING", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -41,7 +44,7 @@ DEFAULT_TIMEOUT = 10.0
 CHUNK_SIZE = 64 * 1024
 """Bytes read at a time when a body is saved or counted (bounded memory)."""
 _LEGACY = SecurityProtocol.TLS | SecurityProtocol.TLS11
-SP_ALL = _LEGACY | SecurityProtocol.TLS12 | SecurityProtocol.TLS13
+_OPT_OUT_PROTOCOLS = _LEGACY | SecurityProtocol.TLS12 | SecurityProtocol.TLS13
 """What the opt-out allows when no --protocol is given."""
 
 _REQUIREMENTS = {
@@ -228,7 +231,7 @@ def policy_from(args: argparse.Namespace, *, opt_out: bool = False) -> TlsPolicy
         if args.protocol is not None:
             changes["protocols"] = SecurityProtocol.parse(args.protocol)
         elif opt_out:
-            changes["protocols"] = SP_ALL
+            changes["protocols"] = _OPT_OUT_PROTOCOLS
         if opt_out:
             changes["strong_crypto"] = False
         if args.cafile is not None:
@@ -236,8 +239,9 @@ def policy_from(args: argparse.Namespace, *, opt_out: bool = False) -> TlsPolicy
             changes["cadata"] = None
         return dataclasses.replace(defaults.policy, **changes)  # type: ignore[arg-type]
     except PolicyError as exc:
-        hint = "" if opt_out else "; on the command line, --insecure-legacy is the opt-out"
-        raise UsageError(f"{exc}{hint if 'strong_crypto' in str(exc) else ''}") from exc
+        legacy_refused = "strong_crypto" in str(exc) and not opt_out
+        hint = "; on the command line, --insecure-legacy is the opt-out" if legacy_refused else ""
+        raise UsageError(f"{exc}{hint}") from exc
     except ValueError as exc:  # InvalidSecurityProtocolError
         raise UsageError(f"--protocol: {exc}") from exc
 
@@ -301,6 +305,8 @@ def _asks_for_legacy(args: argparse.Namespace) -> bool:
 
 
 async def _get(args: argparse.Namespace) -> int:
+    import aiohttp
+
     from ._manager import ConnectionManager
     from ._output import Output
 
@@ -309,11 +315,13 @@ async def _get(args: argparse.Namespace) -> int:
         raise UsageError(f"{url!r} is not an http:// or https:// URL")
     policy = policy_from(args, opt_out=args.insecure_legacy)
     out = Output(sys.stdout)
+    # Each step is bounded, not the whole transfer: a large download may take its time.
+    timeout = aiohttp.ClientTimeout(total=None, connect=args.timeout, sock_read=args.timeout)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InsecurePolicyWarning)
         async with (
             ConnectionManager(policy=policy) as mgr,
-            mgr.request("GET", url, timeout=args.timeout) as resp,
+            mgr.request("GET", url, timeout=timeout) as resp,
         ):
             status, reason, tls = resp.status, resp.reason, resp.tls
             size = await _save_body(resp, args.output)
@@ -332,8 +340,8 @@ async def _get(args: argparse.Namespace) -> int:
     return EXIT_OK if status < 400 else EXIT_FINDING
 
 
-async def _save_body(resp: object, path: str | None) -> int:
-    content = resp.content  # type: ignore[attr-defined]
+async def _save_body(resp: Response, path: str | None) -> int:
+    content = resp.content
     size = 0
     if path is None:
         async for chunk in content.iter_chunked(CHUNK_SIZE):
