@@ -1,0 +1,170 @@
+"""FTPS against a real vsftpd 3.0.3 that requires data connections to resume the control session.
+
+vsftpd runs as a child process from ``tests/vsftpd/vsftpd.conf.in`` on a free loopback port,
+with ``require_ssl_reuse=YES`` (its default). These tests skip only where vsftpd is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import trustme
+
+from asyncsp import ConnectionManager, FtpReplyError, SecurityProtocol, TlsPolicy
+
+VSFTPD = "/usr/sbin/vsftpd"
+CONFIG_TEMPLATE = pathlib.Path(__file__).parent / "vsftpd" / "vsftpd.conf.in"
+SECURE_CHROOT_DIR = "/var/run/vsftpd/empty"
+FILES = {f"file{i}.bin": os.urandom(200_000 + i * 4099) for i in range(4)}
+START_TIMEOUT = 10.0
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(VSFTPD),
+    reason=f"vsftpd is not installed ({VSFTPD}); .ci/run installs it with apt-get when root",
+)
+
+
+class Vsftpd:
+    """One vsftpd child process serving *root* anonymously over explicit TLS on loopback."""
+
+    def __init__(self, workdir: pathlib.Path, cert: trustme.LeafCert, *, reuse: bool) -> None:
+        if os.geteuid() != 0:
+            pytest.skip("vsftpd must start as root (it chroots anonymous sessions)")
+        os.makedirs(SECURE_CHROOT_DIR, exist_ok=True)  # the Debian package makes it at boot only
+        self.root = workdir / "root"
+        self.root.mkdir()
+        self.root.chmod(0o755)  # vsftpd refuses a writable anonymous root
+        incoming = self.root / "incoming"
+        incoming.mkdir()
+        incoming.chmod(0o777)
+        for name, data in FILES.items():
+            (self.root / name).write_bytes(data)
+            (self.root / name).chmod(0o644)
+        cert.cert_chain_pems[0].write_to_path(str(workdir / "cert.pem"))
+        cert.private_key_pem.write_to_path(str(workdir / "key.pem"))
+        self.port = _free_port()
+        config = CONFIG_TEMPLATE.read_text().format(
+            port=self.port,
+            root=self.root,
+            empty=SECURE_CHROOT_DIR,
+            require_ssl_reuse="YES" if reuse else "NO",
+            certfile=workdir / "cert.pem",
+            keyfile=workdir / "key.pem",
+        )
+        (workdir / "vsftpd.conf").write_text(config)
+        self.process = subprocess.Popen(
+            [VSFTPD, str(workdir / "vsftpd.conf")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self._wait_listening()
+
+    def _wait_listening(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                stderr = self.process.stderr.read() if self.process.stderr else b""
+                pytest.fail(f"vsftpd exited with {self.process.returncode}: {stderr!r}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)  # an external process: nothing to wait on but its port
+        self.stop()
+        pytest.fail(f"vsftpd did not listen on port {self.port} within {START_TIMEOUT} s")
+
+    def stop(self) -> None:
+        self.process.terminate()  # by PID, never by name
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        if self.process.stderr:
+            self.process.stderr.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def vsftpd(tmp_path: pathlib.Path, server_cert: trustme.LeafCert) -> Iterator[Vsftpd]:
+    server = Vsftpd(tmp_path, server_cert, reuse=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("protocols", "version"),
+    [(SecurityProtocol.TLS12, "TLSv1.2"), (SecurityProtocol.TLS13, "TLSv1.3")],
+    ids=["TLSv1.2", "TLSv1.3"],
+)
+async def test_vsftpd_requires_and_gets_session_reuse(
+    vsftpd: Vsftpd,
+    trusted: Callable[..., TlsPolicy],
+    protocols: SecurityProtocol,
+    version: str,
+) -> None:
+    async with ConnectionManager(policy=trusted(protocols=protocols)) as mgr:
+        sp = mgr.find_service_point(f"ftp://localhost:{vsftpd.port}")
+        async with mgr.ftp("localhost", vsftpd.port, timeout=10) as ftp:
+            assert ftp.tls is not None and ftp.tls.version == version
+            assert "MLST" not in ftp.features  # vsftpd has no MLSD: LIST in the Unix format
+            entries = {e.name: e for e in await ftp.list()}
+            assert set(entries) == {*FILES, "incoming"}
+            assert entries["incoming"].type == "dir"
+            assert all(entries[n].size == len(d) and entries[n].modified for n, d in FILES.items())
+            for name, data in FILES.items():
+                assert await ftp.retrieve(name) == data
+                assert ftp.data_tls is not None and ftp.data_tls.version == version
+                assert ftp.data_tls.session_reused
+            upload = os.urandom(150_000)
+            await ftp.upload("incoming/up.bin", upload)
+            assert ftp.data_tls.session_reused
+            assert (vsftpd.root / "incoming" / "up.bin").read_bytes() == upload
+            async with ftp.download("file0.bin", offset=1000) as chunks:
+                assert b"".join([c async for c in chunks]) == FILES["file0.bin"][1000:]
+            assert sp.current_connections == 1
+        # One control connection with one full handshake; all 7 data connections resumed it.
+        assert sp.stats.tls_handshakes == 1
+        assert sp.stats.session_resumptions == 7
+        assert sp.stats.connections_opened == 8
+        assert sp.stats.versions == {version: 8}
+
+
+async def test_vsftpd_refuses_a_data_connection_that_does_not_resume(
+    vsftpd: Vsftpd, trusted: Callable[..., TlsPolicy]
+) -> None:
+    # With resumption off in the policy no session is offered: vsftpd answers 522 and hangs up.
+    async with ConnectionManager(policy=trusted(resume_sessions=False)) as mgr:
+        sp = mgr.find_service_point(f"ftp://localhost:{vsftpd.port}")
+        with pytest.raises(FtpReplyError) as caught:
+            async with mgr.ftp("localhost", vsftpd.port, timeout=10) as ftp:
+                await ftp.retrieve("file0.bin")
+        assert caught.value.code == 522 and "reuse" in caught.value.message
+        assert sp.current_connections == 0
+
+
+def test_vsftpd_config_template_is_complete() -> None:
+    text = CONFIG_TEMPLATE.read_text().format(
+        port=2121, root="/r", empty="/e", require_ssl_reuse="YES", certfile="/c", keyfile="/k"
+    )
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    settings = dict(line.split("=", 1) for line in lines)
+    assert len(settings) == len(lines) and "{" not in text
+    # The traps of 3.0.3: no ssl_tlsv1_1/ssl_tlsv1_2 options, a cipher list OpenSSL 3 accepts.
+    assert settings["ssl_ciphers"] == "HIGH" and settings["require_ssl_reuse"] == "YES"
+    assert not any(key.startswith(("ssl_tlsv1_", "ssl_tlsv1.")) for key in settings)
+    assert settings["background"] == "NO" and settings["listen_address"] == "127.0.0.1"
