@@ -1,22 +1,386 @@
-"""HTTP through service points (aiohttp underneath). Placeholder until the HTTP layer lands."""
+"""HTTP through service points, with aiohttp underneath.
+
+`request` (streaming) and `fetch` (body read, connection freed) are what
+``ConnectionManager.request``/``get``/``post``/... call. Each hop of a redirect goes through the
+service point of its own endpoint (`HttpLayer.endpoint`) and so under that endpoint's policy,
+limits and statistics; redirects are followed here, never by aiohttp (RFC 9110 §15.4).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from ._errors import HttpError, ManagerClosedError, TimeoutError
+from ._http_errors import translate_http_error
+from ._http_pool import HttpLayer
+from ._http_response import Response, ResponseContent
+from ._tls import _ATTEMPT
+
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from ._manager import ConnectionManager
 
-__all__ = ["Response", "fetch", "request"]
+__all__ = ["Response", "ResponseContent", "fetch", "request"]
+
+MAX_REDIRECTS = 10
+"""Redirects followed by default before `HttpError` (browsers and aiohttp stop near here)."""
+REDIRECT_DRAIN_LIMIT = 64 * 1024
+"""A redirect body up to this size is read so its connection can be reused; larger ones close it."""
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_METHODS = {m: m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+_PASSED_TO_AIOHTTP = frozenset(
+    {
+        "params",
+        "headers",
+        "data",
+        "json",
+        "cookies",
+        "skip_auto_headers",
+        "chunked",
+        "compress",
+        "expect100",
+        "read_until_eof",
+        "read_bufsize",
+        "auto_decompress",
+        "max_line_size",
+        "max_field_size",
+        "max_headers",
+    }
+)
+_OURS = frozenset(
+    {
+        "timeout",
+        "allow_redirects",
+        "max_redirects",
+        "allow_insecure_redirects",
+        "max_body_size",
+        "auth",
+    }
+)
+_FROM_POLICY = "TLS settings come from the TlsPolicy (mgr.policy, or sp.policy for one endpoint)"
+_REFUSED = {
+    "ssl": _FROM_POLICY,
+    "verify_ssl": _FROM_POLICY,
+    "ssl_context": _FROM_POLICY,
+    "fingerprint": "pin certificates with TlsPolicy(pins=...)",
+    "server_hostname": "the host name is the URL's: TLS sessions are cached per host name",
+    "proxy": "proxies are set on the ConnectionManager",
+    "proxy_auth": "proxies are set on the ConnectionManager",
+    "proxy_headers": "proxies are set on the ConnectionManager",
+    "raise_for_status": "check Response.status (or Response.ok)",
+}
+_DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=5 * 60, sock_connect=30)
+"""aiohttp's default, which a session uses when a call gives no ``timeout``."""
+# Headers that describe a request body: dropped with the body when a redirect turns into GET.
+_BODY_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Transfer-Encoding")
+# Credentials that must not follow a redirect to another origin (RFC 9110 §15.4, last para).
+_ORIGIN_HEADERS = ("Authorization", "Cookie")
+# Bodies we can send again unchanged after a 307/308.
+_REPLAYABLE = (bytes, bytearray, str, Mapping, list, tuple)
 
 
-class Response:
-    """An HTTP response."""
+@dataclasses.dataclass(slots=True)
+class _Call:
+    """One call of `request`/`fetch`, its options validated once."""
+
+    method: str
+    url: URL
+    options: dict[str, Any]  # handed to aiohttp's ClientSession.request as they are
+    follow: bool = True
+    max_redirects: int = MAX_REDIRECTS
+    allow_insecure: bool = False
+    max_body_size: int | None = None
+    total: float | None = None  # the total timeout, for messages and redirect deadlines
 
 
-def request(manager: ConnectionManager, method: str, url: str, **kwargs: Any) -> Any:
-    raise NotImplementedError("HTTP is not available yet")
+def _prepare(
+    manager: ConnectionManager, method: str, url: str | URL, kwargs: dict[str, Any]
+) -> _Call:
+    known = _METHODS.get(method)
+    if known is None:
+        if not isinstance(method, str) or not method.isascii() or not method.isalpha():
+            raise ValueError(f"method must be an HTTP method such as 'GET', not {method!r}")
+        known = method.upper()
+    target = url if isinstance(url, URL) else URL(url)
+    if target.scheme not in ("http", "https") or not target.raw_host:
+        raise ValueError(
+            "HTTP requests need an absolute http:// or https:// URL with a host, not "
+            f"{target.with_user(None).with_query(None)!s}"
+        )
+    call = _Call(known, target, kwargs, max_body_size=manager.max_body_size)
+    if not kwargs:
+        return call
+    unknown = kwargs.keys() - _PASSED_TO_AIOHTTP - _OURS
+    if unknown:
+        name = sorted(unknown)[0]
+        hint = _REFUSED.get(name, "it is not an option of asyncsp HTTP requests")
+        raise TypeError(f"unexpected keyword argument {name!r}: {hint}")
+    call.follow = bool(kwargs.pop("allow_redirects", True))
+    call.max_redirects = kwargs.pop("max_redirects", MAX_REDIRECTS)
+    if (
+        isinstance(call.max_redirects, bool)
+        or not isinstance(call.max_redirects, int)
+        or (call.max_redirects < 0)
+    ):
+        raise ValueError(f"max_redirects must be an int >= 0, not {call.max_redirects!r}")
+    call.allow_insecure = bool(kwargs.pop("allow_insecure_redirects", False))
+    if "max_body_size" in kwargs:
+        limit = kwargs.pop("max_body_size")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise ValueError(f"max_body_size must be an int >= 0 or None, not {limit!r}")
+        call.max_body_size = limit
+    auth = kwargs.pop("auth", None)
+    if auth is not None:
+        if not isinstance(auth, aiohttp.BasicAuth):
+            raise TypeError("auth must be an aiohttp.BasicAuth (or send an Authorization header)")
+        headers = CIMultiDict(kwargs.get("headers") or {})
+        headers["Authorization"] = auth.encode()
+        kwargs["headers"] = headers
+    if "timeout" in kwargs:
+        timeout = kwargs["timeout"]
+        if timeout is None:
+            kwargs["timeout"] = aiohttp.ClientTimeout()  # no limit at all
+        elif isinstance(timeout, aiohttp.ClientTimeout):
+            call.total = timeout.total
+        elif isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
+            call.total = float(timeout)
+            kwargs["timeout"] = aiohttp.ClientTimeout(total=call.total)
+        else:
+            raise ValueError(
+                f"timeout must be seconds > 0, an aiohttp.ClientTimeout or None, not {timeout!r}"
+            )
+    return call
 
 
-async def fetch(manager: ConnectionManager, method: str, url: str, **kwargs: Any) -> Response:
-    raise NotImplementedError("HTTP is not available yet")
+# -- one hop -----------------------------------------------------------------------------
+
+
+async def _send(
+    layer: HttpLayer, call: _Call, method: str, url: URL, options: dict[str, Any]
+) -> Response:
+    """Send one request through the service point of *url*; the response, headers read."""
+    endpoint = layer.endpoint(url)
+    connector = endpoint.try_begin() or await endpoint.begin()
+    if endpoint.sp.connection_lease_timeout is not None:
+        connector.close_idle(only_expired=True)
+    try:
+        # What `_tls.connect_attempt` does, without its generator machinery (this is the hot
+        # path): a connection aiohttp opens in this task offers the service point's session
+        # and reports its handshake to the service point.
+        token = _ATTEMPT.set(connector.attempt)
+        try:
+            aio = await connector.session.request(method, url, allow_redirects=False, **options)
+        finally:
+            _ATTEMPT.reset(token)
+    except BaseException as exc:
+        endpoint.request_ended(connector, None)
+        if isinstance(exc, Exception):
+            raise translate_http_error(
+                exc,
+                endpoint=endpoint.sp.address,
+                what=f"{method} {url.raw_path}",
+                timeout=call.total,
+                manager_closed=layer.closed,
+            ) from exc
+        raise
+    return Response(aio, endpoint, connector, call)  # type: ignore[arg-type]  # response_class
+
+
+# -- redirects ---------------------------------------------------------------------------
+
+
+def _same_origin(a: URL, b: URL) -> bool:
+    return a.scheme == b.scheme and a.raw_host == b.raw_host and a.port == b.port
+
+
+async def _exchange(layer: HttpLayer, call: _Call) -> Response:
+    """Send *call*, following redirects hop by hop when asked; the final response."""
+    response = await _send(layer, call, call.method, call.url, call.options)
+    if call.follow and response.status in _REDIRECTS:
+        return await _follow(layer, call, response)
+    return response
+
+
+async def _follow(layer: HttpLayer, call: _Call, response: Response) -> Response:
+    """Follow the redirect *response* and those after it; the final response."""
+    method, url, options = call.method, call.url, call.options
+    loop = asyncio.get_running_loop()
+    deadline = None if call.total is None else loop.time() + call.total
+    history: list[Response] = []
+    try:
+        while call.follow and response.status in _REDIRECTS:
+            location = response.headers.get("Location")
+            if location is None:
+                break
+            target = _redirect_target(response, url, location, call, len(history))
+            await response._discard(REDIRECT_DRAIN_LIMIT)
+            history.append(response)
+            method, options = _next_request(response.status, method, url, target, options)
+            url = target
+            if deadline is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"{response.service_point.address}: {call.method} with redirects did "
+                        f"not finish within {call.total} s",
+                        endpoint=response.service_point.address,
+                    )
+                previous: aiohttp.ClientTimeout = options.get("timeout") or _DEFAULT_TIMEOUT
+                options["timeout"] = aiohttp.ClientTimeout(
+                    total=remaining,
+                    connect=previous.connect,
+                    sock_read=previous.sock_read,
+                    sock_connect=previous.sock_connect,
+                    ceil_threshold=previous.ceil_threshold,
+                )
+            response = await _send(layer, call, method, url, options)
+    except BaseException:
+        response.close()
+        raise
+    response.history = tuple(history)
+    return response
+
+
+def _redirect_target(response: Response, url: URL, location: str, call: _Call, hops: int) -> URL:
+    """Where a redirect points, refused when it is one too many or goes somewhere unsafe."""
+    address = response.service_point.address
+    if hops >= call.max_redirects:
+        raise HttpError(
+            f"{address}: more than {call.max_redirects} redirects; raise max_redirects= or "
+            "follow them yourself with allow_redirects=False",
+            endpoint=address,
+        )
+    try:
+        target = url.join(URL(location))
+    except ValueError as exc:
+        raise HttpError(f"{address}: redirect to an invalid URL ({exc})", endpoint=address) from exc
+    if target.scheme not in ("http", "https") or not target.raw_host:
+        raise HttpError(
+            f"{address}: redirect to a URL that is not http(s):// with a host "
+            f"({target.scheme or 'no scheme'}://)",
+            endpoint=address,
+        )
+    if url.scheme == "https" and target.scheme == "http" and not call.allow_insecure:
+        raise HttpError(
+            f"{address}: refused a redirect from https to plain http "
+            f"({target.with_user(None).with_query(None)}); pass allow_insecure_redirects=True "
+            "to follow it",
+            endpoint=address,
+        )
+    return target
+
+
+def _next_request(
+    status: int, method: str, url: URL, target: URL, options: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """The method and options of the next hop (RFC 9110 §15.4.2-15.4.9)."""
+    options = dict(options)
+    options.pop("params", None)  # they are part of the URL that redirected us
+    headers = CIMultiDict(options.get("headers") or {})
+    has_body = options.get("data") is not None or options.get("json") is not None
+    if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
+        # See Other, and the historical POST -> GET of 301/302 every client performs.
+        method = "GET"
+        options.pop("data", None)
+        options.pop("json", None)
+        for name in _BODY_HEADERS:
+            headers.popall(name, None)
+    elif has_body and not (options.get("data") is None or isinstance(options["data"], _REPLAYABLE)):
+        address = f"{url.scheme}://{url.raw_host}:{url.port}"
+        raise HttpError(
+            f"{address}: cannot follow a {status} redirect: the request body "
+            f"({type(options['data']).__name__}) cannot be sent again; pass "
+            "allow_redirects=False and follow it yourself",
+            endpoint=address,
+        )
+    if not _same_origin(url, target):
+        for name in _ORIGIN_HEADERS:
+            headers.popall(name, None)
+        options.pop("cookies", None)
+    options["headers"] = headers
+    return method, options
+
+
+# -- the entry points --------------------------------------------------------------------
+
+
+def _stopped_by_close(layer: HttpLayer, call: _Call) -> ManagerClosedError | None:
+    """The error for a cancellation the manager's close caused, else None (re-raise it).
+
+    Closing the manager cancels what aiohttp was waiting for inside a request (its
+    connector's queue, a DNS lookup); the task itself was not cancelled by anyone.
+    """
+    task = asyncio.current_task()
+    if not layer.closed or task is None or task.cancelling():
+        return None
+    address = f"{call.url.scheme}://{call.url.raw_host}:{call.url.port}"
+    return ManagerClosedError(
+        f"the connection manager was closed; {call.method} to {address} was aborted",
+        endpoint=address,
+    )
+
+
+async def fetch(manager: ConnectionManager, method: str, url: str | URL, **kwargs: Any) -> Response:
+    """Send a request, read its body (at most ``max_body_size``) and free the connection."""
+    call = _prepare(manager, method, url, kwargs)
+    layer = HttpLayer.of(manager)
+    try:
+        response = await _send(layer, call, call.method, call.url, call.options)
+        if call.follow and response.status in _REDIRECTS:
+            response = await _follow(layer, call, response)
+        await response.read()
+    except asyncio.CancelledError:
+        error = _stopped_by_close(layer, call)
+        if error is None:
+            raise
+        raise error from None
+    return response
+
+
+class _RequestContext:
+    """``async with mgr.request(...) as response:``: the response is released on exit."""
+
+    __slots__ = ("_call", "_manager", "_response")
+
+    def __init__(self, manager: ConnectionManager, call: _Call) -> None:
+        self._manager = manager
+        self._call = call
+        self._response: Response | None = None
+
+    async def __aenter__(self) -> Response:
+        layer = HttpLayer.of(self._manager)
+        try:
+            self._response = await _exchange(layer, self._call)
+        except asyncio.CancelledError:
+            error = _stopped_by_close(layer, self._call)
+            if error is None:
+                raise
+            raise error from None
+        return self._response
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._response is not None:
+            self._response.release()
+
+
+def request(
+    manager: ConnectionManager, method: str, url: str | URL, **kwargs: Any
+) -> _RequestContext:
+    """``async with`` this to stream a response; see `Response`."""
+    return _RequestContext(manager, _prepare(manager, method, url, kwargs))

@@ -1,0 +1,114 @@
+"""The HTTP error boundary: every aiohttp, `ssl` and `OSError` exception becomes an asyncsp one.
+
+One function, `translate_http_error`, decides; the HTTP modules call it wherever an aiohttp
+call can fail (sending, redirects, reading the body, streaming ``content``) and raise its
+result ``from`` the original. Connect-phase failures go on to `translate_connect_error`, the
+boundary streams, SMTP and FTP share, so a refused certificate reads the same everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+
+import aiohttp
+
+from ._errors import AsyncspError, HttpError, ManagerClosedError, TimeoutError
+from ._tls import HandshakeRefused
+from ._translate import translate_connect_error
+
+__all__ = ["translate_http_error"]
+
+_CHAIN_DEPTH = 8
+"""How far down ``__cause__``/``__context__`` we look for our handshake verdict."""
+
+
+def _handshake_verdict(exc: BaseException) -> HandshakeRefused | None:
+    """Our `HandshakeRefused`, wherever aiohttp and asyncio wrapped it."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending and len(seen) < _CHAIN_DEPTH:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, HandshakeRefused):
+            return current
+        if isinstance(current, aiohttp.ClientConnectorCertificateError):
+            pending.append(current.certificate_error)
+        if isinstance(current, aiohttp.ClientConnectorError):
+            pending.append(current.os_error)
+        pending += [current.__cause__, current.__context__]
+    return None
+
+
+def translate_http_error(
+    exc: BaseException,
+    *,
+    endpoint: str,
+    what: str,
+    timeout: float | None = None,
+    manager_closed: bool = False,
+) -> AsyncspError:
+    """The asyncsp error for *exc*, raised by an HTTP exchange with *endpoint*.
+
+    *what* names the exchange without secrets (``"GET /path"``: no query, no credentials);
+    *timeout* is the total limit in force, for the message. The caller raises the result
+    ``from exc``.
+    """
+    if isinstance(exc, AsyncspError):
+        return exc
+    if manager_closed:
+        # Whatever aiohttp raised while its session was torn down (a reset, a cancelled
+        # waiter, an AssertionError from a queued request): the cause is the close.
+        return ManagerClosedError(
+            f"the connection manager was closed; {what} to {endpoint} was aborted",
+            endpoint=endpoint,
+        )
+    verdict = _handshake_verdict(exc)
+    if verdict is not None:
+        return verdict.error
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return translate_connect_error(exc.certificate_error, endpoint, during_tls=True)
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return translate_connect_error(exc.os_error, endpoint, during_tls=True)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return translate_connect_error(exc.os_error, endpoint, during_tls=False)
+    limit = f" within {timeout} s" if timeout is not None else ""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return TimeoutError(f"{endpoint}: connecting did not finish{limit}", endpoint=endpoint)
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return TimeoutError(
+            f"{endpoint}: {what}: the server sent nothing for longer than the read timeout; "
+            "the connection was closed",
+            endpoint=endpoint,
+        )
+    if isinstance(exc, asyncio.TimeoutError | builtins.TimeoutError):
+        return TimeoutError(
+            f"{endpoint}: {what} did not finish{limit}; the connection was closed",
+            endpoint=endpoint,
+        )
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # The parser's verdict on the status line or headers (aiohttp reports it as a 400);
+        # str(exc) would add the URL, which may carry a query with secrets.
+        return HttpError(
+            f"{endpoint}: {what}: malformed or oversized response ({exc.message})",
+            endpoint=endpoint,
+        )
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return HttpError(
+            f"{endpoint}: {what}: the response body is incomplete or cannot be decoded ({exc})",
+            endpoint=endpoint,
+        )
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return HttpError(
+            f"{endpoint}: {what}: the server closed the connection before the response was "
+            "complete",
+            endpoint=endpoint,
+        )
+    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+        detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return HttpError(
+            f"{endpoint}: {what}: the connection was lost ({detail})", endpoint=endpoint
+        )
+    return HttpError(f"{endpoint}: {what} failed: {type(exc).__name__}: {exc}", endpoint=endpoint)

@@ -1,0 +1,181 @@
+"""Keep-alive GETs per second: asyncsp vs raw aiohttp vs httpx, over HTTP and HTTPS.
+
+The server (``benchmarks/http_server.py``) runs in a separate process on 127.0.0.1 and answers
+faster than any of the clients can ask, so what is measured is the client's cost per request.
+Every client gets the same connection limit and concurrency, reads each body, and reuses its
+connections; the clients take turns within each round (in a rotating order) so that load from
+elsewhere on the machine hits them alike. Prints requests/s per round, the median, the spread,
+and the ratios asyncsp/aiohttp and asyncsp/httpx (goal: >= 0.95 and >= 1.5).
+
+    python benchmarks/http_client.py [--rounds 5] [--requests 4000] [--concurrency 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import httpx
+import trustme
+
+from asyncsp import ConnectionManager, TlsPolicy
+
+SERVER = Path(__file__).with_name("http_server.py")
+Client = Callable[[str], Awaitable[int]]
+
+
+@contextlib.contextmanager
+def server(tls: tuple[str, str] | None) -> Iterator[int]:
+    """Start the loopback server in its own process; yield its port."""
+    command = [sys.executable, str(SERVER), "--uvloop"]
+    if tls:
+        command += ["--tls", *tls]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"the benchmark server did not start: {line!r}")
+        yield int(line.split()[1])
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def asyncsp_client(ca_pem: str, limit: int) -> AsyncIterator[Client]:
+    async with ConnectionManager(
+        policy=TlsPolicy(cadata=ca_pem), default_connection_limit=limit
+    ) as mgr:
+
+        async def get(url: str) -> int:
+            response = await mgr.get(url)
+            return len(await response.read())
+
+        yield get
+
+
+@contextlib.asynccontextmanager
+async def aiohttp_client(ca_pem: str, limit: int) -> AsyncIterator[Client]:
+    import ssl
+
+    context = ssl.create_default_context(cadata=ca_pem)
+    connector = aiohttp.TCPConnector(ssl=context, limit=limit, limit_per_host=limit)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def get(url: str) -> int:
+            async with session.get(url) as response:
+                return len(await response.read())
+
+        yield get
+
+
+@contextlib.asynccontextmanager
+async def httpx_client(ca_pem: str, limit: int) -> AsyncIterator[Client]:
+    import ssl
+
+    context = ssl.create_default_context(cadata=ca_pem)
+    limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
+    async with httpx.AsyncClient(verify=context, limits=limits) as client:
+
+        async def get(url: str) -> int:
+            response = await client.get(url)
+            return len(response.content)
+
+        yield get
+
+
+CLIENTS = {"asyncsp": asyncsp_client, "aiohttp": aiohttp_client, "httpx": httpx_client}
+
+
+async def measure(get: Client, url: str, requests: int, concurrency: int) -> float:
+    """Requests per second for *requests* GETs spread over *concurrency* tasks."""
+    await asyncio.gather(*(get(url) for _ in range(concurrency)))  # warm: open the connections
+    share = requests // concurrency
+
+    async def worker() -> None:
+        for _ in range(share):
+            await get(url)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return share * concurrency / (time.perf_counter() - start)
+
+
+async def run_scheme(
+    scheme: str, port: int, ca_pem: str, args: argparse.Namespace
+) -> dict[str, list[float]]:
+    url = f"{scheme}://127.0.0.1:{port}/"
+    results: dict[str, list[float]] = {name: [] for name in CLIENTS}
+    names = list(CLIENTS)
+    for round_no in range(args.rounds):
+        order = names[round_no % len(names) :] + names[: round_no % len(names)]
+        for name in order:
+            async with CLIENTS[name](ca_pem, args.concurrency) as get:
+                rate = await measure(get, url, args.requests, args.concurrency)
+            results[name].append(rate)
+        print(
+            f"  {scheme:5} round {round_no + 1}: "
+            + "  ".join(f"{n} {results[n][-1]:8.0f}/s" for n in names),
+            flush=True,
+        )
+    return results
+
+
+def report(scheme: str, results: dict[str, list[float]]) -> None:
+    median = {name: statistics.median(rates) for name, rates in results.items()}
+    print(f"\n{scheme.upper()} keep-alive GETs (requests/s; median, min-max over rounds)")
+    for name, rates in results.items():
+        print(f"  {name:8} {median[name]:8.0f}   ({min(rates):.0f}-{max(rates):.0f})")
+    per_round = list(zip(results["asyncsp"], results["aiohttp"], results["httpx"], strict=True))
+    vs_aiohttp = [a / b for a, b, _ in per_round]
+    vs_httpx = [a / c for a, _, c in per_round]
+    print(
+        f"  asyncsp/aiohttp {median['asyncsp'] / median['aiohttp']:.3f} "
+        f"(per round {min(vs_aiohttp):.3f}-{max(vs_aiohttp):.3f}; goal >= 0.95)"
+    )
+    print(
+        f"  asyncsp/httpx   {median['asyncsp'] / median['httpx']:.3f} "
+        f"(per round {min(vs_httpx):.3f}-{max(vs_httpx):.3f}; goal >= 1.5)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=4000, help="per client per round")
+    parser.add_argument("--concurrency", type=int, default=10, help="tasks = connection limit")
+    parser.add_argument("--scheme", choices=["http", "https", "both"], default="both")
+    args = parser.parse_args()
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    ca_pem = ca.cert_pem.bytes().decode()
+    schemes = ["http", "https"] if args.scheme == "both" else [args.scheme]
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
+        leaf.private_key_pem.write_to_path(str(key))
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        for scheme in schemes:
+            tls = (str(cert), str(key)) if scheme == "https" else None
+            with server(tls) as port:
+                print(f"{scheme}: server on 127.0.0.1:{port} (separate process)", flush=True)
+                results = asyncio.run(run_scheme(scheme, port, ca_pem, args))
+            report(scheme, results)
+
+
+if __name__ == "__main__":
+    main()
