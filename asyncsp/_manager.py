@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _http
 from ._defaults import (
     check_limit,
     check_optional_seconds,
@@ -18,6 +19,7 @@ from ._defaults import (
 )
 from ._endpoint import Endpoint, normalise_host
 from ._errors import AsyncspError, ManagerClosedError
+from ._http import Response
 from ._policy import TlsPolicy
 from ._protocols import SecurityProtocol
 from ._servicepoint import ServicePoint, close_quietly
@@ -275,44 +277,40 @@ class ConnectionManager:
 
     # -- HTTP, SMTP, FTP (their modules hold the protocol code) ----------------------------
 
-    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+    def request(
+        self, method: str, url: str, **kwargs: Any
+    ) -> AbstractAsyncContextManager[Response]:
         """``async with mgr.request("GET", url) as resp:`` streams a response (see `Response`)."""
-        from ._http import request
+        return _http.request(self, method, url, **kwargs)
 
-        return request(self, method, url, **kwargs)
-
-    async def get(self, url: str, **kwargs: Any) -> Any:
+    # Each calls the HTTP layer directly: no extra frame or import per request (hot path).
+    async def get(self, url: str, **kwargs: Any) -> Response:
         """GET *url*, read the body (at most ``max_body_size``) and free the connection."""
-        return await self._fetch("GET", url, **kwargs)
+        return await _http.fetch(self, "GET", url, **kwargs)
 
-    async def post(self, url: str, **kwargs: Any) -> Any:
+    async def post(self, url: str, **kwargs: Any) -> Response:
         """POST to *url*; see `get`."""
-        return await self._fetch("POST", url, **kwargs)
+        return await _http.fetch(self, "POST", url, **kwargs)
 
-    async def put(self, url: str, **kwargs: Any) -> Any:
+    async def put(self, url: str, **kwargs: Any) -> Response:
         """PUT to *url*; see `get`."""
-        return await self._fetch("PUT", url, **kwargs)
+        return await _http.fetch(self, "PUT", url, **kwargs)
 
-    async def patch(self, url: str, **kwargs: Any) -> Any:
+    async def patch(self, url: str, **kwargs: Any) -> Response:
         """PATCH *url*; see `get`."""
-        return await self._fetch("PATCH", url, **kwargs)
+        return await _http.fetch(self, "PATCH", url, **kwargs)
 
-    async def delete(self, url: str, **kwargs: Any) -> Any:
+    async def delete(self, url: str, **kwargs: Any) -> Response:
         """DELETE *url*; see `get`."""
-        return await self._fetch("DELETE", url, **kwargs)
+        return await _http.fetch(self, "DELETE", url, **kwargs)
 
-    async def head(self, url: str, **kwargs: Any) -> Any:
+    async def head(self, url: str, **kwargs: Any) -> Response:
         """HEAD *url*; see `get`."""
-        return await self._fetch("HEAD", url, **kwargs)
+        return await _http.fetch(self, "HEAD", url, **kwargs)
 
-    async def options(self, url: str, **kwargs: Any) -> Any:
+    async def options(self, url: str, **kwargs: Any) -> Response:
         """OPTIONS *url*; see `get`."""
-        return await self._fetch("OPTIONS", url, **kwargs)
-
-    async def _fetch(self, method: str, url: str, **kwargs: Any) -> Any:
-        from ._http import fetch
-
-        return await fetch(self, method, url, **kwargs)
+        return await _http.fetch(self, "OPTIONS", url, **kwargs)
 
     def smtp(
         self,
