@@ -64,6 +64,8 @@ DEFAULT_STEP_TIMEOUT = 300.0
 QUIT_TIMEOUT = 2.0
 """How long closing a session waits for the reply to QUIT before it just closes."""
 READ_CHUNK = 64 * 1024
+DRAIN_AFTER = 64 * 1024
+"""Writes at least this big wait for the transport's buffer to drain (flow control)."""
 _KEY_SALT = os.urandom(16)
 """Pool keys hold an HMAC of the password under this per-process key, never the password."""
 
@@ -153,10 +155,13 @@ class SmtpConnection:
             )
         try:
             self.stream.write(data)
-            async with asyncio.timeout(self._limit(command)):
-                await self.stream.drain()
+            # A command batch goes straight to the socket and its reply is awaited next;
+            # only message content can be big enough to need the peer to make room.
+            if len(data) >= DRAIN_AFTER:
+                async with asyncio.timeout(self._limit(command)):
+                    await self.stream.drain()
         except builtins.TimeoutError as exc:
-            raise self._timed_out(command, "taking") from exc
+            raise self._timed_out(command, f"sending {command.value}") from exc
         except BaseException:
             self._broken = True
             raise
@@ -178,11 +183,11 @@ class SmtpConnection:
                         async with asyncio.timeout_at(deadline):
                             data = await self.stream.read(READ_CHUNK)
                     except builtins.TimeoutError as exc:
-                        raise self._timed_out(command, "answering") from exc
+                        raise self._timed_out(command, _awaited(command)) from exc
                     if not data:
                         raise ConnectionClosedError(
-                            f"{self.endpoint} closed the connection while {command.value} "
-                            "awaited its reply",
+                            f"{self.endpoint} closed the connection; "
+                            f"{_awaited(command)} never came",
                             endpoint=self.endpoint,
                         )
                     session.receive(data)
@@ -204,11 +209,11 @@ class SmtpConnection:
         await self._write(self.session.command(command, *args), command)
         return (await self._replies(1))[0][1]
 
-    def _timed_out(self, command: Command, doing: str) -> TimeoutError:
+    def _timed_out(self, command: Command, what: str) -> TimeoutError:
         self.abort()
         return TimeoutError(
-            f"{self.endpoint} was not done {doing} {command.value} within "
-            f"{self._limit(command)} s; the connection was closed",
+            f"{self.endpoint}: {what} did not complete within {self._limit(command)} s; "
+            "the connection was closed",
             endpoint=self.endpoint,
         )
 
@@ -278,7 +283,7 @@ class SmtpConnection:
             async with asyncio.timeout(self._limit(Command.STARTTLS)):
                 await self.stream.start_tls()
         except builtins.TimeoutError as exc:
-            raise self._timed_out(Command.STARTTLS, "with the TLS handshake after") from exc
+            raise self._timed_out(Command.STARTTLS, "the TLS handshake") from exc
         except BaseException:
             self.abort()
             raise
@@ -457,6 +462,10 @@ class SmtpConnection:
         except BaseException:
             self.abort()
             raise
+
+
+def _awaited(command: Command) -> str:
+    return "the greeting" if command is Command.GREETING else f"the reply to {command.value}"
 
 
 def _b64(text: str) -> str:

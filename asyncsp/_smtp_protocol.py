@@ -243,6 +243,10 @@ def parse_ehlo(reply: SmtpReply) -> dict[str, str]:
 class State(enum.Enum):
     """Where a session is, as confirmed by the server's replies."""
 
+    # Members are singletons compared by identity; the identity hash is C-speed, and the
+    # state tables are looked up several times per message.
+    __hash__ = object.__hash__
+
     GREETING = "waiting for the greeting"
     CONNECTED = "greeted, before EHLO"
     READY = "ready for a transaction"
@@ -256,6 +260,10 @@ class State(enum.Enum):
 
 class Command(enum.Enum):
     """What a reply answers: a command, the greeting, or the end of the message content."""
+
+    # Members are singletons compared by identity; the identity hash is C-speed, and the
+    # state tables are looked up several times per message.
+    __hash__ = object.__hash__
 
     GREETING = "greeting"
     EHLO = "EHLO"
