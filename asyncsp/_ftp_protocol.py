@@ -14,15 +14,18 @@ import datetime
 import re
 from collections.abc import Iterable
 
-from ._errors import FtpCommandError, FtpProtocolError
+from ._errors import FtpCommandError, FtpProtocolError, FtpReplyError
 
 __all__ = [
+    "DATA_CONNECTION_FAILURES",
     "MAX_REPLY_LINE",
     "MAX_REPLY_LINES",
     "FtpEntry",
     "FtpReply",
     "ReplyParser",
     "announced_size",
+    "check_preliminary",
+    "check_transfer_end",
     "encode_command",
     "parse_epsv",
     "parse_feat",
@@ -39,6 +42,9 @@ MAX_REPLY_LINE = 8192
 MAX_REPLY_LINES = 1000
 """Most lines one multi-line reply may have (a FEAT or STAT reply needs far fewer)."""
 
+DATA_CONNECTION_FAILURES = frozenset({425, 426, 522})
+"""Refusals about the data connection itself (RFC 959 §4.2, RFC 4217 §10.2): fatal to a session."""
+_TRANSFER_DONE = frozenset({226, 250})
 _FORBIDDEN = frozenset("\r\n\0")
 _VERB = re.compile(r"[A-Za-z]{3,4}")
 _REPLY_CODE = re.compile(rb"[1-5][0-9][0-9]")
@@ -250,6 +256,49 @@ def announced_size(reply: FtpReply) -> int | None:
     """The ``(N bytes)`` a ``150`` reply announces, if it does."""
     match = _ANNOUNCED.search(reply.message)
     return None if match is None else int(match.group(1))
+
+
+def check_preliminary(reply: FtpReply, endpoint: str | None = None) -> None:
+    """A transfer command's first reply must be ``1xx`` (RFC 959 §5.4); else raise."""
+    if reply.kind == 1:
+        return
+    if reply.kind < 4:
+        raise FtpProtocolError(
+            f"{endpoint}: a transfer command was answered with {reply.code} instead of 1xx",
+            endpoint=endpoint,
+        )
+    raise FtpReplyError(reply.code, reply.message, endpoint=endpoint)
+
+
+def check_transfer_end(
+    reply: FtpReply,
+    *,
+    clean: bool,
+    announced: int | None,
+    count: int | None,
+    offset: int = 0,
+    endpoint: str | None = None,
+) -> None:
+    """Accept a finished transfer only if it ended honestly; else raise.
+
+    *clean*: the data connection ended with TLS close_notify (or a plain EOF without TLS).
+    *announced*: the ``(N bytes)`` of the ``150`` reply; after ``REST`` servers announce the
+    whole file or the rest of it, so either matches. *count*: the bytes received (``None``
+    for uploads, which the server counts).
+    """
+    if reply.code not in _TRANSFER_DONE:
+        raise FtpReplyError(reply.code, reply.message, endpoint=endpoint)
+    if not clean:
+        raise FtpProtocolError(
+            f"{endpoint}: the data connection ended without TLS close_notify; the transfer "
+            "may be truncated",
+            endpoint=endpoint,
+        )
+    if announced is not None and count is not None and count not in (announced, announced - offset):
+        raise FtpProtocolError(
+            f"{endpoint}: the server announced {announced} bytes and sent {count}",
+            endpoint=endpoint,
+        )
 
 
 # -- listings ------------------------------------------------------------------------------
