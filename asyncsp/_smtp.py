@@ -89,22 +89,28 @@ class SmtpClient:
     ) -> SendResult:
         """Send *msg*; sender and recipients come from its headers unless given.
 
+        As `smtplib` does, a message with one ``Resent-`` block (RFC 5322 §3.6.6) goes to
+        its ``Resent-To``/``Cc``/``Bcc`` from its ``Resent-Sender`` or ``Resent-From``.
         ``Bcc`` is never sent. A header whose serialised form would not be the header the
         message holds (a line break from an encoded word, CVE-2024-6923) is refused with
-        `SmtpArgumentError` before anything is sent.
+        `SmtpArgumentError` before anything is sent. SMTPUTF8 is used when an address is
+        not ASCII; other non-ASCII headers go out as RFC 2047 encoded words.
         """
+        resent = msg.get_all("Resent-Date", [])
+        if len(resent) > 1:
+            raise SmtpArgumentError("the message has more than one Resent- header block")
+        prefix = "Resent-" if resent else ""
         if sender is None:
-            sender = _first_address(msg, "Sender") or _first_address(msg, "From")
+            sender = _first_address(msg, prefix + "Sender") or _first_address(msg, prefix + "From")
             if sender is None:
-                raise SmtpArgumentError("the message has no Sender or From address")
+                raise SmtpArgumentError(f"the message has no {prefix}Sender or {prefix}From")
         if recipients is None:
-            recipients = [a for h in ("To", "Cc", "Bcc") for a in _addresses(msg, h)]
+            recipients = [a for h in ("To", "Cc", "Bcc") for a in _addresses(msg, prefix + h)]
         recipients = list(recipients)
         utf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
-        utf8 = utf8 or any(not str(v).isascii() for v in msg.values())
         conn = self._claim()
         try:
-            data = serialise_message(msg, utf8=utf8 and "SMTPUTF8" in conn.session.extensions)
+            data = serialise_message(msg, utf8=utf8)
             return await conn.sendmail(sender, recipients, data, utf8=utf8)
         finally:
             conn.busy = False

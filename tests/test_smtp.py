@@ -849,3 +849,77 @@ async def test_no_descriptor_leaks(server_cert: trustme.LeafCert, policy: TlsPol
                 with pytest.raises(asyncsp.CertificateVerificationError):
                     async with untrusting.smtp(LOCAL, good.port, timeout=5):
                         pass
+
+
+async def test_non_ascii_headers_without_smtputf8_become_encoded_words() -> None:
+    async with scripted(responder("8BITMIME", "PIPELINING")) as (server, port):
+        async with ConnectionManager() as mgr:
+            async with mgr.smtp(LOCAL, port, **PLAIN) as client:
+                msg = message(Subject="Grüße")
+                msg.add_header("Resent-Date", "Mon, 1 Jan 2024 00:00:00 +0000")
+                msg.add_header("Resent-From", "relay@example.org")
+                msg.add_header("Resent-To", "eve@example.org")
+                msg.add_header("Resent-Bcc", "frank@example.org")
+                result = await client.send_message(msg)
+    assert result.accepted == ["eve@example.org", "frank@example.org"]
+    assert b"MAIL FROM:<relay@example.org>" in server.received
+    assert b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n" in server.received
+    assert b"SMTPUTF8" not in server.received and b"frank" not in server.received.split(b"DATA")[1]
+
+
+async def test_manager_closed_during_a_session() -> None:
+    async def script(peer: Peer) -> None:
+        await peer.send(b"220 mx.test\r\n")
+        await peer.line()
+        await peer.send(ehlo_reply())
+        await peer.line()  # MAIL, never answered
+
+    async with scripted(script) as (_, port):
+        with fd_baseline():
+            mgr = ConnectionManager()
+            async with mgr.smtp(LOCAL, port, **PLAIN) as client:
+                send = asyncio.create_task(
+                    client.sendmail("a@example.org", ["b@example.org"], b"x")
+                )
+                await asyncio.sleep(0)  # one turn: the task writes MAIL and waits for its reply
+                await mgr.aclose()
+                with pytest.raises(asyncsp.ManagerClosedError):
+                    await send
+            with pytest.raises(asyncsp.ManagerClosedError):
+                async with mgr.smtp(LOCAL, port, **PLAIN):
+                    pass
+
+
+async def test_session_closed_by_the_server_while_pooled_is_not_reused() -> None:
+    pooled = asyncio.Event()
+
+    async def script(peer: Peer) -> None:
+        if len(server.peers) > 1:
+            await responder()(peer)
+            return
+        await peer.send(b"220 mx.test\r\n")
+        await peer.line()
+        await peer.send(ehlo_reply())
+        await peer.line()  # NOOP
+        await peer.send(b"250 ok\r\n")
+        await pooled.wait()
+        await peer.send(b"421 4.4.2 idle too long\r\n")
+        peer.writer.close()
+
+    async with scripted(script) as (server, port):
+        async with ConnectionManager() as mgr:
+            async with mgr.smtp(LOCAL, port, **PLAIN) as client:
+                await client.noop()
+            sp = mgr.find_service_point(f"smtp://{LOCAL}:{port}")
+            idle = sp._pool._idle[0].conn
+            assert idle.is_reusable()
+            pooled.set()
+            await asyncio.wait_for(server.done.wait(), 5)
+            for _ in range(500):  # no event tells when the loop has read the server's FIN
+                if not idle.is_reusable():
+                    break
+                await asyncio.sleep(0.01)
+            assert not idle.is_reusable()
+            async with mgr.smtp(LOCAL, port, **PLAIN) as client:
+                assert (await client.noop()).code == 250
+            assert sp.stats.connections_opened == 2
