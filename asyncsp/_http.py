@@ -180,7 +180,9 @@ async def _send(
         # and reports its handshake to the service point.
         token = _ATTEMPT.set(connector.attempt)
         try:
-            aio = await connector.session.request(method, url, allow_redirects=False, **options)
+            # ClientSession._request is what .request() wraps in a context manager we do not
+            # need; skipping the wrapper saves a microsecond per request (pinned aiohttp range).
+            aio = await connector.session._request(method, url, allow_redirects=False, **options)
         finally:
             _ATTEMPT.reset(token)
     except BaseException as exc:
@@ -339,7 +341,8 @@ async def fetch(manager: ConnectionManager, method: str, url: str | URL, **kwarg
         response = await _send(layer, call, call.method, call.url, call.options)
         if call.follow and response.status in _REDIRECTS:
             response = await _follow(layer, call, response)
-        await response.read()
+        if not response._read_buffered():
+            await response.read()
     except asyncio.CancelledError:
         error = _stopped_by_close(layer, call)
         if error is None:

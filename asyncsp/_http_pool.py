@@ -52,10 +52,20 @@ _LAYER_KEY = "http"
 class _Ticket:
     """One socket a connector opened: counted from creation until it is closed or detached."""
 
-    __slots__ = ("connector", "done", "fd", "held_slots", "opened_at", "orphan", "socket")
+    __slots__ = (
+        "connector",
+        "done",
+        "fd",
+        "held_slots",
+        "opened_at",
+        "orphan",
+        "protocol",
+        "socket",
+    )
 
     def __init__(self, connector: Connector, sock: socket.socket) -> None:
         self.connector = connector
+        self.protocol: ResponseHandler | None = None  # known from its first response on
         self.socket = weakref.ref(sock)
         self.fd = sock.fileno()
         self.opened_at = time.monotonic()
@@ -129,7 +139,9 @@ class _TrackedResponse(aiohttp.ClientResponse):
         if state is None:
             state = owner.first_use(protocol, connection)
         self.asyncsp_protocol, self.asyncsp_state = protocol, state
-        if owner.must_close(state):
+        if owner.retired or (
+            owner.endpoint.sp.connection_lease_timeout is not None and owner.must_close(state)
+        ):
             protocol.force_close()  # closed when this response releases it, never pooled
         if first and state.ssl_object is not None:
             return self._start_and_remember(connection, state)
@@ -161,9 +173,8 @@ class Connector:
         self.closing = False
         self.in_flight = 0
         self.open_sockets = 0
-        self.states: weakref.WeakKeyDictionary[ResponseHandler, ConnectionState] = (
-            weakref.WeakKeyDictionary()
-        )
+        # What we know of each connection, dropped when its socket closes.
+        self.states: dict[ResponseHandler, ConnectionState] = {}
         self._tickets: dict[int, _Ticket] = {}
         self._socket_options = endpoint.layer.manager.socket_options
         self.attempt = self._new_attempt()
@@ -222,6 +233,9 @@ class Connector:
     def _socket_gone(self, ticket: _Ticket) -> None:
         if self._tickets.get(ticket.fd) is ticket:
             del self._tickets[ticket.fd]
+        if ticket.protocol is not None:
+            self.states.pop(ticket.protocol, None)
+            ticket.protocol = None
         self.open_sockets -= 1
         self.endpoint.socket_closed(ticket)
 
@@ -246,6 +260,8 @@ class Connector:
             ticket.opened_at if ticket is not None else time.monotonic(), tls, ticket, remember
         )
         self.states[protocol] = state
+        if ticket is not None:
+            ticket.protocol = protocol
         self.endpoint.sp.stats.connections_opened += 1
         return state
 
@@ -381,16 +397,20 @@ class HttpEndpoint:
         """Start a request at once when the gate is open and the connector current, else None."""
         current = self.current
         sp = self.sp
+        limit = sp.connection_limit
         if (
             current is None
             or self._waiters
+            or self.held + self.orphans >= limit
             or self._closed_error is not None
-            or not self._free()
+            or current.limit != limit
             or not current.matches(sp, sp.policy)
         ):
             return None
         self.held += 1
-        self._busy()
+        sp._extra_busy += 1
+        if sp._extra_busy == 1:
+            sp._touch()
         current.in_flight += 1
         sp.stats.requests += 1
         return current
@@ -415,9 +435,9 @@ class HttpEndpoint:
     def request_ended(self, connector: Connector, response: _TrackedResponse | None) -> None:
         """Account for the end of a request; *response* is aiohttp's, if one arrived."""
         connector.in_flight -= 1
-        protocol = response.asyncsp_protocol if response is not None else None
         state = response.asyncsp_state if response is not None else None
         ticket = state.ticket if state is not None else None
+        protocol = response.asyncsp_protocol if ticket is not None else None  # type: ignore[union-attr]
         if (
             protocol is not None
             and ticket is not None
@@ -427,12 +447,18 @@ class HttpEndpoint:
             # The connection is closing (not pooled): its slot is free once the socket is.
             ticket.held_slots += 1
         else:
-            self.give_back()
-        self._unbusy()
-        if connector.retired and connector.in_flight == 0:
-            connector.close()
-        if connector.closing and connector in self.retired:
-            self.retired.remove(connector)
+            self.held -= 1
+            if self._waiters:
+                self.wake()
+        sp = self.sp
+        sp._extra_busy -= 1
+        if sp._extra_busy == 0:
+            sp._touch()  # idle_since becomes now
+        if connector.retired:
+            if connector.in_flight == 0:
+                connector.close()
+            if connector.closing and connector in self.retired:
+                self.retired.remove(connector)
 
     def _busy(self) -> None:
         sp = self.sp
@@ -481,9 +507,9 @@ class HttpEndpoint:
 class HttpLayer:
     """The HTTP state of one manager: its endpoints and the tasks it must stop on close."""
 
-    _layers: ClassVar[weakref.WeakKeyDictionary[ConnectionManager, HttpLayer]] = (
-        weakref.WeakKeyDictionary()
-    )
+    # By id(): a plain dict lookup per request. Weak: the manager keeps its layer alive
+    # (through its closers), never this table; each entry leaves with its manager.
+    _layers: ClassVar[dict[int, weakref.ref[HttpLayer]]] = {}
 
     def __init__(self, manager: ConnectionManager) -> None:
         self.manager = manager
@@ -495,10 +521,13 @@ class HttpLayer:
     @classmethod
     def of(cls, manager: ConnectionManager) -> HttpLayer:
         """The HTTP layer of *manager*, made on first use."""
-        layer = cls._layers.get(manager)
-        if layer is None:
+        ref = cls._layers.get(id(manager))
+        layer = ref() if ref is not None else None
+        if layer is None or layer.manager is not manager:
             manager._check_open()
-            layer = cls._layers[manager] = cls(manager)
+            layer = cls(manager)
+            cls._layers[id(manager)] = weakref.ref(layer)
+            weakref.finalize(manager, cls._layers.pop, id(manager), None)
         return layer
 
     def endpoint(self, url: URL) -> HttpEndpoint:

@@ -117,24 +117,28 @@ class Response:
 
     async def read(self) -> bytes:
         """The whole body, decoded (gzip, deflate...), at most the manager's ``max_body_size``."""
-        if self._body is None:
-            self._body = self._read_buffered() if self._aio.content.is_eof() else None
-            if self._body is None:
-                self._body = await self._read_body()
-        return self._body
+        if self._body is None and not self._read_buffered():
+            self._body = await self._read_body()
+        return self._body  # type: ignore[return-value]  # set by _read_buffered or the loop
 
-    def _read_buffered(self) -> bytes | None:
-        """The body when all of it has arrived already (the common small response), else None."""
+    def _read_buffered(self) -> bool:
+        """Take the body if all of it has arrived already (the common small response)."""
+        if self._body is not None:
+            return True
+        content = self._aio.content
+        if not content.is_eof():
+            return False
         try:
-            data = self._aio.content.read_nowait()
+            data = content.read_nowait()
         except Exception:
-            return None  # let the reading loop meet (and translate) the error
+            return False  # let the reading loop meet (and translate) the error
         limit = self._call.max_body_size
         if limit is not None and len(data) > limit:
             self.close()
             raise self._too_large(limit)
         self._end()
-        return data
+        self._body = data
+        return True
 
     async def text(self, encoding: str | None = None, errors: str = "strict") -> str:
         """The body as text: *encoding*, else the charset of Content-Type, else UTF-8."""
