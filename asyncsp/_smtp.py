@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING
 from ._endpoint import normalise_host
 from ._errors import SmtpArgumentError, SmtpError
 from ._smtp_connection import DEFAULT_STEP_TIMEOUT, SmtpConnection, credential_digest
-from ._smtp_protocol import Command, SendResult, SmtpReply, check_argument, encode_data
+from ._smtp_protocol import (
+    Command,
+    SendResult,
+    SmtpReply,
+    check_argument,
+    normalise_line_ends,
+)
 from ._streams import Stream
 
 if TYPE_CHECKING:
@@ -207,7 +213,7 @@ class _SmtpContext:
 
     def __repr__(self) -> str:
         user = f" user={self._username!r}" if self._username else ""
-        return f"<SmtpSession {self._address} {self._security}{user}>"
+        return f"<smtp session context {self._address} {self._security}{user}>"
 
     async def __aenter__(self) -> SmtpClient:
         sp = self._manager.find_service_point(self._address)
@@ -313,7 +319,7 @@ def serialise_message(msg: email.message.Message, *, utf8: bool) -> bytes:
     email.generator.BytesGenerator(buffer, policy=policy).flatten(msg, unixfrom=False)
     data = buffer.getvalue()
     # Judge the lines as the server will see them: with every lone CR and LF a line end.
-    head = encode_data(data).split(b"\r\n\r\n", 1)[0] if len(msg) else b""
+    head = normalise_line_ends(data).split(b"\r\n\r\n", 1)[0] if len(msg) else b""
     fields = [
         line.split(b":", 1)[0].strip().lower()
         for line in head.split(b"\r\n")

@@ -35,6 +35,7 @@ __all__ = [
     "check_argument",
     "encode_command",
     "encode_data",
+    "normalise_line_ends",
     "parse_ehlo",
 ]
 
@@ -198,6 +199,11 @@ def encode_command(verb: str, *args: str, utf8: bool = False) -> bytes:
     return " ".join((verb, *args)).encode("utf-8") + b"\r\n"
 
 
+def normalise_line_ends(data: bytes) -> bytes:
+    """*data* with every CRLF, lone CR and lone LF made CRLF: the lines a server will see."""
+    return _LINE_BREAK.sub(b"\r\n", data)
+
+
 EncodedContent = NewType("EncodedContent", bytes)
 """Message content ready for the wire: CRLF line ends, dot-stuffed, ending in ``.CRLF``."""
 
@@ -212,7 +218,7 @@ def encode_data(body: bytes) -> EncodedContent:
     """
     if not body:
         return EncodedContent(b".\r\n")
-    text = _LINE_BREAK.sub(b"\r\n", body)
+    text = normalise_line_ends(body)
     if not text.endswith(b"\r\n"):
         text += b"\r\n"
     if text.startswith(b"."):
