@@ -3,8 +3,8 @@
 Nothing here touches a socket or the event loop. `SmtpSession` holds the reply parser (which
 owns its buffer, so a byte the server sent too early stays visible), the queue of commands
 awaiting their replies (RFC 2920 pipelining pairs replies with commands in order), the
-capabilities of the last EHLO, and a state machine whose transitions are one table. The
-client in ``_smtp.py`` is a short loop around it.
+capabilities of the last EHLO, and a state machine: one table says what may be sent in each
+state, another where each reply leads. The I/O loop around it is ``_smtp_connection.py``.
 
 Errors raised here are asyncsp's: `SmtpProtocolError` for what the server got wrong,
 `SmtpArgumentError` for what the caller asked that cannot go on the wire safely.

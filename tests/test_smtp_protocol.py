@@ -11,9 +11,12 @@ from hypothesis import strategies as st
 from asyncsp import SmtpProtocolError, SmtpReplyError
 from asyncsp._errors import SmtpArgumentError
 from asyncsp._smtp_protocol import (
+    _SENDABLE,
+    _TRANSITIONS,
     MAX_REPLY_LINE,
     MAX_REPLY_LINES,
     Command,
+    Outcome,
     ReplyParser,
     SmtpReply,
     SmtpSession,
@@ -454,3 +457,13 @@ def test_utf8_is_per_transaction() -> None:
     feed(session, b"250 ok\r\n")
     with pytest.raises(SmtpArgumentError):
         session.mail("jörg@example.org")
+
+
+def test_the_two_tables_agree() -> None:
+    # Whatever may be sent in a state has somewhere to go when it succeeds.
+    hoped = {Command.DATA: Outcome.INTERMEDIATE}
+    for state, commands in _SENDABLE.items():
+        for command in commands:
+            outcome = hoped.get(command, Outcome.POSITIVE)
+            assert (state, command, outcome) in _TRANSITIONS, (state, command)
+    assert set(_SENDABLE) == set(State)
