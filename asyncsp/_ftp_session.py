@@ -235,8 +235,8 @@ class FtpSession:
     async def _open_data(self, sp: ServicePoint, port: int) -> Stream:
         """Connect to the control peer's *port*; under TLS offer the control session."""
         tls = self.stream.tls is not None
-        if tls:
-            self.tls_session = self.stream.tls_session() or self.tls_session
+        if tls and self.tls_session is None:
+            self.tls_session = self.stream.tls_session()
         return await sp.open_side_stream(
             (self.stream.peer_address[0], port),
             policy=self.stream.policy,
@@ -274,6 +274,11 @@ class FtpSession:
                     self.abort()  # nonsense, or the data connection failed: state unknown
                 check_preliminary(reply, self.endpoint)
             data = connect_task.result()  # raises the connect or handshake error
+            tls = data.tls
+            if tls is not None and not tls.session_reused:
+                # Not resumed (the ticket expired or was used up): take a fresh one for the
+                # next data connection. Copying a session parses its certificate: not per file.
+                self.tls_session = None
             handed_out = True
             return Transfer(self, data, announced_size(reply_task.result()), offset)
         finally:
@@ -304,6 +309,9 @@ class Transfer:
         """Close the data connection and accept the transfer only if it ended honestly."""
         data = self.data
         clean = upload or (data.ended_with_close_notify if data.tls else data.at_eof())
+        # The service point keeps the sessions of closing streams for later connections; a
+        # data connection's is never needed, and copying it costs a certificate parse.
+        data.mark_broken()
         try:
             await data.aclose()  # for an upload: close_notify, so the server knows it is all
         except builtins.TimeoutError as exc:
