@@ -456,7 +456,9 @@ class SmtpConnection:
             self.abort()
             return
         try:
-            if self.session.state in (State.MAIL, State.RCPT) and not self.session.pending:
+            # Pooled sessions start clean: RSET also clears anything a server kept across
+            # transactions (RFC 5321 §4.1.1.5), and proves the session alive before it waits.
+            if self.session.state in (State.READY, State.MAIL, State.RCPT):
                 await self._reset()
             await self.service_point.checkin(self, self.reuse_key)
         except BaseException:

@@ -698,6 +698,8 @@ async def test_pipelined_batch_is_one_write() -> None:
         while await peer.line() != b".\r\n":
             pass
         await peer.send(b"250 queued\r\n")
+        assert await peer.line() == b"RSET\r\n"  # leaving `async with` pools a reset session
+        await peer.send(b"250 reset\r\n")
 
     async with scripted(script) as (server, port):
         async with ConnectionManager() as mgr:
@@ -741,7 +743,7 @@ async def test_addresses_with_line_breaks_are_refused_before_sending() -> None:
                 with pytest.raises(SmtpArgumentError):
                     await client.send_message(message(To="bob@example.org"), sender="a@b\r\nX")
                 assert (await client.noop()).code == 250
-    assert server.received == b"EHLO [127.0.0.1]\r\nNOOP\r\nQUIT\r\n"
+    assert server.received == b"EHLO [127.0.0.1]\r\nNOOP\r\nRSET\r\nQUIT\r\n"
 
 
 async def test_extensions_needed_and_not_offered() -> None:
@@ -784,6 +786,8 @@ async def test_cancelled_send_is_never_pooled() -> None:
                 await peer.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
             elif line == b".\r\n":
                 content_seen.set()  # and never answer
+            elif line.startswith(b"RSET"):
+                await peer.send(b"250 reset\r\n")
             elif line.startswith(b"QUIT"):
                 await peer.send(b"221 bye\r\n")
                 return
@@ -902,6 +906,8 @@ async def test_session_closed_by_the_server_while_pooled_is_not_reused() -> None
         await peer.send(ehlo_reply())
         await peer.line()  # NOOP
         await peer.send(b"250 ok\r\n")
+        await peer.line()  # RSET before the session is pooled
+        await peer.send(b"250 reset\r\n")
         await pooled.wait()
         await peer.send(b"421 4.4.2 idle too long\r\n")
         peer.writer.close()
