@@ -53,6 +53,7 @@ class FtpClient:
         self._busy = False
         self._data_tls: TlsInfo | None = None
         self._tls = session.stream.tls
+        self._features: Mapping[str, str] = MappingProxyType(dict(session.features))
 
     # -- facts -----------------------------------------------------------------------------
 
@@ -69,10 +70,11 @@ class FtpClient:
     @property
     def features(self) -> Mapping[str, str]:
         """FEAT's answer: upper-case keyword -> parameters (RFC 2389)."""
-        return MappingProxyType(self._live().features)
+        return self._features
 
     @property
     def service_point(self) -> ServicePoint:
+        """The ``ftp://`` (or ``ftps://``) service point the session belongs to."""
         return self._sp
 
     # -- commands --------------------------------------------------------------------------
@@ -122,12 +124,12 @@ class FtpClient:
 
     async def list(self, path: str = ".") -> list[FtpEntry]:
         """The entries of *path*: MLSD when the server offers it (RFC 3659), else Unix LIST."""
-        session = self._live()
-        mlsd = "MLST" in session.features
+        mlsd = "MLST" in self._features  # RFC 3659 §7.8: MLST in FEAT announces MLSD
         body = await self._read_all("MLSD" if mlsd else "LIST", path)
-        text = body.decode("utf-8", "surrogateescape")
+        # Names are bytes to the server: undecodable ones survive a round trip to a command.
+        lines = body.decode("utf-8", "surrogateescape").split("\n")
         try:
-            return parse_listing(text.splitlines(), mlsd=mlsd)
+            return parse_listing([line.removesuffix("\r") for line in lines], mlsd=mlsd)
         except FtpProtocolError as exc:
             raise FtpProtocolError(f"{self._sp.address}: {exc}", endpoint=self._sp.address) from exc
 
