@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import pwd
 import socket
 import subprocess
 import time
@@ -21,6 +22,7 @@ from asyncsp import ConnectionManager, FtpReplyError, SecurityProtocol, TlsPolic
 VSFTPD = "/usr/sbin/vsftpd"
 CONFIG_TEMPLATE = pathlib.Path(__file__).parent / "vsftpd" / "vsftpd.conf.in"
 SECURE_CHROOT_DIR = "/var/run/vsftpd/empty"
+FTP_USER = "ftp"  # ftp_username in the template
 FILES = {f"file{i}.bin": os.urandom(200_000 + i * 4099) for i in range(4)}
 START_TIMEOUT = 10.0
 
@@ -37,6 +39,11 @@ class Vsftpd:
         if os.geteuid() != 0:
             pytest.skip("vsftpd must start as root (it chroots anonymous sessions)")
         os.makedirs(SECURE_CHROOT_DIR, exist_ok=True)  # the Debian package makes it at boot only
+        try:
+            # Anonymous sessions run as the package's "ftp" user, whose home must exist.
+            os.makedirs(pwd.getpwnam(FTP_USER).pw_dir, exist_ok=True)
+        except KeyError:
+            pytest.fail(f"vsftpd is installed but the {FTP_USER!r} user it runs as is missing")
         self.root = workdir / "root"
         self.root.mkdir()
         self.root.chmod(0o755)  # vsftpd refuses a writable anonymous root
