@@ -58,7 +58,8 @@ _DOS_LINE = re.compile(
     r"([0-9]{2})-([0-9]{2})-([0-9]{2,4}) +([0-9]{1,2}):([0-9]{2})(AM|PM)? +(<DIR>|[0-9]+) +(.+)",
     re.IGNORECASE,
 )
-_HALF_YEAR = datetime.timedelta(days=183)
+_CLOCK_SKEW = datetime.timedelta(days=1)
+"""How far in the future a ``Mon DD HH:MM`` date may lie before it is taken as last year's."""
 
 
 # -- replies -------------------------------------------------------------------------------
@@ -423,7 +424,7 @@ def _unix_time(
         when = datetime.datetime(now.year, month, day, hour, minute, tzinfo=datetime.UTC)
         # `ls` shows a time instead of a year for the last six months: a date "in the future"
         # belongs to last year.
-        if when > now + datetime.timedelta(days=1):
+        if when > now + _CLOCK_SKEW:
             when = when.replace(year=now.year - 1)
         return when
     except ValueError:
