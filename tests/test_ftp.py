@@ -673,3 +673,24 @@ async def test_epsv_refused_falls_back_to_pasv_once(
         async with mgr_factory() as mgr, mgr.ftp("localhost", server.port, timeout=5) as ftp:
             assert await ftp.retrieve("a") == b"one"
             assert await ftp.retrieve("b") == b"two"
+
+
+async def test_pooled_sessions_say_quit_when_closed(
+    server_cert: trustme.LeafCert, mgr_factory: Callable[..., ConnectionManager]
+) -> None:
+    def script(ctl: Control) -> None:
+        ctl.login()
+        ctl.serve_rest()
+
+    async with scripted(script, server_cert) as server:
+        async with mgr_factory() as mgr:
+            sp = mgr.find_service_point(f"ftp://localhost:{server.port}")
+            async with mgr.ftp("localhost", server.port, timeout=5):
+                pass
+            async with mgr.ftp("localhost", server.port, timeout=5):
+                pass  # the same session, from the pool
+            assert sp.current_connections == 1 and sp.stats.connections_opened == 1
+            await sp.close()  # idle sessions end politely
+            assert sp.current_connections == 0
+    assert server.record.received[-1] == b"QUIT"
+    assert server.record.received.count(b"USER anonymous") == 1
