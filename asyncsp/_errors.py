@@ -19,7 +19,7 @@ __all__ = [
     "CertificateVerificationError",
     "ConnectError",
     "ConnectionClosedError",
-    "FtpCommandError",
+    "FtpArgumentError",
     "FtpError",
     "FtpProtocolError",
     "FtpReplyError",
@@ -166,8 +166,8 @@ class FtpProtocolError(FtpError):
     """The FTP server sent something that breaks the protocol, or a transfer ended dishonestly."""
 
 
-class FtpCommandError(FtpError, ValueError):
-    """An FTP command argument (a path) that cannot be sent safely (CR, LF or NUL); nothing sent."""
+class FtpArgumentError(FtpError, ValueError):
+    """A path or argument that cannot go on the wire safely (CR, LF or NUL); nothing was sent."""
 
 
 class InsecurePolicyWarning(UserWarning):
