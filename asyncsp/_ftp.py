@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ._endpoint import normalise_host
 from ._errors import (
-    FtpCommandError,
+    FtpArgumentError,
     FtpError,
     FtpProtocolError,
     FtpReplyError,
@@ -239,7 +239,7 @@ class FtpClient:
         session = self._acquire()
         try:
             return await operation(session)
-        except (FtpReplyError, FtpCommandError):
+        except (FtpReplyError, FtpArgumentError):
             raise  # a complete exchange, or nothing sent: the session is intact
         except BaseException:
             session.abort()

@@ -14,7 +14,7 @@ import datetime
 import re
 from collections.abc import Iterable
 
-from ._errors import FtpCommandError, FtpProtocolError, FtpReplyError
+from ._errors import FtpArgumentError, FtpProtocolError, FtpReplyError
 
 __all__ = [
     "DATA_CONNECTION_FAILURES",
@@ -163,15 +163,15 @@ def encode_command(verb: str, *args: str) -> bytes:
 
     CR, LF or NUL in any argument would end the command early and let the rest run as a
     command of its own (command injection through a path), so they are refused
-    (`FtpCommandError`) before anything is sent.
+    (`FtpArgumentError`) before anything is sent.
     """
     if not _VERB.fullmatch(verb):
-        raise FtpCommandError(f"{verb!r} is not an FTP command verb")
+        raise FtpArgumentError(f"{verb!r} is not an FTP command verb")
     for arg in args:
         if not isinstance(arg, str):
-            raise FtpCommandError(f"FTP arguments are str, not {type(arg).__name__}")
+            raise FtpArgumentError(f"FTP arguments are str, not {type(arg).__name__}")
         if not _FORBIDDEN.isdisjoint(arg):
-            raise FtpCommandError(
+            raise FtpArgumentError(
                 f"{arg!r} contains CR, LF or NUL, which FTP cannot carry in an argument "
                 "(it would inject a command); nothing was sent"
             )

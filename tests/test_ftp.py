@@ -31,7 +31,7 @@ from asyncsp import (
     TimeoutError,
     TlsPolicy,
 )
-from asyncsp._errors import FtpCommandError
+from asyncsp._errors import FtpArgumentError
 
 from .servers import ServerRecord, ThreadedServer, fd_baseline, server_context
 
@@ -211,7 +211,7 @@ async def test_refused_commands_leave_the_session_usable(
             assert caught.value.code == 550
             with pytest.raises(FtpReplyError):
                 await ftp.delete("payload.bin")  # anonymous: no write permission
-            with pytest.raises(FtpCommandError):
+            with pytest.raises(FtpArgumentError):
                 await ftp.retrieve("x\r\nDELE payload.bin")
             assert await ftp.size("payload.bin") == len(PAYLOAD)
 
@@ -645,7 +645,7 @@ async def test_unsafe_paths_are_refused_before_anything_is_sent(
                 ftp.cwd("x\ny"),
                 ftp.list("\r"),
             ):
-                with pytest.raises(FtpCommandError):
+                with pytest.raises(FtpArgumentError):
                     await call
             await ftp.mkdir("fine")  # still usable: nothing was sent
             assert server.record.received[before:] == [b"MKD fine"]

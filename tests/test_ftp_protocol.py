@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asyncsp import FtpProtocolError
-from asyncsp._errors import FtpCommandError
+from asyncsp._errors import FtpArgumentError
 from asyncsp._ftp_protocol import (
     MAX_REPLY_LINE,
     MAX_REPLY_LINES,
@@ -149,16 +149,16 @@ def test_encode_command(args: tuple[str, ...], wire: bytes) -> None:
 
 @pytest.mark.parametrize("bad", ["a\rb", "a\nDELE x", "a\0", "\r\n", "x\r"])
 def test_encode_command_refuses_injection_in_every_argument(bad: str) -> None:
-    with pytest.raises(FtpCommandError, match="CR, LF or NUL"):
+    with pytest.raises(FtpArgumentError, match="CR, LF or NUL"):
         encode_command("RETR", bad)
-    with pytest.raises(FtpCommandError):
+    with pytest.raises(FtpArgumentError):
         encode_command("RNFR", "ok", bad)
-    assert issubclass(FtpCommandError, ValueError)
+    assert issubclass(FtpArgumentError, ValueError)
 
 
 @pytest.mark.parametrize("verb", ["", "RE", "RETRX", "RE TR", "R\r\nT", "RET1"])
 def test_encode_command_refuses_bad_verbs(verb: str) -> None:
-    with pytest.raises(FtpCommandError):
+    with pytest.raises(FtpArgumentError):
         encode_command(verb)
 
 
@@ -166,7 +166,7 @@ def test_encode_command_refuses_bad_verbs(verb: str) -> None:
 def test_encoded_commands_are_always_one_line(arg: str) -> None:
     try:
         wire = encode_command("RETR", arg)
-    except FtpCommandError:
+    except FtpArgumentError:
         assert any(c in arg for c in "\r\n\0")
         return
     assert wire.count(b"\n") == 1 and wire.endswith(b"\r\n") and b"\0" not in wire
