@@ -312,7 +312,9 @@ class ServicePoint:
         """A connection that belongs to another one of this endpoint (an FTP data channel).
 
         It takes no slot of its own, goes to *peer* (an IP address and port), runs the same
-        handshake and verification under *policy*, and offers *session* for resumption.
+        handshake and verification under *policy*, and offers *session* for resumption (even
+        when the policy's ``resume_sessions`` is off: a data channel resumes its control
+        connection, which is no cache).
         """
         self._manager._check_open()
         stream = await self._open(
@@ -421,7 +423,10 @@ class ServicePoint:
             if cached is not None and cached[0] is context:
                 offered = cached[1]
         return ConnectAttempt(
-            endpoint=self.address, session=offered, on_established=self._on_established
+            endpoint=self.address,
+            session=offered,
+            session_required=session is not None,
+            on_established=self._on_established,
         )
 
     def _on_established(self, ssl_object: ssl.SSLObject, info: TlsInfo, der: bytes | None) -> None:

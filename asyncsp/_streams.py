@@ -14,7 +14,7 @@ import collections
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._errors import (
     AsyncspError,
@@ -73,7 +73,8 @@ class StreamProtocol(asyncio.Protocol):
     # -- asyncio.Protocol callbacks ------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses; they offer the same API.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -422,10 +423,10 @@ class Stream:
                 transport.close()
             if not self._protocol.lost.done():
                 await asyncio.wait_for(asyncio.shield(self._protocol.lost), _CLOSE_TIMEOUT)
-        except (builtins.TimeoutError, asyncio.CancelledError):
+        except asyncio.CancelledError:
             transport.abort()
             raise
-        except Exception:
+        except Exception:  # the peer never acknowledged our close (a timeout included): abort
             transport.abort()
         finally:
             self._on_close(self)

@@ -131,6 +131,9 @@ class ConnectAttempt:
 
     endpoint: str
     session: ssl.SSLSession | None = None
+    session_required: bool = False
+    """Offer ``session`` even when the policy's ``resume_sessions`` is off (an FTP data channel
+    must resume its control connection's session; it is not the cross-connection cache)."""
     on_established: Callable[[ssl.SSLObject, TlsInfo, bytes | None], None] | None = None
 
 
@@ -197,7 +200,11 @@ class _PolicyContext(ssl.SSLContext):
         session: ssl.SSLSession | None = None,
     ) -> ssl.SSLObject:
         attempt = _ATTEMPT.get()
-        if session is None and attempt is not None and self.policy.resume_sessions:
+        if (
+            session is None
+            and attempt is not None
+            and (self.policy.resume_sessions or attempt.session_required)
+        ):
             session = attempt.session
         obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
         assert isinstance(obj, _VerifyingSSLObject)

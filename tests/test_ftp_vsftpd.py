@@ -6,10 +6,13 @@ with ``require_ssl_reuse=YES`` (its default). These tests skip only where vsftpd
 
 from __future__ import annotations
 
+import asyncio
+import ftplib
 import os
 import pathlib
 import pwd
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +20,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import trustme
 
-from asyncsp import ConnectionManager, FtpReplyError, SecurityProtocol, TlsPolicy
+from asyncsp import ConnectionManager, SecurityProtocol, TlsPolicy
 
 VSFTPD = "/usr/sbin/vsftpd"
 CONFIG_TEMPLATE = pathlib.Path(__file__).parent / "vsftpd" / "vsftpd.conf.in"
@@ -152,16 +155,40 @@ async def test_vsftpd_requires_and_gets_session_reuse(
 
 
 async def test_vsftpd_refuses_a_data_connection_that_does_not_resume(
+    vsftpd: Vsftpd, ca_pem: str
+) -> None:
+    # The standard library cannot offer a session on a data connection: vsftpd refuses it,
+    # which shows that the resumption our tests see is what lets asyncsp's transfers through.
+    def plain_ftplib() -> str:
+        ftp = ftplib.FTP_TLS(context=ssl.create_default_context(cadata=ca_pem), timeout=10)
+        try:
+            ftp.connect("localhost", vsftpd.port)
+            ftp.login()
+            ftp.prot_p()
+            try:
+                ftp.retrbinary("RETR file0.bin", lambda chunk: None)
+            except ftplib.Error as exc:
+                return str(exc)
+            return "transferred"
+        finally:
+            ftp.close()
+
+    assert "522" in await asyncio.to_thread(plain_ftplib)
+
+
+async def test_data_connections_resume_even_with_resume_sessions_off(
     vsftpd: Vsftpd, trusted: Callable[..., TlsPolicy]
 ) -> None:
-    # With resumption off in the policy no session is offered: vsftpd answers 522 and hangs up.
+    # resume_sessions=False turns off the cache across connections; a data channel resuming
+    # its own control connection is part of the protocol, not that cache.
     async with ConnectionManager(policy=trusted(resume_sessions=False)) as mgr:
         sp = mgr.find_service_point(f"ftp://localhost:{vsftpd.port}")
-        with pytest.raises(FtpReplyError) as caught:
-            async with mgr.ftp("localhost", vsftpd.port, timeout=10) as ftp:
-                await ftp.retrieve("file0.bin")
-        assert caught.value.code == 522 and "reuse" in caught.value.message
-        assert sp.current_connections == 0
+        async with mgr.ftp("localhost", vsftpd.port, timeout=10) as ftp:
+            assert await ftp.retrieve("file0.bin") == FILES["file0.bin"]
+            assert ftp.data_tls is not None and ftp.data_tls.session_reused
+        async with mgr.ftp("localhost", vsftpd.port, timeout=10) as ftp:
+            assert ftp.tls is not None and not ftp.tls.session_reused
+        assert sp.current_connections <= 1
 
 
 def test_vsftpd_config_template_is_complete() -> None:
