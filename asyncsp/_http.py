@@ -36,6 +36,8 @@ REDIRECT_DRAIN_LIMIT = 64 * 1024
 """A redirect body up to this size is read so its connection can be reused; larger ones close it."""
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# RFC 9110 §9.2.2; only these are sent again after a stale pooled connection (never POST).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _METHODS = {m: m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 _PASSED_TO_AIOHTTP = frozenset(
     {
@@ -167,7 +169,13 @@ def _prepare(
 
 
 async def _send(
-    layer: HttpLayer, call: _Call, method: str, url: URL, options: dict[str, Any]
+    layer: HttpLayer,
+    call: _Call,
+    method: str,
+    url: URL,
+    options: dict[str, Any],
+    *,
+    retry: bool = True,
 ) -> Response:
     """Send one request through the service point of *url*; the response, headers read."""
     endpoint = layer.endpoint(url)
@@ -187,16 +195,30 @@ async def _send(
             _ATTEMPT.reset(token)
     except BaseException as exc:
         endpoint.request_ended(connector, None)
-        if isinstance(exc, Exception):
-            raise translate_http_error(
-                exc,
-                endpoint=endpoint.sp.address,
-                what=f"{method} {url.raw_path}",
-                timeout=call.total,
-                manager_closed=layer.closed,
-            ) from exc
-        raise
+        if not isinstance(exc, Exception):
+            raise
+        if retry and _may_retry(layer, method, options, exc):
+            # A pooled connection the server had closed (RFC 9112 §9.3.1): once, on another.
+            return await _send(layer, call, method, url, options, retry=False)
+        raise translate_http_error(
+            exc,
+            endpoint=endpoint.sp.address,
+            what=f"{method} {url.raw_path}",
+            timeout=call.total,
+            manager_closed=layer.closed,
+        ) from exc
     return Response(aio, endpoint, connector, call)  # type: ignore[arg-type]  # response_class
+
+
+def _may_retry(layer: HttpLayer, method: str, options: dict[str, Any], exc: Exception) -> bool:
+    """Whether a request that failed before its response may be sent again, once."""
+    return (
+        method in _IDEMPOTENT
+        and not layer.closed
+        and isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+        and not isinstance(exc, aiohttp.ClientConnectorError)  # connecting failed: no stale pool
+        and (options.get("data") is None or isinstance(options["data"], bytes | str))
+    )
 
 
 # -- redirects ---------------------------------------------------------------------------

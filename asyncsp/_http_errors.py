@@ -73,7 +73,13 @@ def translate_http_error(
     if isinstance(exc, aiohttp.ClientConnectorSSLError):
         return translate_connect_error(exc.os_error, endpoint, during_tls=True)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return translate_connect_error(exc.os_error, endpoint, during_tls=False)
+        # aiohttp wraps the TCP connect and the TLS handshake alike. A connection reset (or
+        # lost) only happens once the TCP connection stands: over https, in the handshake,
+        # typically a server that allows no version or suite the policy does.
+        in_handshake = endpoint.startswith("https://") and isinstance(
+            exc.os_error, ConnectionResetError | ConnectionAbortedError | BrokenPipeError
+        )
+        return translate_connect_error(exc.os_error, endpoint, during_tls=in_handshake)
     limit = f" within {timeout} s" if timeout is not None else ""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return TimeoutError(f"{endpoint}: connecting did not finish{limit}", endpoint=endpoint)

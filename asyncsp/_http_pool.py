@@ -200,6 +200,10 @@ class Connector:
             response_class=response_class,
             trust_env=False,
         )
+        # We retry stale pooled connections ourselves (asyncsp._http._may_retry): aiohttp's own
+        # retry would reconnect through a connector the manager is closing. aiohttp's test
+        # client turns it off the same way; the attribute exists in the pinned 3.12-3.14.
+        self.session._retry_connection = False
 
     def matches(self, sp: ServicePoint, policy: TlsPolicy) -> bool:
         """Whether requests may still use this connector under the service point's settings."""

@@ -1,0 +1,460 @@
+"""HTTP through service points against a real aiohttp web server over TLS on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import collections.abc
+import hashlib
+import socket
+import ssl
+
+import aiohttp
+import pytest
+import trustme
+from yarl import URL
+
+import asyncsp
+from asyncsp import (
+    CertificateVerificationError,
+    ConnectError,
+    ConnectionManager,
+    HttpError,
+    ManagerClosedError,
+    PinMismatchError,
+    ProtocolNotAllowedError,
+    SecurityProtocol,
+    TlsError,
+    TlsPolicy,
+)
+from asyncsp._http_pool import HttpEndpoint
+
+from .servers import server_context
+from .test_http_support import WebServer
+
+TLS12, TLS13 = SecurityProtocol.TLS12, SecurityProtocol.TLS13
+Trusted = collections.abc.Callable[..., TlsPolicy]
+
+
+@pytest.fixture
+async def https(server_cert: trustme.LeafCert) -> collections.abc.AsyncIterator[WebServer]:
+    async with WebServer(server_context(server_cert, "TLSv1.2", "TLSv1.3")) as server:
+        yield server
+
+
+@pytest.fixture
+async def plain() -> collections.abc.AsyncIterator[WebServer]:
+    async with WebServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def mgr(trusted: Trusted) -> collections.abc.AsyncIterator[ConnectionManager]:
+    async with ConnectionManager(policy=trusted()) as manager:
+        yield manager
+
+
+def endpoint_of(mgr: ConnectionManager, url: str) -> HttpEndpoint:
+    state = mgr.find_service_point(url).layer_state["http"]
+    assert isinstance(state, HttpEndpoint)
+    return state
+
+
+# -- versions and policy snapshots ---------------------------------------------------------
+
+
+async def test_version_per_response_and_switch_after_policy_change(
+    https: WebServer, trusted: Trusted
+) -> None:
+    async with ConnectionManager(policy=trusted(protocols=TLS12)) as mgr:
+        first = await mgr.get(https.url())
+        second = await mgr.get(https.url())
+        assert first.status == 200 and await first.text() == "hello"
+        assert first.tls is not None and first.tls.version == "TLSv1.2"
+        assert second.tls is not None and second.tls.version == "TLSv1.2"
+        mgr.security_protocol = TLS13
+        third = await mgr.get(https.url())
+        assert third.tls is not None and third.tls.version == "TLSv1.3"
+        assert third.tls.protocol is TLS13
+        sp = third.service_point
+        assert sp is mgr.find_service_point(https.url())
+        assert sp.stats.versions == {"TLSv1.2": 1, "TLSv1.3": 1}
+        assert sp.stats.connections_opened == 2
+        assert sp.stats.tls_handshakes == 2
+        assert sp.stats.requests == 3
+        assert https.seen.connections == 2
+        assert https.seen.peers[0] == https.seen.peers[1] != https.seen.peers[2]
+
+
+async def test_streamed_body_survives_a_policy_change(https: WebServer, trusted: Trusted) -> None:
+    async with ConnectionManager(policy=trusted(protocols=TLS12)) as mgr:
+        async with mgr.request("GET", https.url("/stream")) as streamed:
+            assert await streamed.content.readexactly(5) == b"first"
+            mgr.security_protocol = TLS13
+            during = await mgr.get(https.url())  # a new connection under the new policy
+            assert during.tls is not None and during.tls.version == "TLSv1.3"
+            https.release_stream.set()
+            assert await streamed.read() == b"-last"
+            assert streamed.tls is not None and streamed.tls.version == "TLSv1.2"
+        # The old connection was not pooled: the next request reuses the TLS 1.3 one.
+        after = await mgr.get(https.url())
+        assert after.tls is not None and after.tls.version == "TLSv1.3"
+        assert https.seen.peers[-1] == https.seen.peers[-2] != https.seen.peers[0]
+        assert https.seen.connections == 2
+        endpoint = endpoint_of(mgr, https.url())
+        assert endpoint.retired == [] and endpoint.held == 0
+
+
+async def test_idle_connections_of_an_old_policy_close_at_the_change(
+    https: WebServer, trusted: Trusted
+) -> None:
+    async with ConnectionManager(policy=trusted(protocols=TLS12)) as mgr:
+        await asyncio.gather(*(mgr.get(https.url("/work")) for _ in range(3)))
+        sp = mgr.find_service_point(https.url())
+        idle_before = sp.current_connections
+        assert idle_before >= 2
+        async with mgr.request("GET", https.url("/stream")) as streamed:  # keeps one busy
+            await https.stream_started.wait()
+            mgr.security_protocol = TLS13
+            await mgr.get(https.url())
+            # The idle TLS 1.2 connections were closed at the change, not left to expire; the
+            # streamed one and the new TLS 1.3 one remain.
+            for _ in range(100):
+                if sp.current_connections == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert sp.current_connections == 2
+            https.release_stream.set()
+            assert await streamed.read() == b"first-last"
+        for _ in range(100):
+            if sp.current_connections == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert sp.current_connections == 1
+
+
+async def test_per_endpoint_override(server_cert: trustme.LeafCert, trusted: Trusted) -> None:
+    context = server_context(server_cert, "TLSv1.2", "TLSv1.3")
+    async with (
+        WebServer(context) as one,
+        WebServer(context) as two,
+        ConnectionManager(policy=trusted(protocols=TLS13)) as mgr,
+    ):
+        mgr.find_service_point(two.url()).policy = trusted(protocols=TLS12)
+        a = await mgr.get(one.url())
+        b = await mgr.get(two.url())
+        assert a.tls is not None and a.tls.version == "TLSv1.3"
+        assert b.tls is not None and b.tls.version == "TLSv1.2"
+        mgr.find_service_point(two.url()).policy = None  # follow the manager again
+        c = await mgr.get(two.url())
+        assert c.tls is not None and c.tls.version == "TLSv1.3"
+
+
+# -- pooling, limits, leases ---------------------------------------------------------------
+
+
+async def test_keep_alive_reuses_one_connection(https: WebServer, mgr: ConnectionManager) -> None:
+    for _ in range(20):
+        response = await mgr.get(https.url())
+        assert await response.read() == b"hello"
+    sp = mgr.find_service_point(https.url())
+    assert https.seen.connections == 1
+    assert len(set(https.seen.peers)) == 1
+    assert sp.stats.connections_opened == 1
+    assert sp.stats.requests == 20
+    assert sp.current_connections == 1
+    assert sp.idle_since is not None
+
+
+async def test_connection_limit_holds_under_concurrency(
+    https: WebServer, mgr: ConnectionManager
+) -> None:
+    sp = mgr.find_service_point(https.url())
+    sp.connection_limit = 2
+    peak = 0
+
+    async def one() -> int:
+        nonlocal peak
+        response = await mgr.get(https.url("/work"))
+        peak = max(peak, sp.current_connections)
+        return response.status
+
+    statuses = await asyncio.gather(*(one() for _ in range(30)))
+    assert statuses == [200] * 30
+    assert https.seen.peak_open <= 2
+    assert https.seen.peak_in_flight == 2  # the limit was reached, never passed
+    assert https.seen.connections <= 2
+    assert peak <= 2
+    assert sp.stats.requests == 30
+
+
+async def test_lowering_the_limit_applies_to_next_requests(
+    https: WebServer, mgr: ConnectionManager
+) -> None:
+    await asyncio.gather(*(mgr.get(https.url("/work")) for _ in range(6)))
+    sp = mgr.find_service_point(https.url())
+    sp.connection_limit = 1
+    https.seen.peak_in_flight = 0
+    statuses = await asyncio.gather(*(mgr.get(https.url("/work")) for _ in range(6)))
+    assert statuses and all(r.status == 200 for r in statuses)
+    assert https.seen.peak_in_flight == 1
+    assert sp.current_connections <= 1
+
+
+async def test_lease_timeout_rotates_connections(https: WebServer, mgr: ConnectionManager) -> None:
+    sp = mgr.find_service_point(https.url())
+    sp.connection_lease_timeout = 0.0  # every connection serves one request
+    for _ in range(3):
+        await mgr.get(https.url())
+    assert https.seen.connections == 3
+    assert len(set(https.seen.peers)) == 3
+    sp.connection_lease_timeout = 0.2
+    await mgr.get(https.url())
+    await mgr.get(https.url())
+    assert https.seen.peers[-1] == https.seen.peers[-2]
+    # Time passing is what this tests: the pooled connection outlives its lease.
+    await asyncio.sleep(0.25)
+    await mgr.get(https.url())
+    assert https.seen.peers[-1] != https.seen.peers[-2]
+    assert https.seen.connections == 5
+
+
+async def test_sockets_are_counted_until_closed(https: WebServer, trusted: Trusted) -> None:
+    async with ConnectionManager(policy=trusted()) as mgr:
+        sp = mgr.find_service_point(https.url())
+        assert sp.current_connections == 0
+        await asyncio.gather(*(mgr.get(https.url("/work")) for _ in range(4)))
+        opened = sp.current_connections
+        assert 1 <= opened <= 4 and opened == https.seen.open
+        sp.max_idle_time = 0.05  # the next request gets a connector with the new keep-alive
+        await mgr.get(https.url())
+        for _ in range(100):
+            if sp.current_connections == 0:
+                break
+            await asyncio.sleep(0.02)
+        # The old connector's idle sockets closed at the change; the new one's by keep-alive.
+        assert sp.current_connections == 0
+    assert sp.current_connections == 0
+
+
+async def test_idle_since_follows_requests(https: WebServer, mgr: ConnectionManager) -> None:
+    sp = mgr.find_service_point(https.url())
+    assert sp.idle_since is not None
+    async with mgr.request("GET", https.url("/stream")) as response:
+        assert sp.idle_since is None
+        https.release_stream.set()
+        await response.read()
+    since = sp.idle_since
+    assert since is not None and since.tzinfo is not None
+
+
+# -- redirects -----------------------------------------------------------------------------
+
+
+def redirect(server: WebServer, to: str, status: int = 302) -> str:
+    return str(URL(server.url("/redirect")).with_query(to=to, status=status))
+
+
+async def test_https_to_http_redirect_is_refused(
+    https: WebServer, plain: WebServer, mgr: ConnectionManager
+) -> None:
+    with pytest.raises(HttpError, match="allow_insecure_redirects") as caught:
+        await mgr.get(redirect(https, plain.url()))
+    assert caught.value.endpoint == mgr.find_service_point(https.url()).address
+    assert plain.seen.requests == 0
+    response = await mgr.get(redirect(https, plain.url()), allow_insecure_redirects=True)
+    assert await response.text() == "hello"
+    assert response.tls is None and response.url == URL(plain.url())
+    assert [r.status for r in response.history] == [302]
+
+
+async def test_cross_origin_redirect_drops_credentials(
+    server_cert: trustme.LeafCert, trusted: Trusted
+) -> None:
+    context = server_context(server_cert)
+    secret = {"Authorization": "Bearer s3cret", "Cookie": "session=abc", "X-Trace": "1"}
+    async with (
+        WebServer(context) as origin,
+        WebServer(context, host="localhost") as other,
+        ConnectionManager(policy=trusted()) as mgr,
+    ):
+        same = await mgr.get(redirect(origin, origin.url("/headers"), 307), headers=secret)
+        seen = await same.json()
+        assert seen["Authorization"] == "Bearer s3cret" and seen["Cookie"] == "session=abc"
+        crossed = await mgr.get(redirect(origin, other.url("/headers"), 307), headers=secret)
+        seen = await crossed.json()
+        assert "Authorization" not in seen and "Cookie" not in seen
+        assert seen["X-Trace"] == "1"
+        # Each hop went through the service point of its own endpoint.
+        assert mgr.find_service_point(other.url()).stats.requests == 1
+        assert mgr.find_service_point(origin.url()).stats.requests == 3
+
+
+async def test_redirect_limits_and_allow_redirects_false(
+    https: WebServer, mgr: ConnectionManager
+) -> None:
+    chain = redirect(https, "/redirect?to=/redirect%3Fto%3D/hello")  # 3 redirects to /hello
+    response = await mgr.get(chain)
+    assert await response.text() == "hello" and len(response.history) == 3
+    with pytest.raises(HttpError, match="more than 2 redirects"):
+        await mgr.get(chain, max_redirects=2)
+    not_followed = await mgr.get(chain, allow_redirects=False)
+    assert not_followed.status == 302
+    assert not_followed.headers["Location"].startswith("/redirect")
+    assert mgr.find_service_point(https.url()).current_connections == 1  # redirects reused it
+
+
+async def test_303_turns_post_into_get_and_307_keeps_the_body(
+    https: WebServer, mgr: ConnectionManager
+) -> None:
+    see_other = await mgr.post(redirect(https, "/echo", 303), data=b"payload")
+    assert await see_other.json() == {"method": "GET", "body": ""}
+    temporary = await mgr.post(redirect(https, "/echo", 307), data=b"payload")
+    assert await temporary.json() == {"method": "POST", "body": "payload"}
+
+
+# -- TLS refusals and other errors -----------------------------------------------------------
+
+
+async def test_untrusted_certificate_is_refused(https: WebServer) -> None:
+    other_ca = trustme.CA()
+    async with ConnectionManager(policy=TlsPolicy(cadata=other_ca.cert_pem.bytes().decode())) as m:
+        with pytest.raises(CertificateVerificationError) as caught:
+            await m.get(https.url())
+        sp = m.find_service_point(https.url())
+        assert caught.value.endpoint == sp.address and sp.address in str(caught.value)
+        assert not isinstance(caught.value, aiohttp.ClientError)
+        assert sp.current_connections == 0
+    assert https.seen.requests == 0
+
+
+async def test_pin_mismatch_and_version_refusals(
+    server_cert: trustme.LeafCert, trusted: Trusted
+) -> None:
+    async with WebServer(server_context(server_cert, "TLSv1.2", "TLSv1.2")) as only12:
+        async with ConnectionManager(policy=trusted(pins=frozenset({"ab" * 32}))) as mgr:
+            with pytest.raises(PinMismatchError):
+                await mgr.get(only12.url())
+        async with ConnectionManager(policy=trusted(protocols=TLS13)) as mgr:
+            # The server's protocol_version alert, or its reset when that alert is lost.
+            with pytest.raises(TlsError, match="TLS") as caught:
+                await mgr.get(only12.url())
+            assert f"127.0.0.1:{only12.port}" in str(caught.value)
+        # A set with a gap offers its whole span; the check inside the handshake refuses 1.2.
+        gap = trusted(protocols=SecurityProtocol.TLS | TLS13, strong_crypto=False)
+        async with ConnectionManager(policy=gap) as mgr:
+            with (
+                pytest.warns(asyncsp.InsecurePolicyWarning),
+                pytest.raises(ProtocolNotAllowedError, match=r"TLSv1\.2"),
+            ):
+                await mgr.get(only12.url())
+        leaf = ssl.PEM_cert_to_DER_cert(server_cert.cert_chain_pems[0].bytes().decode())
+        pinned = trusted(pins=frozenset({hashlib.sha256(leaf).hexdigest()}))
+        async with ConnectionManager(policy=pinned) as mgr:
+            response = await mgr.get(only12.url())
+            assert response.tls is not None
+            assert response.tls.peer_cert_sha256 == hashlib.sha256(leaf).hexdigest()
+        assert only12.seen.requests == 1
+
+
+async def test_timeouts(https: WebServer, mgr: ConnectionManager) -> None:
+    with pytest.raises(asyncsp.TimeoutError, match=r"within 0\.2 s") as caught:
+        await mgr.get(https.url("/stall"), timeout=0.2)
+    assert isinstance(caught.value, builtins.TimeoutError)
+    with pytest.raises(asyncsp.TimeoutError):
+        await mgr.get(https.url("/stall"), timeout=aiohttp.ClientTimeout(sock_read=0.2))
+    response = await mgr.get(https.url())  # the pool still serves
+    assert response.status == 200
+
+
+async def test_connect_refused_is_connect_error(mgr: ConnectionManager) -> None:
+    with socket.socket() as bound:  # bound, never listening: connections are refused
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        with pytest.raises(ConnectError) as caught:
+            await mgr.get(f"http://127.0.0.1:{port}/")
+    assert f"127.0.0.1:{port}" in str(caught.value)
+    assert mgr.find_service_point(f"http://127.0.0.1:{port}").current_connections == 0
+
+
+async def test_twenty_cancelled_requests_under_a_limit_of_two(
+    https: WebServer, mgr: ConnectionManager
+) -> None:
+    sp = mgr.find_service_point(https.url())
+    sp.connection_limit = 2
+    tasks = [asyncio.create_task(mgr.get(https.url("/stall"))) for _ in range(20)]
+    await https.in_flight_reached(2).wait()
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    endpoint = endpoint_of(mgr, https.url())
+    for _ in range(100):  # the cancelled requests' connections finish closing
+        if endpoint.held == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert endpoint.held == 0
+    statuses = await asyncio.gather(*(mgr.get(https.url("/work")) for _ in range(10)))
+    assert [r.status for r in statuses] == [200] * 10
+    # The server still runs the two stalled handlers, so count its sockets, not requests.
+    assert https.seen.peak_open <= 2
+    assert https.seen.connections == 4  # the two cancelled ones were closed, two new
+    assert sp.current_connections <= 2
+
+
+async def test_manager_close_fails_running_and_waiting_requests(
+    https: WebServer, trusted: Trusted
+) -> None:
+    mgr = ConnectionManager(policy=trusted())
+    mgr.find_service_point(https.url()).connection_limit = 1
+    running = asyncio.create_task(mgr.get(https.url("/stall")))
+    await https.in_flight_reached(1).wait()
+    waiting = [asyncio.create_task(mgr.get(https.url())) for _ in range(3)]
+    await asyncio.sleep(0)  # let them reach the gate
+    await asyncio.wait_for(mgr.aclose(), 5)
+    for task in [running, *waiting]:
+        with pytest.raises(ManagerClosedError):
+            await task
+    with pytest.raises(ManagerClosedError):
+        await mgr.get(https.url())
+
+
+# -- the response ----------------------------------------------------------------------------
+
+
+async def test_empty_bodies_still_report_tls(https: WebServer, mgr: ConnectionManager) -> None:
+    empty = await mgr.get(https.url("/empty"))
+    assert empty.status == 204 and await empty.read() == b""
+    assert empty.tls is not None
+    head = await mgr.head(https.url())
+    assert head.status == 200 and head.tls is not None and await head.read() == b""
+    assert mgr.find_service_point(https.url()).stats.connections_opened == 1
+
+
+async def test_post_json_text_and_streaming(https: WebServer, mgr: ConnectionManager) -> None:
+    posted = await mgr.post(https.url("/echo"), json={"a": 1})
+    assert (await posted.json())["body"] == '{"a": 1}'
+    assert posted.ok and posted.reason == "OK"
+    assert "Response 200 OK" in repr(posted)
+    with pytest.raises(HttpError, match="expected application/json"):
+        await (await mgr.get(https.url())).json()
+    async with mgr.request("GET", https.url("/gzip?size=100000")) as response:
+        total = 0
+        async for chunk in response.content.iter_any():
+            total += len(chunk)
+        assert total == 100000
+        assert response.content.at_eof()
+
+
+async def test_tls_settings_cannot_be_passed_per_request(
+    https: WebServer, mgr: ConnectionManager
+) -> None:
+    with pytest.raises(TypeError, match="TlsPolicy"):
+        await mgr.get(https.url(), ssl=False)
+    with pytest.raises(TypeError, match="pins"):
+        await mgr.get(https.url(), fingerprint=b"x")
+    with pytest.raises(ValueError, match="http"):
+        await mgr.get("ftp://127.0.0.1/")
+    with pytest.raises(ValueError, match="timeout"):
+        await mgr.get(https.url(), timeout=-1)
+    assert https.seen.requests == 0
