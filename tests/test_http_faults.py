@@ -1,0 +1,302 @@
+"""HTTP faults: malformed and truncated responses from scripted servers, oversized bodies,
+stale pooled connections, cancellation, closing the manager, and leaked descriptors."""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import gc
+import socket
+import warnings
+
+import pytest
+import trustme
+from yarl import URL
+
+from asyncsp import (
+    BodyTooLargeError,
+    CertificateVerificationError,
+    ConnectionManager,
+    HttpError,
+    ManagerClosedError,
+    TimeoutError,
+    TlsPolicy,
+)
+from asyncsp._http_pool import HttpEndpoint, HttpLayer
+
+from .servers import fd_baseline, server_context
+from .test_http_support import LOCAL, ScriptedServer, WebServer, reset
+
+Trusted = collections.abc.Callable[..., TlsPolicy]
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
+
+
+def endpoint_of(mgr: ConnectionManager, url: str) -> HttpEndpoint:
+    state = mgr.find_service_point(url).layer_state["http"]
+    assert isinstance(state, HttpEndpoint)
+    return state
+
+
+async def settled(endpoint: HttpEndpoint) -> None:
+    """Wait (bounded) until the endpoint holds no gate slot and no socket."""
+    for _ in range(200):
+        if endpoint.held == 0 and endpoint.sp.current_connections == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"held={endpoint.held} sockets={endpoint.sp.current_connections}")
+
+
+# -- malformed, truncated and oversized responses ------------------------------------------
+
+
+def answering(response: bytes, *, then_reset: bool = False) -> ScriptedServer:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_head(reader)
+        writer.write(response)
+        await writer.drain()
+        if then_reset:
+            reset(writer)
+
+    server = ScriptedServer(script)
+    return server
+
+
+@pytest.mark.parametrize(
+    ("name", "response", "then_reset"),
+    [
+        ("short body", OK_HEAD % 100 + b"x" * 50, False),
+        ("garbage status line", b"HTTX/9 what is this\r\n\r\n", False),
+        ("oversized header", b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", False),
+        ("too many headers", b"HTTP/1.1 200 OK\r\n" + b"X-A: 1\r\n" * 300 + b"\r\n", False),
+        ("reset mid-body", OK_HEAD % 100000 + b"x" * 1000, True),
+        (
+            "bad gzip",
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot gzip!",
+            False,
+        ),
+    ],
+)
+async def test_bad_responses_are_http_errors(name: str, response: bytes, then_reset: bool) -> None:
+    async with answering(response, then_reset=then_reset) as server, ConnectionManager() as mgr:
+        with pytest.raises(HttpError) as caught:
+            await mgr.get(server.url())
+        assert caught.value.endpoint == f"http://{LOCAL}:{server.port}"
+        assert f"{LOCAL}:{server.port}" in str(caught.value)
+        await settled(endpoint_of(mgr, server.url()))
+
+
+async def test_truncation_while_streaming_content_is_an_http_error() -> None:
+    async with answering(OK_HEAD % 100000 + b"x" * 1000, then_reset=True) as server:
+        async with ConnectionManager() as mgr:
+            async with mgr.request("GET", server.url()) as response:
+                assert response.status == 200
+                with pytest.raises(HttpError, match=r"lost|incomplete"):
+                    while await response.content.read(4096):
+                        pass
+            await settled(endpoint_of(mgr, server.url()))
+
+
+async def test_truncated_tls_body_is_an_http_error(
+    server_cert: trustme.LeafCert, trusted: Trusted
+) -> None:
+    """A TLS peer that resets mid-body (no close_notify) never yields a truncated success."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_head(reader)
+        writer.write(OK_HEAD % 5000 + b"y" * 100)
+        await writer.drain()
+        reset(writer)
+
+    server = ScriptedServer(script, server_context(server_cert))
+    async with server, ConnectionManager(policy=trusted()) as mgr:
+        with pytest.raises(HttpError):
+            await mgr.get(server.url())
+
+
+async def test_gzip_body_over_max_body_size(
+    server_cert: trustme.LeafCert, trusted: Trusted
+) -> None:
+    async with (
+        WebServer(server_context(server_cert)) as server,
+        ConnectionManager(policy=trusted(), max_body_size=2**20) as mgr,
+    ):
+        url = server.url(f"/gzip?size={4 * 2**20}")  # ~4 KiB on the wire, 4 MiB decoded
+        with pytest.raises(BodyTooLargeError, match="max_body_size=1048576"):
+            await mgr.get(url)
+        bigger = await mgr.get(url, max_body_size=8 * 2**20)
+        assert len(await bigger.read()) == 4 * 2**20
+        async with mgr.request("GET", url) as response:  # streaming is not bounded
+            total = 0
+            async for chunk in response.content.iter_chunked(65536):
+                total += len(chunk)
+            assert total == 4 * 2**20
+        with pytest.raises(BodyTooLargeError):
+            async with mgr.request("GET", url) as response:
+                await response.read()  # read() is bounded like get()
+
+
+async def test_announced_length_over_the_limit_fails_before_reading() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_head(reader)
+        writer.write(OK_HEAD % 10**9 + b"z" * 10)
+        await writer.drain()
+        await reader.read()  # hold the connection open: only the client can end this
+
+    server = ScriptedServer(script)
+    async with server, ConnectionManager(max_body_size=1000) as mgr:
+        with pytest.raises(BodyTooLargeError):
+            await asyncio.wait_for(mgr.get(server.url()), 5)
+        await settled(endpoint_of(mgr, server.url()))
+
+
+# -- stale pooled connections ------------------------------------------------------------------
+
+
+async def read_request(server: ScriptedServer, reader: asyncio.StreamReader) -> None:
+    """One request: its head, and its body when it announces a Content-Length."""
+    head = await server.read_head(reader)
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            await reader.readexactly(int(value))
+
+
+def closing_after_first_response() -> ScriptedServer:
+    """Connection 0 answers once, then takes the next request and closes without a word."""
+
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
+    ) -> None:
+        while True:
+            await read_request(server, reader)
+            if index == 0 and len(server.heads) > 1:
+                return  # closes: the request on the pooled connection gets no answer
+            writer.write(OK_HEAD % 2 + b"ok")
+            await writer.drain()
+
+    server = ScriptedServer(script)
+    return server
+
+
+async def test_stale_connection_is_retried_once_for_get() -> None:
+    async with closing_after_first_response() as server, ConnectionManager() as mgr:
+        assert await (await mgr.get(server.url())).read() == b"ok"
+        assert await (await mgr.get(server.url())).read() == b"ok"
+        assert server.connections == 2
+        assert len(server.heads) == 3  # the second GET went out twice
+
+
+async def test_stale_connection_is_never_retried_for_post() -> None:
+    async with closing_after_first_response() as server, ConnectionManager() as mgr:
+        assert await (await mgr.post(server.url(), data=b"one")).read() == b"ok"
+        with pytest.raises(HttpError, match="closed the connection"):
+            await mgr.post(server.url(), data=b"two")
+        assert len(server.heads) == 2  # never sent again
+        assert await (await mgr.post(server.url(), data=b"three")).read() == b"ok"
+
+
+# -- cancellation, closing, descriptors --------------------------------------------------------
+
+
+async def test_cancellation_storm_leaves_the_pool_whole(
+    server_cert: trustme.LeafCert, trusted: Trusted
+) -> None:
+    async with (
+        WebServer(server_context(server_cert)) as server,
+        ConnectionManager(policy=trusted(), default_connection_limit=5) as mgr,
+    ):
+        urls = [server.url(path) for path in ("/work", "/stall", "/hello", "/gzip?size=100000")]
+        tasks = [asyncio.create_task(mgr.get(urls[i % len(urls)])) for i in range(200)]
+        for i, task in enumerate(tasks):  # cancel at many different points of their progress
+            for _ in range(i % 13):
+                await asyncio.sleep(0)
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        endpoint = endpoint_of(mgr, server.url())
+        for _ in range(200):
+            if endpoint.held == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert endpoint.held == 0 and endpoint.orphans == 0
+        assert mgr.find_service_point(server.url()).current_connections <= 5
+        server.seen.peak_open = server.seen.open
+        results = await asyncio.gather(*(mgr.get(server.url("/work")) for _ in range(20)))
+        assert all(r.status == 200 for r in results)
+        assert server.seen.peak_open <= 5
+
+
+async def test_manager_close_fails_a_streamed_body() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_head(reader)
+        writer.write(OK_HEAD % 100 + b"x" * 10)
+        await writer.drain()
+        await reader.read()
+
+    server = ScriptedServer(script)
+    async with server:
+        mgr = ConnectionManager()
+        async with mgr.request("GET", server.url()) as response:
+            assert await response.content.readexactly(10) == b"x" * 10
+            await mgr.aclose()
+            with pytest.raises(ManagerClosedError):
+                await response.content.read()
+        assert mgr.find_service_point(server.url()).current_connections == 0
+
+
+async def test_descriptors_return_after_failed_handshakes_and_timeouts(
+    server_cert: trustme.LeafCert,
+) -> None:
+    """Hundreds of refused handshakes and timed-out requests leave no socket behind."""
+    stranger = TlsPolicy(cadata=trustme.CA().cert_pem.bytes().decode())
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await reader.read()  # never answers; ends when the client goes
+
+    with fd_baseline():
+        async with (
+            WebServer(server_context(server_cert)) as tls_server,
+            ScriptedServer(stall) as stalled,
+        ):
+            # The same silent server, spoken to in TLS: a handshake that never completes.
+            stalled_handshake = f"https://{LOCAL}:{stalled.port}/"
+            async with ConnectionManager(policy=stranger, default_connection_limit=50) as mgr:
+                refused = await asyncio.gather(
+                    *(mgr.get(tls_server.url()) for _ in range(200)), return_exceptions=True
+                )
+                assert all(isinstance(r, CertificateVerificationError) for r in refused)
+                timed_out = await asyncio.gather(
+                    *(mgr.get(stalled.url(), timeout=0.05) for _ in range(200)),
+                    return_exceptions=True,
+                )
+                assert all(isinstance(r, TimeoutError) for r in timed_out)
+                # A server that accepts and never completes the TLS handshake.
+                stuck = await asyncio.gather(
+                    *(mgr.get(stalled_handshake, timeout=0.05) for _ in range(100)),
+                    return_exceptions=True,
+                )
+                assert all(isinstance(r, TimeoutError) for r in stuck), stuck[:3]
+                for url in (tls_server.url(), stalled.url(), stalled_handshake):
+                    await settled(endpoint_of(mgr, url))
+            assert tls_server.seen.requests == 0
+
+
+async def test_socket_accounting_follows_close_detach_and_collection(trusted: Trusted) -> None:
+    """Each socket leaves the count once: closed, detached, or collected without a close."""
+    async with ConnectionManager(policy=trusted()) as mgr:
+        sp = mgr.find_service_point("https://127.0.0.1:9")
+        connector = await HttpLayer.of(mgr).endpoint(URL("https://127.0.0.1:9/")).connector()
+        info = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 9))
+        closed = connector._make_socket(info)
+        detached = connector._make_socket(info)
+        dropped = connector._make_socket(info)
+        assert sp.current_connections == 3 and connector.open_sockets == 3
+        closed.close()
+        closed.close()  # idempotent
+        assert sp.current_connections == 2
+        socket.close(detached.detach())
+        assert sp.current_connections == 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            del dropped
+            gc.collect()
+        assert sp.current_connections == 0 and connector.open_sockets == 0
