@@ -266,6 +266,11 @@ class ServicePoint:
         """Close this endpoint's idle connections now (connections in use are not touched)."""
         for conn in self._pool.drain_idle():
             await close_quietly(conn)
+        for state in list(self.layer_state.values()):
+            # A layer with a pool of its own (HTTP: aiohttp's) closes its idle connections too.
+            close_idle = getattr(state, "close_idle", None)
+            if callable(close_idle):
+                close_idle()
         self._touch()
 
     async def _acquire(self, reuse_key: Hashable | None, policy: TlsPolicy) -> Any:
