@@ -82,10 +82,20 @@ class _Ticket:
 
 
 class _TrackedSocket(socket.socket):
-    """A socket that reports its close, so ``current_connections`` and the gate stay exact."""
+    """A socket that reports its close, so ``current_connections`` and the gate stay exact.
 
-    __slots__ = ("ticket",)
+    It also keeps the manager's ``tcp_nodelay``: aiohttp turns TCP_NODELAY on for every
+    connection it makes, which would silently undo ``tcp_nodelay=False``.
+    """
+
+    __slots__ = ("nodelay", "ticket")
     ticket: _Ticket | None
+    nodelay: bool
+
+    def setsockopt(self, level: int, option: int, value: Any, *args: Any) -> None:
+        if level == socket.IPPROTO_TCP and option == socket.TCP_NODELAY and not args:
+            value = int(self.nodelay)
+        super().setsockopt(level, option, value, *args)
 
     def close(self) -> None:
         ticket, self.ticket = getattr(self, "ticket", None), None
@@ -217,14 +227,17 @@ class Connector:
     # -- sockets ---------------------------------------------------------------------------
 
     def _make_socket(self, addr_info: Any) -> socket.socket:
-        family, _, proto, _, _ = addr_info
-        raw = self._socket_options.create_socket(family, proto)
+        family = addr_info[0]
+        # Protocol 0 (TCP is implied), as the manager's streams do: asyncio forces TCP_NODELAY
+        # on sockets that name IPPROTO_TCP, which would override tcp_nodelay=False.
+        raw = self._socket_options.create_socket(family)
         try:
-            sock = _TrackedSocket(family, socket.SOCK_STREAM, proto, raw.detach())
+            sock = _TrackedSocket(family, socket.SOCK_STREAM, 0, raw.detach())
         except BaseException:
             raw.close()
             raise
         sock.setblocking(False)
+        sock.nodelay = self._socket_options.tcp_nodelay
         ticket = _Ticket(self, sock)
         sock.ticket = ticket
         # A backstop: a socket collected without close() still leaves the counts.
@@ -494,6 +507,12 @@ class HttpEndpoint:
             self.retired.append(current)
             current.retire()
         return fresh
+
+    def close_idle(self) -> None:
+        """Close the idle connections of every connector now (for ``ServicePoint.close``)."""
+        for connector in [*self.retired, self.current]:
+            if connector is not None:
+                connector.close_idle()
 
     def close(self, error: ManagerClosedError) -> None:
         """Fail waiters and later arrivals with *error*; close every connector."""

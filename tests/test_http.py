@@ -248,6 +248,94 @@ async def test_idle_since_follows_requests(https: WebServer, mgr: ConnectionMana
     assert since is not None and since.tzinfo is not None
 
 
+async def test_service_point_close_closes_idle_http_connections(
+    https: WebServer, mgr: ConnectionManager
+) -> None:
+    await asyncio.gather(*(mgr.get(https.url("/work")) for _ in range(3)))
+    sp = mgr.find_service_point(https.url())
+    assert sp.current_connections >= 2
+    async with mgr.request("GET", https.url("/stream")) as streamed:
+        await https.stream_started.wait()
+        await sp.close()  # the streamed one is in use: it stays
+        for _ in range(100):
+            if sp.current_connections == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert sp.current_connections == 1
+        https.release_stream.set()
+        assert await streamed.read() == b"first-last"
+
+
+@pytest.mark.parametrize("version", ["TLSv1.2", "TLSv1.3"])
+async def test_new_connections_resume_the_service_points_session(
+    server_cert: trustme.LeafCert, trusted: Trusted, version: str
+) -> None:
+    async with (
+        WebServer(server_context(server_cert, version, version)) as server,
+        ConnectionManager(policy=trusted()) as mgr,
+    ):
+        sp = mgr.find_service_point(server.url())
+        sp.connection_lease_timeout = 0.0  # one request per connection
+        infos = [(await mgr.get(server.url())).tls for _ in range(3)]
+        assert [i.session_reused for i in infos if i is not None] == [False, True, True]
+        assert server.seen.connections == 3
+        assert sp.stats.tls_handshakes == 1 and sp.stats.session_resumptions == 2
+        assert sp.stats.versions == {version: 3}
+
+
+async def test_socket_options_apply_to_http_connections(plain: WebServer, trusted: Trusted) -> None:
+    for nodelay in (True, False):
+        async with ConnectionManager(tcp_nodelay=nodelay) as mgr:
+            await mgr.get(plain.url())
+            connector = endpoint_of(mgr, plain.url()).current
+            assert connector is not None
+            sockets = [t.socket() for t in connector._tickets.values()]
+            assert len(sockets) == 1 and sockets[0] is not None
+            value = sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            assert bool(value) is nodelay
+    async with ConnectionManager(local_address="127.0.0.2") as mgr:
+        await mgr.get(plain.url())
+    assert plain.seen.hosts[-1] == "127.0.0.2"
+
+
+def test_http_under_uvloop(server_cert: trustme.LeafCert, trusted: Trusted) -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def run() -> tuple[list[str], int, int]:
+        async with (
+            WebServer(server_context(server_cert)) as server,
+            ConnectionManager(policy=trusted()) as mgr,
+        ):
+            responses = await asyncio.gather(*(mgr.get(server.url("/work")) for _ in range(4)))
+            sp = mgr.find_service_point(server.url())
+            opened = sp.current_connections
+            sp.connection_lease_timeout = 0.0
+            resumed = await mgr.get(server.url())
+            assert resumed.tls is not None and resumed.tls.session_reused
+        versions = [r.tls.version for r in responses if r.tls is not None]
+        return versions, opened, sp.current_connections
+
+    versions, opened, after = uvloop.run(run())
+    assert versions == ["TLSv1.3"] * 4
+    assert 1 <= opened <= 4
+    assert after == 0
+
+
+def test_the_aiohttp_internals_we_rely_on_are_there() -> None:
+    """asyncsp uses three private aiohttp names (pyproject pins aiohttp to 3.12-3.14)."""
+    assert callable(aiohttp.ClientSession._request)  # the request without its wrapper
+
+    async def shapes() -> tuple[object, object]:
+        async with aiohttp.ClientSession() as session:
+            connector = session.connector
+            assert connector is not None
+            # Our own retry replaces aiohttp's; idle connections close at a policy change.
+            return session._retry_connection, connector._conns  # type: ignore[attr-defined]
+
+    retry, pool = asyncio.run(shapes())
+    assert retry is True and isinstance(pool, dict)
+
+
 # -- redirects -----------------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ class Seen:
     in_flight: int = 0
     peak_in_flight: int = 0
     peers: list[int] = dataclasses.field(default_factory=list)  # client port per request
+    hosts: list[str] = dataclasses.field(default_factory=list)  # client address per request
     headers: list[dict[str, str]] = dataclasses.field(default_factory=list)
     requests: int = 0
 
@@ -108,6 +109,7 @@ class WebServer:
         seen.headers.append(dict(request.headers))
         peer = request.transport.get_extra_info("peername") if request.transport else None
         seen.peers.append(peer[1] if peer else -1)
+        seen.hosts.append(peer[0] if peer else "")
         seen.in_flight += 1
         seen.peak_in_flight = max(seen.peak_in_flight, seen.in_flight)
         for count, event in self.reached.items():
