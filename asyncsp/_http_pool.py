@@ -504,8 +504,9 @@ class HttpEndpoint:
         fresh = Connector(self, policy, context)
         self.current = fresh
         if current is not None:
-            self.retired.append(current)
             current.retire()
+            if not current.closing:  # requests still run on it: closed after the last one
+                self.retired.append(current)
         return fresh
 
     def close_idle(self) -> None:

@@ -84,6 +84,10 @@ async def test_version_per_response_and_switch_after_policy_change(
         assert sp.stats.requests == 3
         assert https.seen.connections == 2
         assert https.seen.peers[0] == https.seen.peers[1] != https.seen.peers[2]
+        for _ in range(5):  # flips with nothing in flight leave no connector behind
+            mgr.security_protocol = TLS12 if mgr.security_protocol is TLS13 else TLS13
+            await mgr.get(https.url())
+        assert endpoint_of(mgr, https.url()).retired == []
 
 
 async def test_streamed_body_survives_a_policy_change(https: WebServer, trusted: Trusted) -> None:
