@@ -180,8 +180,6 @@ async def _send(
     """Send one request through the service point of *url*; the response, headers read."""
     endpoint = layer.endpoint(url)
     connector = endpoint.try_begin() or await endpoint.begin()
-    if endpoint.sp.connection_lease_timeout is not None:
-        connector.close_idle(only_expired=True)
     try:
         # What `_tls.connect_attempt` does, without its generator machinery (this is the hot
         # path): a connection aiohttp opens in this task offers the service point's session

@@ -359,6 +359,7 @@ class HttpEndpoint:
         self.held = 0  # gate slots: requests in flight, and closes they wait for
         self.orphans = 0  # sockets we closed while idle that are not gone yet
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._drain_waiters: list[asyncio.Future[None]] = []  # admitted, waiting for orphans
         self._closed_error: ManagerClosedError | None = None
 
     # -- the gate --------------------------------------------------------------------------
@@ -402,6 +403,9 @@ class HttpEndpoint:
     def socket_closed(self, ticket: _Ticket) -> None:
         if ticket.orphan:
             self.orphans -= 1
+            for waiter in self._drain_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         if ticket.held_slots:
             self.held -= ticket.held_slots
             ticket.held_slots = 0
@@ -415,6 +419,8 @@ class HttpEndpoint:
         current = self.current
         sp = self.sp
         limit = sp.connection_limit
+        if current is not None and sp.connection_lease_timeout is not None:
+            current.close_idle(only_expired=True)  # before the gate counts the orphans
         if (
             current is None
             or self._waiters
@@ -439,6 +445,12 @@ class HttpEndpoint:
             await self.admit()
             try:
                 connector = await self.connector()
+                if self.sp.connection_lease_timeout is not None:
+                    connector.close_idle(only_expired=True)
+                # A swap (or the lease) may just have closed idle sockets that are not gone
+                # yet; with them the slot we hold could pass the limit: wait until they are.
+                while self.held + self.orphans > self.sp.connection_limit:
+                    await self._orphans_gone()
             except BaseException:
                 self.give_back()
                 raise
@@ -449,9 +461,24 @@ class HttpEndpoint:
         self.sp.stats.requests += 1
         return connector
 
+    async def _orphans_gone(self) -> None:
+        if self._closed_error is not None:
+            raise self._closed_error
+        waiter = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._drain_waiters:
+                self._drain_waiters.remove(waiter)
+
     def request_ended(self, connector: Connector, response: _TrackedResponse | None) -> None:
         """Account for the end of a request; *response* is aiohttp's, if one arrived."""
         connector.in_flight -= 1
+        if connector.retired:
+            # aiohttp may have pooled the connection in the retired connector: close it now,
+            # as an orphan the gate counts, before this request's slot is handed on.
+            connector.close_idle()
         state = response.asyncsp_state if response is not None else None
         ticket = state.ticket if state is not None else None
         protocol = response.asyncsp_protocol if ticket is not None else None  # type: ignore[union-attr]
@@ -459,6 +486,7 @@ class HttpEndpoint:
             protocol is not None
             and ticket is not None
             and not ticket.done
+            and not ticket.orphan
             and (protocol.transport is None or protocol.should_close)
         ):
             # The connection is closing (not pooled): its slot is free once the socket is.
@@ -520,6 +548,9 @@ class HttpEndpoint:
         self._closed_error = error
         while self._waiters:
             waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+        for waiter in self._drain_waiters:
             if not waiter.done():
                 waiter.set_exception(error)
         for connector in [*self.retired, self.current]:

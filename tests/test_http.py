@@ -550,3 +550,37 @@ async def test_tls_settings_cannot_be_passed_per_request(
     with pytest.raises(ValueError, match="timeout"):
         await mgr.get(https.url(), timeout=-1)
     assert https.seen.requests == 0
+
+
+async def test_policy_flips_under_load_keep_the_limit(https: WebServer, trusted: Trusted) -> None:
+    """Connectors swap under load; sockets (ours, counted until closed) never pass the limit."""
+    async with ConnectionManager(policy=trusted(protocols=TLS12)) as mgr:
+        sp = mgr.find_service_point(https.url())
+        sp.connection_limit = 3
+        peak = 0
+        done = asyncio.Event()
+
+        async def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, sp.current_connections)
+                await asyncio.sleep(0)
+
+        async def flip() -> None:
+            for _ in range(20):
+                await https.in_flight_reached(1).wait()
+                mgr.security_protocol = TLS13 if mgr.security_protocol is TLS12 else TLS12
+                await asyncio.sleep(0.005)
+
+        sampler = asyncio.create_task(sample())
+        flipper = asyncio.create_task(flip())
+        responses = await asyncio.gather(*(mgr.get(https.url("/work")) for _ in range(90)))
+        await flipper
+        done.set()
+        await sampler
+        assert [r.status for r in responses] == [200] * 90
+        versions = {r.tls.version for r in responses if r.tls is not None}
+        assert versions == {"TLSv1.2", "TLSv1.3"}
+        assert peak <= 3
+        endpoint = endpoint_of(mgr, https.url())
+        assert endpoint.retired == [] and endpoint.held == 0
