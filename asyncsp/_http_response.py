@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from yarl import URL
 
     from ._http import _Call
-    from ._http_pool import Connector, HttpEndpoint, _TrackedResponse
+    from ._http_connector import Connector, TrackedResponse
+    from ._http_pool import HttpEndpoint
     from ._servicepoint import ServicePoint
     from ._tls import TlsInfo
 
@@ -51,7 +52,7 @@ class Response:
 
     def __init__(
         self,
-        aio: _TrackedResponse,
+        aio: TrackedResponse,
         endpoint: HttpEndpoint,
         connector: Connector,
         call: _Call,

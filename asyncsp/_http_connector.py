@@ -1,0 +1,334 @@
+"""One aiohttp connector and session per policy snapshot, and the sockets it opens.
+
+A `Connector` is made from one policy snapshot (its ``SSLContext``) and one set of limits; its
+sockets come from our factory, so each is counted (a `SocketTicket`) from creation until it is
+closed, and each connection is recorded on its first response (`ConnectionState`: its age,
+its TLS facts), before aiohttp may release it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import socket
+import time
+import weakref
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp.client_proto import ResponseHandler
+
+from ._tls import ConnectAttempt, TlsInfo, established_info
+
+if TYPE_CHECKING:
+    import ssl
+
+    from ._http_pool import HttpEndpoint
+    from ._policy import TlsPolicy
+    from ._servicepoint import ServicePoint
+
+__all__ = ["ConnectionState", "Connector", "SocketTicket", "TrackedResponse"]
+
+LEASE_JITTER = 0.1
+"""Up to this fraction of the lease timeout is added per connection, so a fleet of clients
+does not reconnect in lock-step."""
+
+
+class SocketTicket:
+    """One socket a connector opened: counted from creation until it is closed or detached."""
+
+    __slots__ = (
+        "connector",
+        "done",
+        "fd",
+        "held_slots",
+        "opened_at",
+        "orphan",
+        "protocol",
+        "socket",
+    )
+
+    def __init__(self, connector: Connector, sock: socket.socket) -> None:
+        self.connector = connector
+        self.protocol: ResponseHandler | None = None  # known from its first response on
+        self.socket = weakref.ref(sock)
+        self.fd = sock.fileno()
+        self.opened_at = time.monotonic()
+        self.done = False
+        self.held_slots = 0  # gate slots of finished requests that wait for this close
+        self.orphan = False  # closed by us while idle; counted by the gate until gone
+
+    def closed(self) -> None:
+        """The socket is gone (idempotent: close, detach and the GC backstop all land here)."""
+        if self.done:
+            return
+        self.done = True
+        self.connector._socket_gone(self)
+
+
+class _TrackedSocket(socket.socket):
+    """A socket that reports its close, so ``current_connections`` and the gate stay exact.
+
+    It also keeps the manager's ``tcp_nodelay``: aiohttp turns TCP_NODELAY on for every
+    connection it makes, which would silently undo ``tcp_nodelay=False``.
+    """
+
+    __slots__ = ("nodelay", "ticket")
+    ticket: SocketTicket | None
+    nodelay: bool
+
+    def setsockopt(self, level: int, option: int, value: Any, *args: Any) -> None:
+        if level == socket.IPPROTO_TCP and option == socket.TCP_NODELAY and not args:
+            value = int(self.nodelay)
+        super().setsockopt(level, option, value, *args)
+
+    def close(self) -> None:
+        ticket, self.ticket = getattr(self, "ticket", None), None
+        if ticket is not None:
+            ticket.closed()
+        super().close()
+
+    def detach(self) -> int:
+        ticket, self.ticket = getattr(self, "ticket", None), None
+        if ticket is not None:
+            ticket.closed()
+        return super().detach()
+
+
+class ConnectionState:
+    """What we learn about one connection the first time a response arrives on it."""
+
+    __slots__ = ("jitter", "opened_at", "ssl_object", "ticket", "tls")
+
+    def __init__(
+        self, opened_at: float, tls: TlsInfo | None, ticket: SocketTicket | None, ssl_object: Any
+    ) -> None:
+        self.opened_at = opened_at
+        self.tls = tls
+        self.ticket = ticket
+        self.ssl_object = ssl_object  # kept only until its session is remembered
+        self.jitter = 1.0 + random.uniform(0.0, LEASE_JITTER)
+
+
+class TrackedResponse(aiohttp.ClientResponse):
+    """aiohttp's response, noting the connection before aiohttp may release it.
+
+    aiohttp releases the connection inside `start` when the body is empty, and a released
+    response no longer knows its connection (nor its TLS facts); so they are read here first.
+    Subclassed once per `Connector` (``response_class`` is a public ClientSession option).
+    """
+
+    asyncsp_connector: Connector
+    asyncsp_protocol: ResponseHandler | None = None
+    asyncsp_state: ConnectionState | None = None
+
+    def start(  # a plain def returning the awaitable saves a coroutine frame per request
+        self, connection: aiohttp.connector.Connection
+    ) -> Coroutine[Any, Any, aiohttp.ClientResponse]:
+        owner = self.asyncsp_connector
+        protocol = connection.protocol
+        if protocol is None:
+            return super().start(connection)
+        state = owner.states.get(protocol)
+        first = state is None
+        if state is None:
+            state = owner.first_use(protocol, connection)
+        self.asyncsp_protocol, self.asyncsp_state = protocol, state
+        if owner.retired or (
+            owner.endpoint.sp.connection_lease_timeout is not None and owner.must_close(state)
+        ):
+            protocol.force_close()  # closed when this response releases it, never pooled
+        if first and state.ssl_object is not None:
+            return self._start_and_remember(connection, state)
+        return super().start(connection)
+
+    async def _start_and_remember(
+        self, connection: aiohttp.connector.Connection, state: ConnectionState
+    ) -> aiohttp.ClientResponse:
+        response = await super().start(connection)
+        # TLS 1.3 tickets arrive after the handshake, before the first response.
+        self.asyncsp_connector.remember_session(state)
+        return response
+
+
+class Connector:
+    """One aiohttp connector and session, made from one policy snapshot and one set of limits."""
+
+    def __init__(
+        self, endpoint: HttpEndpoint, policy: TlsPolicy, context: ssl.SSLContext | None
+    ) -> None:
+        sp = endpoint.sp
+        self.endpoint = endpoint
+        self.policy = policy
+        self.context = context
+        self.limit = sp.connection_limit
+        self.max_idle_time = sp.max_idle_time
+        self.dns_refresh_timeout = sp.dns_refresh_timeout
+        self.retired = False
+        self.closing = False
+        self.in_flight = 0
+        self.open_sockets = 0
+        # What we know of each connection, dropped when its socket closes.
+        self.states: dict[ResponseHandler, ConnectionState] = {}
+        self._tickets: dict[int, SocketTicket] = {}
+        self._socket_options = endpoint.layer.manager.socket_options
+        self.attempt = self._new_attempt()
+        dns = self.dns_refresh_timeout
+        self.aiohttp_connector = aiohttp.TCPConnector(
+            ssl=context if context is not None else False,
+            limit=self.limit,
+            limit_per_host=self.limit,
+            keepalive_timeout=self.max_idle_time,
+            use_dns_cache=dns > 0,
+            ttl_dns_cache=max(1, math.ceil(dns)),
+            # One address at a time: racing two families would open two sockets at once.
+            happy_eyeballs_delay=None,
+            socket_factory=self._make_socket,
+        )
+        response_class = type("TrackedResponse", (TrackedResponse,), {"asyncsp_connector": self})
+        self.session = aiohttp.ClientSession(
+            connector=self.aiohttp_connector,
+            connector_owner=True,
+            # No cookie store: a service point is shared by unrelated callers, and cookies
+            # would silently follow one caller's requests into another's.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            response_class=response_class,
+            trust_env=False,
+        )
+        # We retry stale pooled connections ourselves (asyncsp._http._may_retry): aiohttp's own
+        # retry would reconnect through a connector the manager is closing. aiohttp's test
+        # client turns it off the same way; the attribute exists in the pinned 3.12-3.14.
+        self.session._retry_connection = False
+
+    def matches(self, sp: ServicePoint, policy: TlsPolicy) -> bool:
+        """Whether requests may still use this connector under the service point's settings."""
+        return (
+            (self.context is None or self.policy is policy or self.policy == policy)
+            and self.limit == sp.connection_limit
+            and self.max_idle_time == sp.max_idle_time
+            and self.dns_refresh_timeout == sp.dns_refresh_timeout
+        )
+
+    # -- sockets ---------------------------------------------------------------------------
+
+    def _make_socket(self, addr_info: Any) -> socket.socket:
+        family = addr_info[0]
+        # Protocol 0 (TCP is implied), as the manager's streams do: asyncio forces TCP_NODELAY
+        # on sockets that name IPPROTO_TCP, which would override tcp_nodelay=False.
+        raw = self._socket_options.create_socket(family)
+        try:
+            sock = _TrackedSocket(family, socket.SOCK_STREAM, 0, raw.detach())
+        except BaseException:
+            raw.close()
+            raise
+        sock.setblocking(False)
+        sock.nodelay = self._socket_options.tcp_nodelay
+        ticket = SocketTicket(self, sock)
+        sock.ticket = ticket
+        # A backstop: a socket collected without close() still leaves the counts.
+        weakref.finalize(sock, ticket.closed)
+        self._tickets[ticket.fd] = ticket
+        self.open_sockets += 1
+        self.endpoint.sp._extra_connections += 1
+        return sock
+
+    def _socket_gone(self, ticket: SocketTicket) -> None:
+        if self._tickets.get(ticket.fd) is ticket:
+            del self._tickets[ticket.fd]
+        if ticket.protocol is not None:
+            self.states.pop(ticket.protocol, None)
+            ticket.protocol = None
+        self.open_sockets -= 1
+        self.endpoint.socket_closed(ticket)
+
+    # -- connections -----------------------------------------------------------------------
+
+    def first_use(
+        self, protocol: ResponseHandler, connection: aiohttp.connector.Connection
+    ) -> ConnectionState:
+        """Record a connection on its first response: its socket, its age, its TLS facts."""
+        transport = connection.transport
+        ticket = None
+        ssl_object = None
+        if transport is not None:
+            raw = transport.get_extra_info("socket")
+            if raw is not None:
+                ticket = self._tickets.get(raw.fileno())
+            if self.context is not None:
+                ssl_object = transport.get_extra_info("ssl_object")
+        tls = established_info(ssl_object) if ssl_object is not None else None
+        remember = ssl_object if self.policy.resume_sessions else None
+        state = ConnectionState(
+            ticket.opened_at if ticket is not None else time.monotonic(), tls, ticket, remember
+        )
+        self.states[protocol] = state
+        if ticket is not None:
+            ticket.protocol = protocol
+        self.endpoint.sp.stats.connections_opened += 1
+        return state
+
+    def must_close(self, state: ConnectionState) -> bool:
+        """Whether the connection must be closed after its current request."""
+        if self.retired:
+            return True
+        lease = self.endpoint.sp.connection_lease_timeout
+        return lease is not None and time.monotonic() - state.opened_at >= lease * state.jitter
+
+    def remember_session(self, state: ConnectionState) -> None:
+        """Keep the connection's TLS session for the next new connection (once per connection)."""
+        ssl_object, state.ssl_object = state.ssl_object, None
+        sp = self.endpoint.sp
+        sp.remember_session(ssl_object, self.policy, sp.host)
+        self.attempt = self._new_attempt()
+
+    def _new_attempt(self) -> ConnectAttempt:
+        return self.endpoint.sp._attempt(self.policy, self.endpoint.sp.host, self.context)
+
+    def _idle_protocols(self) -> list[ResponseHandler]:
+        # aiohttp has no public way to close only its idle connections; its pool is a dict of
+        # deques of (protocol, released_at) in 3.12-3.14 (pinned in pyproject, tested).
+        pool = getattr(self.aiohttp_connector, "_conns", None)
+        if not isinstance(pool, dict):
+            return []
+        return [entry[0] for entries in pool.values() for entry in entries]
+
+    def close_idle(self, *, only_expired: bool = False) -> None:
+        """Close idle connections now (those past their lease only, if asked)."""
+        for protocol in self._idle_protocols():
+            if not protocol.is_connected():
+                continue
+            state = self.states.get(protocol)
+            if only_expired and (state is None or not self.must_close(state)):
+                continue
+            ticket = state.ticket if state is not None else None
+            if ticket is not None and not ticket.done and not ticket.orphan:
+                ticket.orphan = True
+                self.endpoint.orphans += 1
+            protocol.close()
+
+    def retire(self) -> None:
+        """No new requests: idle connections close now, the rest after their last request."""
+        self.retired = True
+        self.close_idle()
+        if self.in_flight == 0:
+            self.close()
+
+    def close(self, *, interrupt: bool = False) -> None:
+        """Close the session and every connection (TLS ones aborted, as aiohttp does).
+
+        *interrupt* also shuts down sockets still connecting or in their TLS handshake:
+        aiohttp lets those finish (up to their timeout) before it notices the close, and the
+        manager's close must fail them promptly.
+        """
+        if interrupt:
+            for ticket in list(self._tickets.values()):
+                sock = ticket.socket()
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+        if self.closing:
+            return
+        self.closing = True
+        self.endpoint.layer.manager._spawn(self.session.close())
