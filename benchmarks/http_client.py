@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import statistics
 import subprocess
 import sys
@@ -24,8 +25,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
-import httpx
 import trustme
+
+if importlib.util.find_spec("sniffio") is None:
+    # httpcore 1.0 tries `import sniffio` on every request; anyio 4 no longer installs it, and
+    # each failed import searches sys.path again (~100 us). Failing it at once keeps httpx's
+    # figure about httpx, not about this environment.
+    sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+import httpx  # after the sniffio note above
 
 from asyncsp import ConnectionManager, TlsPolicy
 
