@@ -300,3 +300,29 @@ async def test_socket_accounting_follows_close_detach_and_collection(trusted: Tr
             del dropped
             gc.collect()
         assert sp.current_connections == 0 and connector.open_sockets == 0
+
+
+async def test_manager_close_interrupts_a_stalled_handshake() -> None:
+    """aiohttp would let a handshake run to its timeout; closing the manager cuts it short."""
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await reader.read()
+
+    with fd_baseline():
+        async with ScriptedServer(stall) as silent:
+            mgr = ConnectionManager()
+            url = f"https://{LOCAL}:{silent.port}/"  # TLS to a server that never answers
+            pending = [asyncio.create_task(mgr.get(url, timeout=30)) for _ in range(3)]
+            for _ in range(200):
+                if silent.connections == 3:
+                    break
+                await asyncio.sleep(0.01)
+            assert silent.connections == 3
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await mgr.aclose()
+            for task in pending:
+                with pytest.raises(ManagerClosedError):
+                    await task
+            assert loop.time() - started < 5
+            assert mgr.find_service_point(url).current_connections == 0
