@@ -166,9 +166,10 @@ class HttpEndpoint:
             # aiohttp may have pooled the connection in the retired connector: close it now,
             # as an orphan the gate counts, before this request's slot is handed on.
             connector.close_idle()
-        state = response.asyncsp_state if response is not None else None
-        ticket = state.ticket if state is not None else None
-        protocol = response.asyncsp_protocol if ticket is not None else None  # type: ignore[union-attr]
+        ticket = protocol = None
+        if response is not None and response.asyncsp_state is not None:
+            ticket = response.asyncsp_state.ticket
+            protocol = response.asyncsp_protocol
         if (
             protocol is not None
             and ticket is not None
@@ -247,7 +248,7 @@ class HttpEndpoint:
 
 
 class HttpLayer:
-    """The HTTP state of one manager: its endpoints and the tasks it must stop on close."""
+    """The HTTP state of one manager: its endpoints, all closed with the manager."""
 
     # By id(): a plain dict lookup per request. Weak: the manager keeps its layer alive
     # (through its closers), never this table; each entry leaves with its manager.
@@ -295,8 +296,11 @@ class HttpLayer:
             self._all.append(endpoint)
         previous = self._endpoints.get(key)
         if previous is not None and previous is not endpoint:
-            # Its service point was dropped (max_service_points): free its sockets too.
-            previous.close(self._closed_error(previous.sp.address))
+            # Its service point was dropped, idle (max_service_points): free its sockets too.
+            address = previous.sp.address
+            previous.close(
+                ManagerClosedError(f"the service point {address} was dropped", endpoint=address)
+            )
         self._endpoints[key] = endpoint
         return endpoint
 
