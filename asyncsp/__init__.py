@@ -35,7 +35,7 @@ from ._errors import (
     TlsError,
 )
 from ._ftp import FtpClient, FtpEntry
-from ._http import Response
+from ._http import Response, ResponseContent
 from ._manager import ConnectionManager, ServicePointLimitError
 from ._policy import TlsPolicy
 from ._protocols import SecurityProtocol
@@ -71,6 +71,7 @@ __all__ = [
     "ProtocolNotAllowedError",
     "ReadLimitError",
     "Response",
+    "ResponseContent",
     "SecurityProtocol",
     "SendResult",
     "ServicePoint",
