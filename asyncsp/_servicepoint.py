@@ -23,6 +23,7 @@ from ._endpoint import Endpoint
 from ._errors import ConnectError, ManagerClosedError, TimeoutError
 from ._policy import TlsPolicy
 from ._pool import Poolable, SlotPool
+from ._sessions import SessionCache
 from ._streams import DEFAULT_LINE_LIMIT, Stream, StreamProtocol
 from ._tls import ConnectAttempt, TlsInfo, connect_attempt, context_for_async
 from ._translate import raise_connect_error
@@ -75,7 +76,7 @@ class ServicePoint:
         self._extra_busy = 0  # exchanges in flight on connections not counted by the pool
         self._extra_connections = 0  # sockets owned by a protocol layer's own pool (HTTP)
         self._idle_since: datetime.datetime | None = _utcnow()
-        self._sessions: dict[tuple[TlsPolicy, str], tuple[ssl.SSLContext, ssl.SSLSession]] = {}
+        self._sessions = SessionCache()
         self._addresses: tuple[float, list[tuple[Any, ...]]] | None = None
         self._reaper: asyncio.TimerHandle | None = None
         self.layer_state: dict[str, Any] = {}
@@ -424,9 +425,7 @@ class ServicePoint:
     ) -> ConnectAttempt:
         offered = session
         if offered is None and context is not None and policy.resume_sessions:
-            cached = self._sessions.get((policy, hostname))
-            if cached is not None and cached[0] is context:
-                offered = cached[1]
+            offered = self._sessions.offer(policy, hostname, context)
         return ConnectAttempt(
             endpoint=self.address,
             session=offered,
@@ -451,15 +450,18 @@ class ServicePoint:
         self.remember_session(ssl_object, stream.policy, stream.server_hostname)
 
     def remember_session(self, ssl_object: Any, policy: TlsPolicy, hostname: str) -> None:
-        """Keep *ssl_object*'s session (read once: each read copies it) for later connections."""
-        session = ssl_object.session
-        if session is not None and (session.has_ticket or session.id):
-            self._sessions[(policy, hostname)] = (ssl_object.context, session)
+        """Offer *ssl_object*'s session to later connections, when the cache needs it.
+
+        Call it at most once per connection, after the first reply was read (a TLS 1.3
+        ticket arrives after the handshake).
+        """
+        attempt = getattr(ssl_object, "asyncsp_attempt", None)
+        offered = attempt is not None and attempt.session is not None
+        self._sessions.remember(ssl_object, policy, hostname, offered=offered)
 
     def session_for(self, policy: TlsPolicy, hostname: str) -> ssl.SSLSession | None:
         """The cached session for (policy, host name), if any."""
-        cached = self._sessions.get((policy, hostname))
-        return cached[1] if cached else None
+        return self._sessions.get(policy, hostname)
 
     def _stream_closed(self, stream: Stream) -> None:
         self._active.discard(stream)
