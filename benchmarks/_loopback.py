@@ -45,11 +45,14 @@ def _wait_listening(port: int, deadline: float) -> None:
 
 
 @contextlib.contextmanager
-def https_servers(prefer_nginx: bool = True) -> Iterator[Servers]:
-    """Start HTTPS (TLS 1.2 and 1.3 on separate ports) and HTTP servers answering "ok"."""
+def https_servers(prefer_nginx: bool = True, key_type: str = "ecdsa") -> Iterator[Servers]:
+    """Start HTTPS (TLS 1.2 and 1.3 on separate ports) and HTTP servers answering "ok".
+
+    *key_type* is the certificates' key: ``"ecdsa"`` (P-256) or ``"rsa"`` (2048 bits).
+    """
     with tempfile.TemporaryDirectory(prefix="asyncsp-bench-") as tmp:
         prefix = pathlib.Path(tmp)
-        ca = trustme.CA()
+        ca = trustme.CA(key_type=trustme.KeyType[key_type.upper()])
         leaf = ca.issue_cert("localhost", "127.0.0.1")
         leaf.cert_chain_pems[0].write_to_path(str(prefix / "cert.pem"))
         leaf.private_key_pem.write_to_path(str(prefix / "key.pem"))

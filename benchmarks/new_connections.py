@@ -5,7 +5,8 @@ concurrency of 20, against a loopback server in another process: nginx when inst
 shared session cache, tickets on), else a Python aiohttp server. TLS 1.2 and TLS 1.3 each, all
 clients in the same run, several rounds; the best round of each is compared.
 
-    python benchmarks/new_connections.py [--requests 1000] [--rounds 3] [--python-server]
+    python benchmarks/new_connections.py [--requests 1000] [--rounds 3] [--key rsa]
+                                         [--python-server]
 """
 
 from __future__ import annotations
@@ -109,10 +110,11 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--python-server", action="store_true", help="skip nginx")
+    parser.add_argument("--key", choices=["ecdsa", "rsa"], default="ecdsa", help="server key type")
     args = parser.parse_args()
-    with https_servers(prefer_nginx=not args.python_server) as servers:
+    with https_servers(prefer_nginx=not args.python_server, key_type=args.key) as servers:
         print(
-            f"server: {servers.kind}; {args.requests} new connections per round, "
+            f"server: {servers.kind}, {args.key} key; {args.requests} new connections per round, "
             f"concurrency {CONCURRENCY}, best of {args.rounds} rounds"
         )
         for label, port, version, protocols in (
