@@ -30,6 +30,7 @@ __all__ = [
     "PinMismatchError",
     "PolicyError",
     "ProtocolNotAllowedError",
+    "ProxyError",
     "ReadLimitError",
     "SmtpArgumentError",
     "SmtpError",
@@ -67,6 +68,24 @@ class ManagerClosedError(AsyncspError):
 
 class ConnectError(AsyncspError, ConnectionError):
     """The TCP connection could not be made (refused, unreachable, name not resolved)."""
+
+
+class ProxyError(ConnectError):
+    """The HTTP proxy would not carry the connection: it is unreachable, answered ``CONNECT``
+    with anything but 2xx (``status``), answered malformed, or sent bytes before the TLS
+    handshake. ``proxy`` is its URL without credentials."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str | None = None,
+        proxy: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.proxy = proxy
+        self.status = status
 
 
 class ConnectionClosedError(AsyncspError, ConnectionError):
