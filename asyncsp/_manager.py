@@ -22,12 +22,13 @@ from ._errors import AsyncspError, ManagerClosedError
 from ._http import Response
 from ._policy import TlsPolicy
 from ._protocols import SecurityProtocol
+from ._proxy import ProxyRoute, ProxySettings
 from ._servicepoint import ServicePoint, close_quietly
 from ._sockets import SocketOptions
 from ._streams import Stream
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    from types import EllipsisType, TracebackType
 
     from ._ftp import FtpClient
     from ._smtp import SmtpClient
@@ -107,9 +108,8 @@ class ConnectionManager:
             raise ValueError(f"max_body_size must be an int >= 0 or None, not {max_body_size!r}")
         self.max_body_size = max_body_size
         """Largest body `get()`-style calls read, after decoding (``None``: unbounded)."""
-        if not isinstance(trust_env, bool):
-            raise ValueError(f"trust_env must be a bool, not {trust_env!r}")
-        self._proxy = _check_proxy(proxy)
+        self._proxies = ProxySettings.from_config(proxy, trust_env=trust_env)
+        self._proxy = None if proxy is None else ProxyRoute.parse(proxy).url
         self.trust_env = trust_env
         self._socket_options = SocketOptions(
             tcp_nodelay=tcp_nodelay, tcp_keepalive=tcp_keepalive, local_address=local_address
@@ -195,7 +195,7 @@ class ConnectionManager:
 
     @property
     def proxy(self) -> str | None:
-        """The proxy URL HTTP requests go through (as given, credentials included)."""
+        """The ``proxy=`` URL, without its credentials (``None`` when not given)."""
         return self._proxy
 
     @property
@@ -204,14 +204,23 @@ class ConnectionManager:
 
     # -- service points --------------------------------------------------------------------
 
-    def find_service_point(self, url_or_address: str, *, proxy: str | None = None) -> ServicePoint:
+    def find_service_point(
+        self, url_or_address: str, *, proxy: str | EllipsisType | None = ...
+    ) -> ServicePoint:
         """The service point of *url_or_address*'s (scheme, host, port): the same object each time.
 
         ``https://h`` means port 443, ``http://h`` 80, ``smtp://h`` 25, ``smtps://h`` 465,
         ``ftp://h`` 21, ``ftps://h`` 990; ``tcp://h:p`` and ``tls://h:p`` name raw streams.
-        *proxy* (a URL without credentials) names a separate, through-proxy service point.
+        A service point reached through a proxy is a separate one: by default an ``http(s)``
+        URL gets the one its requests use (through the manager's proxy unless ``NO_PROXY``
+        exempts it); ``proxy=None`` names the direct one, a proxy URL a through-proxy one.
         """
         endpoint = Endpoint.parse(url_or_address)
+        if proxy is ...:
+            route = self._proxies.route(endpoint.scheme, endpoint.host, endpoint.port)
+            proxy = None if route is None else route.url
+        elif proxy is not None:
+            proxy = ProxyRoute.parse(proxy).url  # credentials never name a service point
         key = (endpoint, proxy)
         sp = self._service_points.get(key)
         if sp is None:
@@ -430,10 +439,3 @@ def _as_protocol(value: SecurityProtocol | int | str) -> SecurityProtocol:
         return SecurityProtocol.parse(value)
     return SecurityProtocol.validate(value)
 
-
-def _check_proxy(proxy: object) -> str | None:
-    if proxy is None:
-        return None
-    if not isinstance(proxy, str) or not proxy.lower().startswith(("http://", "https://")):
-        raise ValueError("proxy must be a URL such as 'http://proxy.example:3128'")
-    return proxy
