@@ -438,4 +438,3 @@ def _as_protocol(value: SecurityProtocol | int | str) -> SecurityProtocol:
     if isinstance(value, str):
         return SecurityProtocol.parse(value)
     return SecurityProtocol.validate(value)
-
