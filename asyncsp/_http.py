@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ._errors import HttpError, ManagerClosedError, TimeoutError
-from ._http_errors import translate_http_error
+from ._http_errors import cause_for, translate_http_error
 from ._http_pool import HttpLayer
 from ._http_response import Response, ResponseContent
 from ._tls import _ATTEMPT
@@ -198,13 +198,15 @@ async def _send(
         if retry and _may_retry(layer, method, options, exc):
             # A pooled connection the server had closed (RFC 9112 §9.3.1): once, on another.
             return await _send(layer, call, method, url, options, retry=False)
-        raise translate_http_error(
+        error = translate_http_error(
             exc,
             endpoint=endpoint.sp.address,
             what=f"{method} {url.raw_path}",
             timeout=call.total,
             manager_closed=layer.closed,
-        ) from exc
+            route=endpoint.route,
+        )
+        raise error from cause_for(error, exc, endpoint.route)
     return Response(aio, endpoint, connector, call)  # type: ignore[arg-type]  # response_class
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
+from ._http_tunnel import Tunnel, TunnelConnector
 from ._tls import ConnectAttempt, TlsInfo, established_info
 
 if TYPE_CHECKING:
@@ -176,7 +177,11 @@ class Connector:
         self._socket_options = endpoint.layer.manager.socket_options
         self.attempt = self._new_attempt()
         dns = self.dns_refresh_timeout
-        self.aiohttp_connector = aiohttp.TCPConnector(
+        route = endpoint.route
+        # HTTPS through a proxy: our own CONNECT tunnel (asyncsp._http_tunnel says why).
+        tunnel = route is not None and context is not None
+        connector_class = TunnelConnector if tunnel else aiohttp.TCPConnector
+        self.aiohttp_connector = connector_class(
             ssl=context if context is not None else False,
             limit=self.limit,
             limit_per_host=self.limit,
@@ -187,6 +192,23 @@ class Connector:
             happy_eyeballs_delay=None,
             socket_factory=self._make_socket,
         )
+        proxied: dict[str, Any] = {}
+        if tunnel:
+            assert route is not None and context is not None
+            assert isinstance(self.aiohttp_connector, TunnelConnector)
+            self.aiohttp_connector.asyncsp_tunnel = Tunnel(
+                route=route,
+                endpoint=endpoint.sp.address,
+                context=context,
+                make_socket=self._make_socket,
+                dns_refresh_timeout=dns,
+            )
+        elif route is not None:
+            # Plain HTTP through a proxy: aiohttp sends absolute-form requests to it (RFC 9112
+            # §3.2.2); the credentials travel in a header, never in a URL aiohttp could quote.
+            proxied["proxy"] = route.url
+            if route.authorization is not None:
+                proxied["headers"] = {"Proxy-Authorization": route.authorization}
         response_class = type("TrackedResponse", (TrackedResponse,), {"asyncsp_connector": self})
         self.session = aiohttp.ClientSession(
             connector=self.aiohttp_connector,
@@ -196,6 +218,7 @@ class Connector:
             cookie_jar=aiohttp.DummyCookieJar(),
             response_class=response_class,
             trust_env=False,
+            **proxied,
         )
         # We retry stale pooled connections ourselves (asyncsp._http._may_retry): aiohttp's own
         # retry would reconnect through a connector the manager is closing. aiohttp's test

@@ -13,11 +13,13 @@ import builtins
 
 import aiohttp
 
-from ._errors import AsyncspError, HttpError, ManagerClosedError, TimeoutError
+from ._errors import AsyncspError, HttpError, ManagerClosedError, ProxyError, TimeoutError
+from ._http_tunnel import TunnelFailed
+from ._proxy import ProxyRoute
 from ._tls import HandshakeRefused
 from ._translate import translate_connect_error
 
-__all__ = ["translate_http_error"]
+__all__ = ["cause_for", "translate_http_error"]
 
 _CHAIN_DEPTH = 8
 """How far down ``__cause__``/``__context__`` we look for our handshake verdict."""
@@ -42,6 +44,41 @@ def _handshake_verdict(exc: BaseException) -> HandshakeRefused | None:
     return None
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """*exc* and what it chains (causes and contexts), at most `_CHAIN_DEPTH` of them."""
+    found: list[BaseException] = []
+    pending: list[BaseException | None] = [exc]
+    while pending and len(found) < _CHAIN_DEPTH:
+        current = pending.pop()
+        if current is None or any(current is seen for seen in found):
+            continue
+        found.append(current)
+        pending += [current.__cause__, current.__context__]
+    return found
+
+
+def cause_for(
+    error: AsyncspError, exc: BaseException, route: ProxyRoute | None
+) -> BaseException | None:
+    """What to raise *error* (translated from *exc*) ``from``.
+
+    *exc* itself, except: an asyncsp error that came through whole keeps its own cause; and
+    a cause that would show proxy credentials is withheld (``None``; the context stays
+    suppressed, so no traceback shows it). aiohttp's exceptions can quote a request's headers
+    (``repr`` of a ``ClientResponseError`` shows its ``request_info``), and over a proxy those
+    carry ``Proxy-Authorization``.
+    """
+    if error is exc or (isinstance(exc, TunnelFailed) and exc.error is error):
+        return error.__cause__
+    if route is None or not route.secrets:
+        return exc
+    for link in _chain(exc):
+        shown = f"{link!s}\n{link!r}"
+        if any(secret in shown for secret in route.secrets):
+            return None
+    return exc
+
+
 def translate_http_error(
     exc: BaseException,
     *,
@@ -49,15 +86,35 @@ def translate_http_error(
     what: str,
     timeout: float | None = None,
     manager_closed: bool = False,
+    route: ProxyRoute | None = None,
 ) -> AsyncspError:
     """The asyncsp error for *exc*, raised by an HTTP exchange with *endpoint*.
 
     *what* names the exchange without secrets (``"GET /path"``: no query, no credentials);
-    *timeout* is the total limit in force, for the message. The caller raises the result
-    ``from exc``.
+    *timeout* is the total limit in force, for the message; *route* the proxy the exchange
+    went through. The caller raises the result ``from cause_for(result, exc, route)``.
     """
-    if isinstance(exc, AsyncspError):
-        return exc
+    error = _translate(exc, endpoint, what, timeout, manager_closed, route)
+    if route is not None and route.secrets:
+        message = str(error)
+        scrubbed = route.scrub(message)
+        if scrubbed != message:
+            error.args = (scrubbed,)
+    return error
+
+
+def _translate(
+    exc: BaseException,
+    endpoint: str,
+    what: str,
+    timeout: float | None,
+    manager_closed: bool,
+    route: ProxyRoute | None,
+) -> AsyncspError:
+    if isinstance(exc, AsyncspError) and (
+        not manager_closed or isinstance(exc, ManagerClosedError)
+    ):
+        return exc  # ours already (a CONNECT tunnel's verdict), unless the close caused it
     if manager_closed:
         # Whatever aiohttp raised while its session was torn down (a reset, a cancelled
         # waiter, an AssertionError from a queued request): the cause is the close.
@@ -65,6 +122,8 @@ def translate_http_error(
             f"the connection manager was closed; {what} to {endpoint} was aborted",
             endpoint=endpoint,
         )
+    if isinstance(exc, TunnelFailed):
+        return exc.error
     verdict = _handshake_verdict(exc)
     if verdict is not None:
         return verdict.error
@@ -72,6 +131,13 @@ def translate_http_error(
         return translate_connect_error(exc.certificate_error, endpoint, during_tls=True)
     if isinstance(exc, aiohttp.ClientConnectorSSLError):
         return translate_connect_error(exc.os_error, endpoint, during_tls=True)
+    if isinstance(exc, aiohttp.ClientProxyConnectionError) and route is not None:
+        detail = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
+        return ProxyError(
+            f"{endpoint}: cannot connect to the proxy {route.url}: {detail}",
+            endpoint=endpoint,
+            proxy=route.url,
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
         # aiohttp wraps the TCP connect and the TLS handshake alike. A connection reset (or
         # lost) only happens once the TCP connection stands: over https, in the handshake,
@@ -82,7 +148,8 @@ def translate_http_error(
         return translate_connect_error(exc.os_error, endpoint, during_tls=in_handshake)
     limit = f" within {timeout} s" if timeout is not None else ""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return TimeoutError(f"{endpoint}: connecting did not finish{limit}", endpoint=endpoint)
+        via = f" through the proxy {route.url}" if route is not None else ""
+        return TimeoutError(f"{endpoint}: connecting{via} did not finish{limit}", endpoint=endpoint)
     if isinstance(exc, aiohttp.SocketTimeoutError):
         return TimeoutError(
             f"{endpoint}: {what}: the server sent nothing for longer than the read timeout; "
@@ -90,8 +157,9 @@ def translate_http_error(
             endpoint=endpoint,
         )
     if isinstance(exc, asyncio.TimeoutError | builtins.TimeoutError):
+        via = f" (through the proxy {route.url})" if route is not None else ""
         return TimeoutError(
-            f"{endpoint}: {what} did not finish{limit}; the connection was closed",
+            f"{endpoint}: {what}{via} did not finish{limit}; the connection was closed",
             endpoint=endpoint,
         )
     if isinstance(exc, aiohttp.ClientResponseError):

@@ -18,6 +18,7 @@ import collections
 import weakref
 from typing import TYPE_CHECKING, ClassVar
 
+from ._endpoint import Endpoint
 from ._errors import ManagerClosedError
 from ._http_connector import Connector, SocketTicket, TrackedResponse
 from ._tls import context_for_async
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from yarl import URL
 
     from ._manager import ConnectionManager
+    from ._proxy import ProxyRoute
     from ._servicepoint import ServicePoint
 
 __all__ = ["HttpEndpoint", "HttpLayer"]
@@ -37,9 +39,11 @@ _LAYER_KEY = "http"
 class HttpEndpoint:
     """The HTTP state of one service point: its request gate and its connectors."""
 
-    def __init__(self, layer: HttpLayer, sp: ServicePoint) -> None:
+    def __init__(self, layer: HttpLayer, sp: ServicePoint, route: ProxyRoute | None) -> None:
         self.layer = layer
         self.sp = sp
+        self.route = route  # the proxy requests go through (with its credentials), or None
+        self.secrets = route.secrets if route is not None else ()
         self.tls = sp.endpoint.implicit_tls
         self.current: Connector | None = None
         self.retired: list[Connector] = []
@@ -284,14 +288,18 @@ class HttpLayer:
         manager = self.manager
         if endpoint is not None and (
             not manager.max_service_points
-            or manager._service_points.get((endpoint.sp.endpoint, None)) is endpoint.sp
+            or manager._service_points.get((endpoint.sp.endpoint, endpoint.sp.proxy)) is endpoint.sp
         ):
             return endpoint
+        # The one place a request's route is decided: the proxy (or none) is part of the
+        # service point's identity, so a through-proxy endpoint has its own limits and stats.
         netloc = f"[{host}]" if ":" in host else host
-        sp = manager.find_service_point(f"{scheme}://{netloc}:{port}")
+        target = Endpoint.parse(f"{scheme}://{netloc}:{port}")
+        route = manager._proxies.route(target.scheme, target.host, target.port)
+        sp = manager.find_service_point(target.address, proxy=route.url if route else None)
         endpoint = sp.layer_state.get(_LAYER_KEY)
         if not isinstance(endpoint, HttpEndpoint):
-            endpoint = HttpEndpoint(self, sp)
+            endpoint = HttpEndpoint(self, sp, route)
             sp.layer_state[_LAYER_KEY] = endpoint
             self._all.append(endpoint)
         previous = self._endpoints.get(key)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import AsyncspError, BodyTooLargeError, HttpError
-from ._http_errors import translate_http_error
+from ._http_errors import cause_for, translate_http_error
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -209,7 +209,8 @@ class Response:
         except AsyncspError:
             raise
         except Exception as exc:
-            raise self._failed(exc) from exc
+            error = self._failed(exc)
+            raise error from cause_for(error, exc, self._endpoint.route)
         except BaseException:
             self.close()  # cancelled half-way: the connection cannot be reused
             raise
@@ -276,6 +277,7 @@ class Response:
             what=self._what(),
             timeout=self._call.total,
             manager_closed=self._endpoint.layer.closed,
+            route=self._endpoint.route,
         )
 
     def _what(self) -> str:
@@ -340,7 +342,8 @@ class ResponseContent:
         try:
             data = await operation
         except Exception as exc:
-            raise response._failed(exc) from exc
+            error = response._failed(exc)
+            raise error from cause_for(error, exc, response._endpoint.route)
         if response._aio.content.at_eof():
             response._end()
         return data

@@ -69,7 +69,7 @@ class ProxyRoute:
         if scheme_optional and "://" not in text:
             text = "http://" + text
         parts = urllib.parse.urlsplit(text)
-        shown = _without_credentials(parts)
+        shown = _redacted(text)
         if parts.scheme.lower() != "http":
             raise ValueError(
                 f"{source}={shown!r}: only http:// proxies are supported (HTTPS requests still "
@@ -255,9 +255,16 @@ def _getenv(env: Mapping[str, str], name: str, *, upper: bool = True) -> str | N
     return value.strip() if value else None
 
 
-def _without_credentials(parts: urllib.parse.SplitResult) -> str:
-    netloc = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+def _redacted(text: str) -> str:
+    """*text* fit for a message: everything up to its last ``@`` masked.
+
+    Cruder than removing the URL's user info, on purpose: a URL that does not parse as
+    intended (an unquoted ``/`` or ``@`` in the password) must not show any of it either.
+    """
+    if "@" not in text:
+        return text
+    scheme, separator, _ = text.partition("://")
+    return (scheme + separator if separator else "") + "***@" + text.rpartition("@")[2]
 
 
 # -- CONNECT on the wire (RFC 9110 §9.3.6) --------------------------------------------------
