@@ -62,13 +62,14 @@ def cause_for(
 ) -> BaseException | None:
     """What to raise *error* (translated from *exc*) ``from``.
 
-    *exc* itself, except: an asyncsp error that came through whole keeps its own cause; and
-    a cause that would show proxy credentials is withheld (``None``; the context stays
+    *exc* itself, except: an error that already has a cause keeps it (a handshake verdict
+    whose cause is the validator's exception), as does one that came through whole; and a
+    cause that would show proxy credentials is withheld (``None``; the context stays
     suppressed, so no traceback shows it). aiohttp's exceptions can quote a request's headers
     (``repr`` of a ``ClientResponseError`` shows its ``request_info``), and over a proxy those
     carry ``Proxy-Authorization``.
     """
-    if error is exc or (isinstance(exc, TunnelFailed) and exc.error is error):
+    if error.__cause__ is not None or error is exc or isinstance(exc, TunnelFailed):
         return error.__cause__
     if route is None or not route.secrets:
         return exc

@@ -37,7 +37,7 @@ from ._proxy import (
     parse_connect_reply,
 )
 from ._streams import StreamProtocol
-from ._translate import translate_connect_error
+from ._translate import raise_connect_error
 
 if TYPE_CHECKING:
     from aiohttp.client_reqrep import ClientRequest
@@ -106,8 +106,9 @@ class Tunnel:
         except BaseException as exc:
             transport.abort()
             if isinstance(exc, Exception) and not isinstance(exc, AsyncspError):
-                # The handshake with the origin failed: the same errors as a direct connection.
-                raise translate_connect_error(exc, self.endpoint, during_tls=True) from exc
+                # The handshake with the origin failed: the same errors as a direct connection
+                # (a validator's exception stays the cause).
+                raise_connect_error(exc, self.endpoint, during_tls=True)
             raise
         if tls_transport is None:  # pragma: no cover - only when the loop is closing
             transport.abort()
