@@ -206,3 +206,24 @@ def test_connect_replies(head: bytes, status: int, reason: str, established: boo
 def test_malformed_connect_replies(head: bytes) -> None:
     with pytest.raises(ValueError):
         parse_connect_reply(head)
+
+
+# -- the manager: which service point a URL's requests use ----------------------------------
+
+
+async def test_find_service_point_follows_the_route_of_each_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NO_PROXY", "internal.test")
+    proxy = f"http://alice:{QUOTED}@proxy.test:3128"
+    async with ConnectionManager(proxy=proxy, trust_env=True) as mgr:
+        assert mgr.proxy == "http://proxy.test:3128" and QUOTED not in repr(mgr)
+        via = mgr.find_service_point("https://example.com/a")
+        assert via.proxy == "http://proxy.test:3128" and "via http://proxy.test:3128" in repr(via)
+        assert via is mgr.find_service_point("https://example.com:443/b")
+        direct = mgr.find_service_point("https://example.com", proxy=None)
+        assert direct is not via and direct.proxy is None
+        assert mgr.find_service_point("https://internal.test").proxy is None  # NO_PROXY
+        assert mgr.find_service_point("smtp://example.com").proxy is None  # HTTP only
+        other = mgr.find_service_point("http://example.com", proxy=f"http://bob:{QUOTED}@p:1")
+        assert other.proxy == "http://p:1"
