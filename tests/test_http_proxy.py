@@ -131,6 +131,8 @@ class Tinyproxy:
                 process.wait(5)
         if self._reader is not None:
             self._reader.join(5)
+        if process is not None and process.stdout is not None:
+            process.stdout.close()
 
     def _read(self) -> None:
         process = self._process
