@@ -609,3 +609,12 @@ def test_bytes_waiting_in_the_socket_are_seen_and_left_in_place() -> None:
         theirs.sendall(b"injected")
         assert _bytes_waiting(ours)
         assert ours.recv(100) == b"injected"  # peeked, not taken
+
+
+def test_the_aiohttp_hook_the_tunnel_uses_is_there() -> None:
+    """The tunnel overrides the hook aiohttp's own Unix and named-pipe connectors override."""
+    import inspect
+
+    hook = inspect.signature(aiohttp.TCPConnector._create_connection)
+    assert list(hook.parameters) == ["self", "req", "traces", "timeout"]
+    assert "_create_connection" in vars(aiohttp.UnixConnector)
