@@ -140,7 +140,8 @@ def cipher_string(policy: TlsPolicy) -> str:
     """The cipher string for *policy*'s context, or "" to keep the secure default."""
     if not policy.strong_crypto:
         return policy.ciphers or LEGACY_CIPHERS
-    return f"{policy.ciphers}:{_WEAK_SUITES}" if policy.ciphers else ""
+    # The last @SECLEVEL wins: a custom string cannot lower the level under strong crypto.
+    return f"{policy.ciphers}:{_WEAK_SUITES}:@SECLEVEL=2" if policy.ciphers else ""
 
 
 def _check_file(field: str, path: object) -> None:

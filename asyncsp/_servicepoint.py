@@ -15,12 +15,12 @@ import ipaddress
 import socket
 import ssl
 import time
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Hashable
 from typing import TYPE_CHECKING, Any
 
 from ._defaults import check_limit, check_optional_seconds, check_seconds
 from ._endpoint import Endpoint
-from ._errors import ConnectError, ManagerClosedError, TimeoutError
+from ._errors import ConnectError, ManagerClosedError, TimeoutError, TlsError
 from ._policy import TlsPolicy
 from ._pool import Poolable, SlotPool
 from ._sessions import SessionCache
@@ -73,6 +73,8 @@ class ServicePoint:
         self._dns_refresh_timeout = manager.dns_refresh_timeout
         self._pool: SlotPool[Any] = SlotPool(manager.default_connection_limit)
         self._active: set[Stream] = set()
+        self._connecting: set[asyncio.Task[Any]] = set()  # tasks in connect or handshake
+        self._interrupted: set[asyncio.Task[Any]] = set()  # ...that a manager close cancelled
         self._extra_busy = 0  # exchanges in flight on connections not counted by the pool
         self._extra_connections = 0  # sockets owned by a protocol layer's own pool (HTTP)
         self._idle_since: datetime.datetime | None = _utcnow()
@@ -352,6 +354,52 @@ class ServicePoint:
         peer: tuple[str, int] | None = None,
         session: ssl.SSLSession | None = None,
     ) -> Stream:
+        async with self._interruptible("connecting to"):
+            return await self._connect(
+                policy=policy,
+                tls=tls,
+                server_hostname=server_hostname,
+                timeout=timeout,
+                line_limit=line_limit,
+                peer=peer,
+                session=session,
+            )
+
+    @contextlib.asynccontextmanager
+    async def _interruptible(self, doing: str) -> AsyncIterator[None]:
+        """Let a manager close cut a connect or handshake short with `ManagerClosedError`.
+
+        Without it a peer that never answers would hold the caller until its own timeout.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        self._connecting.add(task)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if task in self._interrupted:
+                self._interrupted.discard(task)
+                if task.uncancel() == 0:  # ours was the only cancellation
+                    raise ManagerClosedError(
+                        f"the connection manager was closed while {doing} {self.address}",
+                        endpoint=self.address,
+                    ) from None
+            raise
+        finally:
+            self._connecting.discard(task)
+            self._interrupted.discard(task)
+
+    async def _connect(
+        self,
+        *,
+        policy: TlsPolicy,
+        tls: bool,
+        server_hostname: str | None,
+        timeout: float | None,
+        line_limit: int,
+        peer: tuple[str, int] | None,
+        session: ssl.SSLSession | None,
+    ) -> Stream:
         loop = asyncio.get_running_loop()
         hostname = server_hostname or self.host
         context = await context_for_async(policy) if tls else None
@@ -394,6 +442,16 @@ class ServicePoint:
         """STARTTLS: run a handshake on *stream* under its policy snapshot."""
         loop = asyncio.get_running_loop()
         context = await context_for_async(stream.policy)
+        # RFC 3207 §4.2: whatever arrived in clear after the peer's go-ahead is an injection.
+        # Checked after the last await before the handshake, so no byte can slip in between.
+        if stream.buffered:
+            count = stream.buffered
+            stream.abort()
+            raise TlsError(
+                f"{self.address} sent {count} unexpected byte(s) before the TLS handshake "
+                "(possible injection); the connection was closed",
+                endpoint=self.address,
+            )
         try:
             with connect_attempt(self._attempt(stream.policy, server_hostname, context)):
                 transport = await loop.start_tls(
@@ -405,6 +463,12 @@ class ServicePoint:
                 )
         except BaseException as exc:
             stream.abort()
+            if stream.closed_by_manager:
+                raise ManagerClosedError(
+                    f"the connection manager was closed during the TLS handshake with "
+                    f"{self.address}",
+                    endpoint=self.address,
+                ) from exc
             if isinstance(exc, Exception):
                 raise_connect_error(exc, self.address, during_tls=True, timeout=stream.timeout)
             raise
@@ -458,10 +522,6 @@ class ServicePoint:
         attempt = getattr(ssl_object, "asyncsp_attempt", None)
         offered = attempt is not None and attempt.session is not None
         self._sessions.remember(ssl_object, policy, hostname, offered=offered)
-
-    def session_for(self, policy: TlsPolicy, hostname: str) -> ssl.SSLSession | None:
-        """The cached session for (policy, host name), if any."""
-        return self._sessions.get(policy, hostname)
 
     def _stream_closed(self, stream: Stream) -> None:
         self._active.discard(stream)
@@ -555,6 +615,14 @@ class ServicePoint:
         for stream in list(self._active):
             if stream not in pooled:  # idle sessions get a polite close from the caller
                 stream.abort(by_manager=True)
+        for task in self._connecting:
+            self._interrupted.add(task)
+            task.cancel()
+        for state in list(self.layer_state.values()):
+            # A layer with sockets of its own (HTTP) fails its waiters and closes them.
+            close = getattr(state, "close", None)
+            if callable(close):
+                close(ManagerClosedError(f"{endpoint} was closed", endpoint=endpoint))
         return idle
 
 

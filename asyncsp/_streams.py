@@ -234,7 +234,13 @@ class Stream:
 
     @property
     def closed(self) -> bool:
+        """Whether the stream was closed (by us, a failure, or the manager)."""
         return self._closed
+
+    @property
+    def closed_by_manager(self) -> bool:
+        """Whether the manager's close aborted this stream."""
+        return self._closed_by_manager
 
     def at_eof(self) -> bool:
         """Whether the peer has ended the stream and every byte was read."""
@@ -393,14 +399,6 @@ class Stream:
         """
         if self.tls is not None:
             raise TlsError(f"{self.endpoint}: the stream already runs TLS", endpoint=self.endpoint)
-        if self._protocol.buffered:
-            self._broken = True
-            await self.aclose()
-            raise TlsError(
-                f"{self.endpoint} sent {self._protocol.buffered} unexpected byte(s) before the "
-                "TLS handshake (possible injection); the connection was closed",
-                endpoint=self.endpoint,
-            )
         hostname = server_hostname or self._server_hostname
         return await self._guard(self._service_point._upgrade(self, hostname))
 

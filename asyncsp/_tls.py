@@ -17,6 +17,7 @@ import hashlib
 import ssl
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -290,31 +291,41 @@ def warn_insecure(policy: TlsPolicy, stacklevel: int = 3) -> None:
 
 
 class _ContextCache:
-    """Equal policies share one context; a bounded LRU, so a stream of policies cannot grow it."""
+    """Equal policies share one context, built once.
+
+    The most recently used contexts are kept in a bounded LRU, so a stream of one-off policies
+    cannot grow it; a context evicted from it stays the policy's context for as long as any
+    connection still holds it (weakly remembered), so a session taken from such a connection
+    can still be offered (OpenSSL refuses a session from another context).
+    """
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._contexts: OrderedDict[TlsPolicy, _PolicyContext] = OrderedDict()
+        self._alive: weakref.WeakValueDictionary[TlsPolicy, _PolicyContext] = (
+            weakref.WeakValueDictionary()
+        )
         self._lock = threading.Lock()  # contexts may be built in worker threads
         self.builds = 0
 
     def peek(self, policy: TlsPolicy) -> _PolicyContext | None:
         with self._lock:
-            return self._contexts.get(policy)
+            return self._contexts.get(policy) or self._alive.get(policy)
 
     def get(self, policy: TlsPolicy) -> tuple[_PolicyContext, bool]:
         """The context of *policy* and whether this call built it."""
         with self._lock:
-            ctx = self._contexts.get(policy)
-            if ctx is not None:
-                self._contexts.move_to_end(policy)
-                return ctx, False
-            ctx = _build_context(policy)
-            self.builds += 1
+            ctx = self._contexts.get(policy) or self._alive.get(policy)
+            built = ctx is None
+            if ctx is None:
+                ctx = _build_context(policy)
+                self.builds += 1
+                self._alive[policy] = ctx
             self._contexts[policy] = ctx
+            self._contexts.move_to_end(policy)
             if len(self._contexts) > self._size:
                 self._contexts.popitem(last=False)
-            return ctx, True
+            return ctx, built
 
 
 CONTEXTS = _ContextCache(_CONTEXT_CACHE_SIZE)

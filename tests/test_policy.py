@@ -162,3 +162,22 @@ def test_validator_policies_differ_by_callable() -> None:
     check: Callable[[asyncsp.TlsInfo, bytes], bool] = accept
     assert TlsPolicy(validator=check) == TlsPolicy(validator=accept)
     assert TlsPolicy(validator=accept) != TlsPolicy(validator=other)
+
+
+def test_custom_ciphers_cannot_lower_the_security_level_under_strong_crypto() -> None:
+    ctx = TlsPolicy(ciphers="DEFAULT:@SECLEVEL=0", alpn=("seclevel-test",)).ssl_context()
+    assert ctx.security_level == 2  # type: ignore[attr-defined]
+    names = {c["name"] for c in ctx.get_ciphers()}
+    assert not any("RC4" in n or "3DES" in n or "NULL" in n for n in names)
+
+
+def test_a_context_in_use_stays_the_policys_context_after_lru_eviction(ca_pem: str) -> None:
+    from asyncsp._tls import _CONTEXT_CACHE_SIZE
+
+    policy = TlsPolicy(cadata=ca_pem, alpn=("kept-alive",))
+    held = policy.ssl_context()  # a live connection would hold its context like this
+    for n in range(_CONTEXT_CACHE_SIZE + 5):
+        TlsPolicy(cadata=ca_pem, alpn=(f"filler-{n}",)).ssl_context()
+    builds = CONTEXTS.builds
+    assert policy.ssl_context() is held
+    assert CONTEXTS.builds == builds
