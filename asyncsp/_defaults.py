@@ -10,7 +10,14 @@ from ._errors import InvalidSecurityProtocolError, PolicyError
 from ._policy import TlsPolicy
 from ._protocols import SecurityProtocol
 
-__all__ = ["Defaults", "check_limit", "check_optional_seconds", "check_seconds", "defaults"]
+__all__ = [
+    "Defaults",
+    "check_limit",
+    "check_optional_seconds",
+    "check_seconds",
+    "defaults",
+    "policy_from_environment",
+]
 
 ENV_SECURITY_PROTOCOL = "ASYNCSP_SECURITY_PROTOCOL"
 ENV_STRONG_CRYPTO = "ASYNCSP_STRONG_CRYPTO"
@@ -37,6 +44,31 @@ def check_optional_seconds(name: str, value: object) -> float | None:
     return None if value is None else check_seconds(name, value)
 
 
+def policy_from_environment(env: Mapping[str, str]) -> TlsPolicy:
+    """The policy ``ASYNCSP_SECURITY_PROTOCOL`` and ``ASYNCSP_STRONG_CRYPTO`` ask for."""
+    protocols = SecurityProtocol.SYSTEM_DEFAULT
+    strong_crypto = True
+    raw = env.get(ENV_SECURITY_PROTOCOL)
+    if raw is not None:
+        try:
+            protocols = SecurityProtocol.parse(raw)
+        except InvalidSecurityProtocolError as exc:
+            raise InvalidSecurityProtocolError(f"{ENV_SECURITY_PROTOCOL}={raw!r}: {exc}") from exc
+    raw = env.get(ENV_STRONG_CRYPTO)
+    if raw is not None:
+        flag = raw.strip().lower()
+        if flag not in _TRUE | _FALSE:
+            raise PolicyError(f"{ENV_STRONG_CRYPTO}={raw!r}: use 1 (the default) or 0 (opt out)")
+        strong_crypto = flag in _TRUE
+    try:
+        return TlsPolicy(protocols=protocols, strong_crypto=strong_crypto)
+    except PolicyError as exc:
+        raise PolicyError(
+            f"{ENV_SECURITY_PROTOCOL}={env.get(ENV_SECURITY_PROTOCOL)!r} with "
+            f"{ENV_STRONG_CRYPTO}={env.get(ENV_STRONG_CRYPTO)!r}: {exc}"
+        ) from exc
+
+
 class Defaults:
     """Process-wide settings that managers made without their own values follow, live.
 
@@ -44,8 +76,12 @@ class Defaults:
     validates first, so a failed assignment leaves the previous value in force.
     """
 
-    def __init__(self, policy: TlsPolicy | None = None) -> None:
-        self._policy = policy or TlsPolicy()
+    def __init__(
+        self, policy: TlsPolicy | None = None, *, environ: Mapping[str, str] | None = None
+    ) -> None:
+        """Defaults with *policy*, or else the policy *environ* names, read on first use."""
+        self._policy = policy
+        self._environ = environ
         self._connection_limit = 10
         self._max_idle_time = 15.0
         self._lease_timeout: float | None = None
@@ -53,38 +89,20 @@ class Defaults:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Defaults:
-        """Defaults initialised from ``ASYNCSP_SECURITY_PROTOCOL`` and ``ASYNCSP_STRONG_CRYPTO``."""
-        env = os.environ if environ is None else environ
-        protocols = SecurityProtocol.SYSTEM_DEFAULT
-        strong_crypto = True
-        raw = env.get(ENV_SECURITY_PROTOCOL)
-        if raw is not None:
-            try:
-                protocols = SecurityProtocol.parse(raw)
-            except InvalidSecurityProtocolError as exc:
-                raise InvalidSecurityProtocolError(
-                    f"{ENV_SECURITY_PROTOCOL}={raw!r}: {exc}"
-                ) from exc
-        raw = env.get(ENV_STRONG_CRYPTO)
-        if raw is not None:
-            flag = raw.strip().lower()
-            if flag not in _TRUE | _FALSE:
-                raise PolicyError(
-                    f"{ENV_STRONG_CRYPTO}={raw!r}: use 1 (the default) or 0 (opt out)"
-                )
-            strong_crypto = flag in _TRUE
-        try:
-            policy = TlsPolicy(protocols=protocols, strong_crypto=strong_crypto)
-        except PolicyError as exc:
-            raise PolicyError(
-                f"{ENV_SECURITY_PROTOCOL}={env.get(ENV_SECURITY_PROTOCOL)!r} with "
-                f"{ENV_STRONG_CRYPTO}={env.get(ENV_STRONG_CRYPTO)!r}: {exc}"
-            ) from exc
-        return cls(policy)
+        """Defaults whose policy is read now from the ``ASYNCSP_*`` variables of *environ*."""
+        return cls(policy_from_environment(os.environ if environ is None else environ))
 
     @property
     def policy(self) -> TlsPolicy:
-        """The policy of every manager made without its own."""
+        """The policy of every manager made without its own.
+
+        Read from the environment on first use: a bad ``ASYNCSP_*`` value raises here (and
+        again on every use until it is fixed or a policy is set), naming the variable.
+        """
+        if self._policy is None:
+            self._policy = policy_from_environment(
+                os.environ if self._environ is None else self._environ
+            )
         return self._policy
 
     @policy.setter
@@ -96,11 +114,11 @@ class Defaults:
     @property
     def security_protocol(self) -> SecurityProtocol:
         """The versions new connections may use (the policy's `protocols`)."""
-        return self._policy.protocols
+        return self.policy.protocols
 
     @security_protocol.setter
     def security_protocol(self, value: SecurityProtocol | int) -> None:
-        self._policy = dataclasses.replace(self._policy, protocols=SecurityProtocol.validate(value))
+        self._policy = dataclasses.replace(self.policy, protocols=SecurityProtocol.validate(value))
 
     @property
     def default_connection_limit(self) -> int:
@@ -140,11 +158,11 @@ class Defaults:
 
     def __repr__(self) -> str:
         return (
-            f"Defaults(policy={self._policy!r}, default_connection_limit="
+            f"Defaults(policy={self._policy or 'from the environment'!r}, default_connection_limit="
             f"{self._connection_limit}, max_idle_time={self._max_idle_time}, "
             f"connection_lease_timeout={self._lease_timeout}, "
             f"dns_refresh_timeout={self._dns_refresh_timeout})"
         )
 
 
-defaults = Defaults.from_environment()
+defaults = Defaults(environ=os.environ)

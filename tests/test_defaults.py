@@ -64,10 +64,10 @@ def test_bad_environment_values_name_the_variable(
         Defaults.from_environment(env)
 
 
-def test_bad_environment_fails_the_import_with_the_variable_named() -> None:
+def test_bad_environment_fails_the_first_use_with_the_variable_named() -> None:
     env = dict(os.environ, ASYNCSP_SECURITY_PROTOCOL="Tls99")
     result = subprocess.run(
-        [sys.executable, "-c", "import asyncsp"],
+        [sys.executable, "-c", "import asyncsp; asyncsp.ConnectionManager().policy"],
         env=env,
         capture_output=True,
         text=True,
@@ -127,3 +127,26 @@ def test_managers_without_a_policy_follow_the_defaults_live() -> None:
     assert sp.policy.protocols == SP.TLS13
     asyncsp.defaults.security_protocol = SP.TLS12 | SP.TLS13
     assert sp.policy.protocols == SP.TLS12 | SP.TLS13
+
+
+def test_bad_environment_does_not_break_the_import() -> None:
+    env = dict(os.environ, ASYNCSP_STRONG_CRYPTO="maybe")
+    result = subprocess.run(
+        [sys.executable, "-c", "import asyncsp; print(asyncsp.SecurityProtocol.TLS13.value)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == "12288"
+
+
+def test_an_explicit_policy_needs_no_environment() -> None:
+    d = Defaults(TlsPolicy(protocols=SP.TLS13), environ={"ASYNCSP_SECURITY_PROTOCOL": "bad"})
+    assert d.security_protocol == SP.TLS13
+    lazy = Defaults(environ={"ASYNCSP_SECURITY_PROTOCOL": "bad"})
+    with pytest.raises(InvalidSecurityProtocolError, match="ASYNCSP_SECURITY_PROTOCOL"):
+        _ = lazy.policy
+    lazy.policy = TlsPolicy()  # setting a policy fixes it
+    assert lazy.security_protocol == SP.SYSTEM_DEFAULT
