@@ -184,3 +184,14 @@ def fd_baseline(slack: int = 2) -> Iterator[None]:
             break
         time.sleep(0.02)
     assert after <= before + slack, f"{after - before} file descriptors leaked"
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait (bounded) for a condition that no event reports, such as a kernel buffer filling."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)

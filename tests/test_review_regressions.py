@@ -13,17 +13,8 @@ import trustme
 
 from asyncsp import ConnectionManager, ManagerClosedError, TlsError, TlsPolicy
 
-from .servers import ServerRecord, ThreadedServer, fd_baseline, server_context
+from .servers import ServerRecord, ThreadedServer, fd_baseline, server_context, wait_until
 from .test_http_support import WebServer
-
-
-async def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    """Wait (bounded) for a condition no event reports, such as bytes in a kernel buffer."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not condition():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 async def test_bytes_injected_while_the_context_is_built_are_refused(
@@ -56,7 +47,7 @@ async def test_bytes_injected_while_the_context_is_built_are_refused(
                     upgrade = asyncio.create_task(s.start_tls())
                     await asyncio.sleep(0)
                     inject.set()
-                    await _until(lambda: s.buffered > 0)
+                    await wait_until(lambda: s.buffered > 0)
                     release.set()
                     with pytest.raises(TlsError, match="before the TLS handshake"):
                         await upgrade
@@ -78,7 +69,7 @@ async def test_closing_the_manager_interrupts_a_stalled_handshake(
                 pytest.fail("the stalled handshake completed")
 
         task = asyncio.create_task(connect())
-        await _until(lambda: stalled.record.connections >= 1)
+        await wait_until(lambda: stalled.record.connections >= 1)
         await mgr.aclose()
         with pytest.raises(ManagerClosedError, match="while connecting"):
             await asyncio.wait_for(task, 5)
@@ -96,7 +87,7 @@ async def test_a_user_cancel_during_connect_stays_a_cancellation(
                     pass
 
             task = asyncio.create_task(connect())
-            await _until(lambda: stalled.record.connections >= 1)
+            await wait_until(lambda: stalled.record.connections >= 1)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -110,7 +101,7 @@ async def test_evicting_a_service_point_closes_its_http_connections() -> None:
             resp = await mgr.get(server.url(), timeout=5)
             assert resp.status == 200
             first = mgr.find_service_point(server.url())
-            await _until(lambda: server.seen.open == 1)
+            await wait_until(lambda: server.seen.open == 1)
             mgr.find_service_point("https://other.test")  # evicts the idle HTTP service point
-            await _until(lambda: server.seen.open == 0)
+            await wait_until(lambda: server.seen.open == 0)
             assert first not in mgr.service_points

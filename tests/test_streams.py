@@ -26,7 +26,14 @@ from asyncsp import (
     TlsPolicy,
 )
 
-from .servers import ServerRecord, ThreadedServer, echo_handler, fd_baseline, server_context
+from .servers import (
+    ServerRecord,
+    ThreadedServer,
+    echo_handler,
+    fd_baseline,
+    server_context,
+    wait_until,
+)
 
 SP = SecurityProtocol
 
@@ -250,8 +257,7 @@ async def test_cancelled_waiters_return_their_slots(
         hold = asyncio.create_task(holder())
         await holding.wait()
         waiters = [asyncio.create_task(waiter()) for _ in range(20)]
-        await asyncio.sleep(0.05)
-        assert sp._pool.waiting == 20
+        await wait_until(lambda: sp._pool.waiting == 20)
         for task in waiters:
             task.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
@@ -302,7 +308,8 @@ async def test_closing_the_manager_fails_streams_and_waiters(plain_server: Threa
         r = asyncio.create_task(reader())
         await inside.wait()
         w = asyncio.create_task(waiter())
-        await asyncio.sleep(0.05)
+        sp = mgr.find_service_point(f"tcp://127.0.0.1:{plain_server.port}")
+        await wait_until(lambda: sp._pool.waiting == 1)
         await mgr.aclose()
         results = await asyncio.wait_for(asyncio.gather(r, w, return_exceptions=True), 5)
         assert all(isinstance(e, ManagerClosedError) for e in results), results
