@@ -11,7 +11,6 @@ import builtins
 import contextlib
 import dataclasses
 import datetime
-import ipaddress
 import socket
 import ssl
 import time
@@ -23,6 +22,7 @@ from ._endpoint import Endpoint
 from ._errors import ConnectError, ManagerClosedError, TimeoutError, TlsError
 from ._policy import TlsPolicy
 from ._pool import Poolable, SlotPool
+from ._resolve import AddressCache, connect_socket, peer_address
 from ._sessions import SessionCache
 from ._streams import DEFAULT_LINE_LIMIT, Stream, StreamProtocol
 from ._tls import ConnectAttempt, TlsInfo, connect_attempt, context_for_async
@@ -70,7 +70,6 @@ class ServicePoint:
         self._policy_override: TlsPolicy | None = None
         self._max_idle_time = manager.max_idle_time
         self._lease_timeout = manager.connection_lease_timeout
-        self._dns_refresh_timeout = manager.dns_refresh_timeout
         self._pool: SlotPool[Any] = SlotPool(manager.default_connection_limit)
         self._active: set[Stream] = set()
         self._connecting: set[asyncio.Task[Any]] = set()  # tasks in connect or handshake
@@ -79,7 +78,9 @@ class ServicePoint:
         self._extra_connections = 0  # sockets owned by a protocol layer's own pool (HTTP)
         self._idle_since: datetime.datetime | None = _utcnow()
         self._sessions = SessionCache()
-        self._addresses: tuple[float, list[tuple[Any, ...]]] | None = None
+        self._addresses = AddressCache(
+            endpoint.host, endpoint.port, manager.dns_refresh_timeout, endpoint=endpoint.address
+        )
         self._reaper: asyncio.TimerHandle | None = None
         self.layer_state: dict[str, Any] = {}
         """Per-protocol state a layer keeps here (the HTTP connector, for one)."""
@@ -154,12 +155,12 @@ class ServicePoint:
     @property
     def dns_refresh_timeout(self) -> float:
         """Seconds resolved addresses are reused before new connections resolve again."""
-        return self._dns_refresh_timeout
+        return self._addresses.refresh
 
     @dns_refresh_timeout.setter
     def dns_refresh_timeout(self, value: float) -> None:
-        self._dns_refresh_timeout = check_seconds("dns_refresh_timeout", value)
-        self._addresses = None
+        self._addresses.refresh = check_seconds("dns_refresh_timeout", value)
+        self._addresses.invalidate()
 
     @property
     def policy(self) -> TlsPolicy:
@@ -533,52 +534,14 @@ class ServicePoint:
 
     # -- addresses -------------------------------------------------------------------------
 
-    async def _resolve(self) -> list[tuple[Any, ...]]:
-        try:
-            ip = ipaddress.ip_address(self.host)
-        except ValueError:
-            pass
-        else:
-            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-            return [(family, (self.host, self.port))]
-        now = time.monotonic()
-        if self._addresses is not None and now < self._addresses[0]:
-            return self._addresses[1]
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise ConnectError(
-                f"cannot resolve {self.host!r} for {self.address}: {exc.strerror or exc}",
-                endpoint=self.address,
-            ) from exc
-        addresses = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
-        self._addresses = (now + self._dns_refresh_timeout, addresses)
-        return addresses
-
     async def _connect_socket(self, peer: tuple[str, int] | None = None) -> socket.socket:
-        loop = asyncio.get_running_loop()
-        last: OSError | None = None
-        if peer is None:
-            addresses = await self._resolve()
-        else:
-            family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
-            addresses = [(family, peer)]
-        for family, sockaddr in addresses:
-            sock = self._manager._socket_options.create_socket(family)
-            try:
-                await loop.sock_connect(sock, sockaddr)
-            except OSError as exc:
-                sock.close()
-                last = exc
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-        assert last is not None
-        self._addresses = None  # the addresses may have moved: resolve again next time
-        raise last
+        addresses = await self._addresses.addresses() if peer is None else peer_address(peer)
+        try:
+            return await connect_socket(addresses, self._manager._socket_options)
+        except OSError:
+            if peer is None:
+                self._addresses.invalidate()  # the addresses may have moved: resolve again
+            raise
 
     # -- idle reaping and shutdown ---------------------------------------------------------
 

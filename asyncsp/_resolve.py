@@ -1,0 +1,100 @@
+"""Resolving an endpoint (with a bounded reuse of its addresses) and connecting a socket."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from typing import Any
+
+from ._errors import ConnectError
+from ._sockets import SocketOptions
+
+__all__ = ["AddressCache", "connect_socket"]
+
+Address = tuple[int, tuple[Any, ...]]
+"""(address family, socket address)."""
+
+
+class AddressCache:
+    """The resolved addresses of one host and port, reused for ``refresh`` seconds.
+
+    .NET's ``DnsRefreshTimeout``: a service point whose DNS moves picks the change up at the
+    next connection after the refresh time, or at once after a connect to every address failed.
+    """
+
+    def __init__(self, host: str, port: int, refresh: float, *, endpoint: str) -> None:
+        self.host = host
+        self.port = port
+        self.refresh = refresh
+        self._endpoint = endpoint
+        self._cached: tuple[float, list[Address]] | None = None
+        self._literal = _literal_address(host, port)
+
+    @property
+    def cached(self) -> list[Address] | None:
+        """The addresses in use now, if any (``None`` once expired or invalidated)."""
+        if self._cached is None or time.monotonic() >= self._cached[0]:
+            return None
+        return self._cached[1]
+
+    def invalidate(self) -> None:
+        """Resolve again at the next connection."""
+        self._cached = None
+
+    async def addresses(self) -> list[Address]:
+        """The host's addresses: an IP literal as it is, a name from the cache or the resolver."""
+        if self._literal is not None:
+            return self._literal
+        cached = self.cached
+        if cached is not None:
+            return cached
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ConnectError(
+                f"cannot resolve {self.host!r} for {self._endpoint}: {exc.strerror or exc}",
+                endpoint=self._endpoint,
+            ) from exc
+        found: list[Address] = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+        self._cached = (time.monotonic() + self.refresh, found)
+        return found
+
+
+async def connect_socket(addresses: list[Address], options: SocketOptions) -> socket.socket:
+    """A socket connected to the first of *addresses* that answers; the last error otherwise."""
+    loop = asyncio.get_running_loop()
+    last: OSError | None = None
+    for family, sockaddr in addresses:
+        sock = options.create_socket(family)
+        try:
+            await loop.sock_connect(sock, sockaddr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    if last is None:
+        raise OSError("no address to connect to")
+    raise last
+
+
+def _literal_address(host: str, port: int) -> list[Address] | None:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (host, port))]
+
+
+def peer_address(peer: tuple[str, int]) -> list[Address]:
+    """*peer* (an IP address and port) as the one address to connect to."""
+    found = _literal_address(*peer)
+    if found is None:
+        raise ValueError(f"{peer[0]!r} is not an IP address")
+    return found
