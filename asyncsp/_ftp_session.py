@@ -97,11 +97,19 @@ class FtpSession:
         self.stream.abort()
 
     async def aclose(self) -> None:
-        """Say QUIT (briefly) when the session is healthy, then close the connection."""
-        if self.is_reusable():
-            with contextlib.suppress(AsyncspError, builtins.TimeoutError):
-                async with asyncio.timeout(_QUIT_TIMEOUT):
-                    await self.command("QUIT")
+        """Say QUIT (briefly) when the session is healthy, then close the connection.
+
+        Cancelled while waiting for QUIT's reply, it aborts: the socket and its slot are
+        never left behind.
+        """
+        try:
+            if self.is_reusable():
+                with contextlib.suppress(AsyncspError, builtins.TimeoutError):
+                    async with asyncio.timeout(_QUIT_TIMEOUT):
+                        await self.command("QUIT")
+        except BaseException:
+            self.abort()
+            raise
         await self.stream.aclose()
 
     # -- one exchange ----------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""FTP sessions against misbehaving peers: scripted asyncio servers in the test's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from asyncsp import ConnectionManager, FtpReplyError
+
+LOCAL = "127.0.0.1"
+
+
+class Peer:
+    """The server side of one control connection: lines in, replies out, all recorded."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.lines: list[bytes] = []
+        self.closed = asyncio.Event()  # set once the client's side has gone
+
+    async def line(self) -> bytes:
+        """The next command line, or b"" once the client has gone."""
+        try:
+            line = await self.reader.readline()
+        except ConnectionError:
+            line = b""
+        if line:
+            self.lines.append(line.rstrip(b"\r\n"))
+        return line
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+
+Script = Callable[[Peer], Awaitable[None]]
+
+
+class ScriptedFtp:
+    """An asyncio server running *script* for each connection, then reading until EOF."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.peers: list[Peer] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = Peer(reader, writer)
+        self.peers.append(peer)
+        try:
+            with contextlib.suppress(ConnectionError):
+                await self.script(peer)
+                while await peer.line():
+                    pass
+        finally:
+            peer.closed.set()
+            writer.close()
+
+    @property
+    def received(self) -> list[bytes]:
+        return [line for peer in self.peers for line in peer.lines]
+
+
+@contextlib.asynccontextmanager
+async def scripted(script: Script) -> AsyncIterator[tuple[ScriptedFtp, int]]:
+    server = ScriptedFtp(script)
+    listener = await asyncio.start_server(server.serve, LOCAL, 0)
+    try:
+        yield server, listener.sockets[0].getsockname()[1]
+    finally:
+        listener.close()
+        for peer in server.peers:
+            peer.writer.close()
+        await listener.wait_closed()
+
+
+# -- closing a session ----------------------------------------------------------------------
+
+
+async def test_cancelled_quit_closes_the_socket_and_frees_the_slot() -> None:
+    quit_seen = asyncio.Event()
+
+    async def script(peer: Peer) -> None:
+        await peer.send(b"220 ready\r\n")
+        await peer.line()  # USER
+        await peer.send(b"530 Login incorrect.\r\n")
+        if (await peer.line()).startswith(b"QUIT"):
+            if quit_seen.is_set():
+                await peer.send(b"221 bye\r\n")
+            quit_seen.set()  # the first QUIT is never answered
+
+    async with scripted(script) as (server, port), ConnectionManager() as mgr:
+        sp = mgr.find_service_point(f"ftp://{LOCAL}:{port}")
+        sp.connection_limit = 1
+
+        async def login() -> None:
+            async with mgr.ftp(LOCAL, port, security="none", timeout=30):
+                pass
+
+        task = asyncio.create_task(login())
+        await asyncio.wait_for(quit_seen.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert sp.current_connections == 0
+        await asyncio.wait_for(server.peers[0].closed.wait(), 10)  # the server saw it close
+        # The slot is free: a second session gets a connection (and the same refusal).
+        with pytest.raises(FtpReplyError, match="530"):
+            async with asyncio.timeout(10):
+                await login()
