@@ -22,7 +22,6 @@ from ._errors import (
     FtpError,
     FtpProtocolError,
     FtpReplyError,
-    StartTlsUnavailableError,
 )
 from ._ftp_protocol import FtpEntry, FtpReply, encode_command, parse_listing, parse_pwd, parse_size
 from ._ftp_session import READ_SIZE, FtpSession, Transfer
@@ -309,8 +308,11 @@ async def open_ftp(
         session = FtpSession(conn, security)
         try:
             await session.login(username, password)
-        except (FtpReplyError, StartTlsUnavailableError):
-            await session.aclose()
+        except FtpReplyError:
+            if security != "none" and conn.tls is None:
+                session.abort()  # before TLS is up nothing more goes out in clear, not even QUIT
+            else:
+                await session.aclose()  # a refusal (530 and the like): say goodbye
             raise
         except BaseException:
             session.abort()

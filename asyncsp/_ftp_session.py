@@ -194,6 +194,7 @@ class FtpSession:
     async def _auth_tls(self) -> None:
         reply = await self.command("AUTH", "TLS")
         if reply.code != 234:
+            self.abort()  # nothing else is sent in clear: not even QUIT
             raise StartTlsUnavailableError(
                 f"{self.endpoint} refused AUTH TLS ({reply.code} {reply.message.strip()}); "
                 "nothing was sent in clear. Use security='tls' for an implicit-TLS server, or "

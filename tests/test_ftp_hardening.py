@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from asyncsp import ConnectionManager, FtpReplyError
+from asyncsp import ConnectionManager, FtpReplyError, StartTlsUnavailableError
 
 LOCAL = "127.0.0.1"
 
@@ -110,3 +110,30 @@ async def test_cancelled_quit_closes_the_socket_and_frees_the_slot() -> None:
         with pytest.raises(FtpReplyError, match="530"):
             async with asyncio.timeout(10):
                 await login()
+
+
+# -- nothing in clear before TLS --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("greeting", "error", "sent"),
+    [
+        (b"220 ready\r\n", StartTlsUnavailableError, [b"AUTH TLS"]),  # AUTH TLS refused
+        (b"421 too many users\r\n", FtpReplyError, []),  # no greeting: not even AUTH TLS
+    ],
+)
+async def test_no_quit_in_clear_when_tls_never_started(
+    greeting: bytes, error: type[Exception], sent: list[bytes]
+) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.send(greeting)
+        while line := await peer.line():
+            await peer.send(b"221 bye\r\n" if line.startswith(b"QUIT") else b"534 no TLS\r\n")
+
+    async with scripted(script) as (server, port), ConnectionManager() as mgr:
+        with pytest.raises(error):
+            async with mgr.ftp(LOCAL, port, timeout=10):
+                pass
+        await asyncio.wait_for(server.peers[0].closed.wait(), 10)
+        assert mgr.find_service_point(f"ftp://{LOCAL}:{port}").current_connections == 0
+    assert server.received == sent  # no USER, no password, not even QUIT
