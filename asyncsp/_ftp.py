@@ -36,6 +36,8 @@ __all__ = ["FtpClient", "FtpEntry", "open_ftp"]
 
 SECURITY_MODES = ("starttls", "tls", "none")
 IMPLICIT_TLS_PORT = 990
+ANONYMOUS_USERS = frozenset({"anonymous", "ftp"})
+"""The user names of anonymous FTP (RFC 1635 §2); their password is a courtesy, not a secret."""
 
 
 class FtpClient:
@@ -287,6 +289,7 @@ async def open_ftp(
 
     Explicit TLS and ``"none"`` use the ``ftp://host:port`` service point, implicit TLS
     ``ftps://host:port``. Sessions are pooled there per security mode and credentials.
+    ``"none"`` allows only anonymous login: credentials never cross a plain connection.
     """
     if isinstance(port, bool) or not isinstance(port, int):
         raise ValueError(f"port must be an int, not {port!r}")
@@ -299,7 +302,17 @@ async def open_ftp(
             raise ValueError(f"{name} must be a str without CR, LF or NUL")
     host = normalise_host(host)
     netloc = f"[{host}]" if ":" in host else host
-    sp = manager.find_service_point(f"{'ftps' if security == 'tls' else 'ftp'}://{netloc}:{port}")
+    address = f"{'ftps' if security == 'tls' else 'ftp'}://{netloc}:{port}"
+    if security == "none" and username.lower() not in ANONYMOUS_USERS:
+        # Credentials never cross an unencrypted connection (RFC 4217 §1: USER/PASS in clear
+        # are readable by anyone on the path); only anonymous FTP may run in plain text.
+        raise FtpArgumentError(
+            f"{address}: security='none' allows only anonymous login (username 'anonymous' or "
+            "'ftp'); to log in with credentials use security='starttls' (AUTH TLS) or "
+            "security='tls' (implicit TLS, usually port 990). Nothing was sent",
+            endpoint=address,
+        )
+    sp = manager.find_service_point(address)
     # The password enters the key only as a digest, so no pool structure holds it.
     digest = hashlib.sha256(password.encode("utf-8", "surrogateescape")).hexdigest()
     reuse_key = ("ftp", security, username, digest)

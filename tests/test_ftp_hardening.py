@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from asyncsp import ConnectionManager, FtpReplyError, StartTlsUnavailableError
+from asyncsp._errors import FtpArgumentError
 
 LOCAL = "127.0.0.1"
 
@@ -137,3 +138,33 @@ async def test_no_quit_in_clear_when_tls_never_started(
         await asyncio.wait_for(server.peers[0].closed.wait(), 10)
         assert mgr.find_service_point(f"ftp://{LOCAL}:{port}").current_connections == 0
     assert server.received == sent  # no USER, no password, not even QUIT
+
+
+# -- credentials never in clear ---------------------------------------------------------------
+
+PASSWORD = "s3cret-pw"
+
+
+async def anonymous_login(peer: Peer) -> None:
+    await peer.send(b"220 ready\r\n")
+    for answer in (b"331 any password\r\n", b"230 in\r\n", b"200 binary\r\n", b"502 no FEAT\r\n"):
+        await peer.line()
+        await peer.send(answer)
+    while line := await peer.line():
+        await peer.send(b"221 bye\r\n" if line.startswith(b"QUIT") else b"200 ok\r\n")
+
+
+async def test_security_none_refuses_credentials_before_connecting() -> None:
+    async with scripted(anonymous_login) as (server, port), ConnectionManager() as mgr:
+        with pytest.raises(FtpArgumentError, match="anonymous") as caught:
+            async with mgr.ftp(LOCAL, port, security="none", username="alice", password=PASSWORD):
+                pass
+        message = str(caught.value)
+        assert "security='starttls'" in message and "security='tls'" in message
+        assert PASSWORD not in message and PASSWORD not in repr(caught.value)
+        assert mgr.find_service_point(f"ftp://{LOCAL}:{port}").stats.connections_opened == 0
+        # Anonymous FTP (either conventional name) may still run in plain text.
+        for user in ("anonymous", "FTP"):
+            async with mgr.ftp(LOCAL, port, security="none", username=user, password="me@x"):
+                pass
+    assert server.peers and not any(line.startswith(b"USER alice") for line in server.received)
