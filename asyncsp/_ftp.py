@@ -36,6 +36,11 @@ __all__ = ["FtpClient", "FtpEntry", "open_ftp"]
 
 SECURITY_MODES = ("starttls", "tls", "none")
 IMPLICIT_TLS_PORT = 990
+DEFAULT_STEP_TIMEOUT = 300.0
+"""Seconds each step may take when ``timeout`` is None: the connect and handshake, each
+complete reply, each read or write of a data connection. RFC 959 names no limit, so this is
+RFC 5321 §4.5.3.2's five minutes, what SMTP waits for most replies; it is also vsftpd's
+default idle and data-connection timeout, so a slow but live server ends a step before we do."""
 ANONYMOUS_USERS = frozenset({"anonymous", "ftp"})
 """The user names of anonymous FTP (RFC 1635 §2); their password is a courtesy, not a secret."""
 
@@ -290,6 +295,7 @@ async def open_ftp(
     Explicit TLS and ``"none"`` use the ``ftp://host:port`` service point, implicit TLS
     ``ftps://host:port``. Sessions are pooled there per security mode and credentials.
     ``"none"`` allows only anonymous login: credentials never cross a plain connection.
+    *timeout* bounds every step; ``None`` means `DEFAULT_STEP_TIMEOUT` per step.
     """
     if isinstance(port, bool) or not isinstance(port, int):
         raise ValueError(f"port must be an int, not {port!r}")
@@ -297,6 +303,11 @@ async def open_ftp(
         security = "tls" if port == IMPLICIT_TLS_PORT else "starttls"
     if security not in SECURITY_MODES:
         raise ValueError(f"security must be one of {', '.join(SECURITY_MODES)}, not {security!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise ValueError(f"timeout must be a number of seconds > 0 or None, not {timeout!r}")
+    step_timeout = DEFAULT_STEP_TIMEOUT if timeout is None else timeout
     for name, value in (("username", username), ("password", password)):
         if not isinstance(value, str) or "\r" in value or "\n" in value or "\0" in value:
             raise ValueError(f"{name} must be a str without CR, LF or NUL")
@@ -316,7 +327,7 @@ async def open_ftp(
     # The password enters the key only as a digest, so no pool structure holds it.
     digest = hashlib.sha256(password.encode("utf-8", "surrogateescape")).hexdigest()
     reuse_key = ("ftp", security, username, digest)
-    conn = await sp.obtain(reuse_key=reuse_key, tls=security == "tls", timeout=timeout)
+    conn = await sp.obtain(reuse_key=reuse_key, tls=security == "tls", timeout=step_timeout)
     if isinstance(conn, Stream):
         session = FtpSession(conn, security)
         try:
@@ -332,7 +343,7 @@ async def open_ftp(
             raise
     else:
         session = conn
-        session.stream.timeout = timeout
+        session.stream.timeout = step_timeout
     client = FtpClient(session, sp)
     try:
         yield client

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+import asyncsp._ftp
 from asyncsp import ConnectionManager, FtpReplyError, StartTlsUnavailableError
 from asyncsp._errors import FtpArgumentError
 
@@ -168,3 +169,34 @@ async def test_security_none_refuses_credentials_before_connecting() -> None:
             async with mgr.ftp(LOCAL, port, security="none", username=user, password="me@x"):
                 pass
     assert server.peers and not any(line.startswith(b"USER alice") for line in server.received)
+
+
+# -- timeout=None still bounds every step -----------------------------------------------------
+
+
+async def test_no_timeout_means_the_default_step_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(asyncsp._ftp, "DEFAULT_STEP_TIMEOUT", 0.2)  # instead of minutes
+
+    async def never_greet(peer: Peer) -> None:
+        pass
+
+    async def stall_pwd(peer: Peer) -> None:
+        await peer.send(b"220 ready\r\n")
+        for answer in (b"331 ok\r\n", b"230 in\r\n", b"200 binary\r\n", b"502 no FEAT\r\n"):
+            await peer.line()
+            await peer.send(answer)
+        await peer.line()  # PWD: never answered
+
+    async with scripted(never_greet) as (_, port), ConnectionManager() as mgr:
+        sp = mgr.find_service_point(f"ftp://{LOCAL}:{port}")
+        with pytest.raises(asyncsp.TimeoutError, match=r"0\.2 s"):
+            async with asyncio.timeout(10), mgr.ftp(LOCAL, port, security="none"):
+                pass
+        assert sp.current_connections == 0
+    async with scripted(stall_pwd) as (_, port), ConnectionManager() as mgr:
+        async with asyncio.timeout(10), mgr.ftp(LOCAL, port, security="none") as ftp:
+            with pytest.raises(asyncsp.TimeoutError, match=r"0\.2 s"):
+                await ftp.pwd()
+    with pytest.raises(ValueError, match="timeout"):
+        async with ConnectionManager() as mgr, mgr.ftp(LOCAL, port, timeout=0):
+            pass
