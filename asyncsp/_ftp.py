@@ -11,11 +11,11 @@ closes the session (its state is then unknown).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from ._credentials import credential_digest
 from ._endpoint import normalise_host
 from ._errors import (
     FtpArgumentError,
@@ -253,7 +253,7 @@ class FtpClient:
         finally:
             self._busy = False
 
-    async def _release(self, reuse_key: tuple[str, ...], *, healthy: bool) -> None:
+    async def _release(self, reuse_key: tuple[object, ...], *, healthy: bool) -> None:
         """Give the session back: home directory restored and pooled, or closed."""
         session, self._session = self._session, None
         if session is None:
@@ -324,9 +324,8 @@ async def open_ftp(
             endpoint=address,
         )
     sp = manager.find_service_point(address)
-    # The password enters the key only as a digest, so no pool structure holds it.
-    digest = hashlib.sha256(password.encode("utf-8", "surrogateescape")).hexdigest()
-    reuse_key = ("ftp", security, username, digest)
+    # The password enters the key only as a keyed digest, so no pool structure reveals it.
+    reuse_key = ("ftp", security, username, credential_digest(password))
     conn = await sp.obtain(reuse_key=reuse_key, tls=security == "tls", timeout=step_timeout)
     if isinstance(conn, Stream):
         session = FtpSession(conn, security)

@@ -20,9 +20,10 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from ._credentials import credential_digest
 from ._endpoint import normalise_host
 from ._errors import SmtpArgumentError, SmtpError
-from ._smtp_connection import DEFAULT_STEP_TIMEOUT, SmtpConnection, credential_digest
+from ._smtp_connection import DEFAULT_STEP_TIMEOUT, SmtpConnection
 from ._smtp_protocol import (
     Command,
     SendResult,

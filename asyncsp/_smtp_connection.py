@@ -13,13 +13,11 @@ import asyncio
 import base64
 import builtins
 import contextlib
-import hashlib
-import hmac
 import logging
-import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from ._credentials import credential_digest
 from ._errors import (
     ConnectionClosedError,
     SmtpArgumentError,
@@ -47,7 +45,7 @@ if TYPE_CHECKING:
     from ._servicepoint import ServicePoint
     from ._streams import Stream
 
-__all__ = ["DEFAULT_STEP_TIMEOUT", "SmtpConnection", "credential_digest"]
+__all__ = ["DEFAULT_STEP_TIMEOUT", "SmtpConnection"]
 
 _log = logging.getLogger("asyncsp.smtp")
 
@@ -66,8 +64,6 @@ QUIT_TIMEOUT = 2.0
 READ_CHUNK = 64 * 1024
 DRAIN_AFTER = 64 * 1024
 """Writes at least this big wait for the transport's buffer to drain (flow control)."""
-_KEY_SALT = os.urandom(16)
-"""Pool keys hold an HMAC of the password under this per-process key, never the password."""
 
 
 class SmtpConnection:
@@ -472,10 +468,3 @@ def _awaited(command: Command) -> str:
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode("utf-8")).decode("ascii")
-
-
-def credential_digest(secret: str | None) -> bytes | None:
-    """A keyed hash of *secret* for pool keys: equal secrets match, the secret never shows."""
-    if secret is None:
-        return None
-    return hmac.new(_KEY_SALT, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()

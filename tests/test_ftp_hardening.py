@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -200,3 +201,25 @@ async def test_no_timeout_means_the_default_step_limit(monkeypatch: pytest.Monke
     with pytest.raises(ValueError, match="timeout"):
         async with ConnectionManager() as mgr, mgr.ftp(LOCAL, port, timeout=0):
             pass
+
+
+# -- pool keys --------------------------------------------------------------------------------
+
+
+async def test_pool_keys_hold_a_keyed_digest_of_the_password() -> None:
+    password = "me@example.org"  # an anonymous password: the one kind "none" may carry
+    async with scripted(anonymous_login) as (server, port), ConnectionManager() as mgr:
+        sp = mgr.find_service_point(f"ftp://{LOCAL}:{port}")
+        for _ in range(2):  # the second session is the pooled first one
+            async with mgr.ftp(LOCAL, port, security="none", password=password):
+                pass
+        assert sp.stats.connections_opened == 1
+        keys = [idle.key for idle in sp._pool._idle]
+        assert len(keys) == 1
+        plain = hashlib.sha256(password.encode())
+        shown = repr(keys)
+        assert password not in shown and plain.hexdigest() not in shown
+        assert plain.digest() not in keys[0] and plain.hexdigest() not in keys[0]
+        async with mgr.ftp(LOCAL, port, security="none", password="other@example.org"):
+            assert sp.stats.connections_opened == 2  # another password: another session
+    assert len(server.peers) == 2
