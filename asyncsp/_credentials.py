@@ -18,9 +18,12 @@ _KEY_SALT = os.urandom(16)
 """The per-process HMAC key: digests never compare across processes, nor reveal anything."""
 
 
-def credential_digest(secret: str | None) -> bytes | None:
-    """A keyed hash of *secret* for pool keys: equal secrets match, the secret never shows."""
-    if secret is None:
-        return None
+def credential_digest(secret: str | None) -> bytes:
+    """A keyed hash of *secret* for pool keys: equal secrets match, the secret never shows.
+
+    ``None`` is the empty secret: a login without a password sends exactly what a login
+    with ``""`` sends, so both must file and find sessions under one key.
+    """
     # surrogatepass encodes every str, lone surrogates included, one to one.
-    return hmac.new(_KEY_SALT, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+    data = (secret or "").encode("utf-8", "surrogatepass")
+    return hmac.new(_KEY_SALT, data, hashlib.sha256).digest()

@@ -153,14 +153,14 @@ class MailServer:
     box: Mailbox
 
 
-def authenticate(box: Mailbox) -> Callable[..., AuthResult]:
+def authenticate(box: Mailbox, password: str = PASSWORD) -> Callable[..., AuthResult]:
     def check(
         server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
     ) -> AuthResult:
         box.auths.append(mechanism)
         ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
             USER.encode(),
-            PASSWORD.encode(),
+            password.encode(),
         )
         return AuthResult(success=ok, handled=False)
 
@@ -174,6 +174,7 @@ def mail_server(
     implicit: bool = False,
     pipelining: bool = True,
     exclude: tuple[str, ...] = (),
+    password: str = PASSWORD,
 ) -> Iterator[MailServer]:
     box = Mailbox()
     kwargs: dict[str, Any] = {}
@@ -191,7 +192,7 @@ def mail_server(
         Handler(box, pipelining=pipelining),
         hostname=LOCAL,
         port=port,
-        authenticator=authenticate(box),
+        authenticator=authenticate(box, password),
         auth_exclude_mechanism=list(exclude),
         **kwargs,
     )
@@ -410,6 +411,19 @@ async def test_sessions_are_reused_per_credentials(
     assert len(starttls_server.box.messages) == 3 and starttls_server.box.auths == ["PLAIN"]
     starttls_server.box.quit_seen.wait(5)
     assert starttls_server.box.quits >= 1  # pooled sessions say goodbye when the manager closes
+
+
+async def test_a_login_without_password_finds_its_pooled_session(
+    server_cert: trustme.LeafCert, policy: TlsPolicy
+) -> None:
+    with mail_server(server_cert, password="") as server:
+        async with ConnectionManager(policy=policy) as mgr:
+            for password in (None, None, ""):  # no password and the empty one are the same login
+                async with mgr.smtp(LOCAL, server.port, username=USER, password=password) as c:
+                    await c.noop()
+            sp = mgr.find_service_point(f"smtp://{LOCAL}:{server.port}")
+            assert sp.stats.connections_opened == 1 and server.box.connections == 1
+    assert server.box.auths == ["PLAIN"]
 
 
 async def test_policy_change_retires_pooled_session(
