@@ -11,11 +11,13 @@ the next `ConnectionManager.smtp` to the same endpoint with the same credentials
 from __future__ import annotations
 
 import copy
+import email.errors
 import email.generator
 import email.message
 import email.policy
 import email.utils
 import io
+import re
 import types
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
@@ -307,8 +309,9 @@ def serialise_message(msg: email.message.Message, *, utf8: bool) -> bytes:
 
     The check guards against CVE-2024-6923: the standard library's generator can turn an
     encoded word holding a line break into a raw one, which would put a header line (or
-    the end of the headers) on the wire that the message never had. The serialised header
-    block must hold exactly the message's fields, in order, or nothing is sent.
+    the end of a header block) on the wire that the message never had. Every header of
+    every part (MIME sub-parts and attached messages included) must serialise as exactly one
+    field of its own name, or nothing is sent.
     """
     msg = copy.copy(msg)
     for name in ("Bcc", "Resent-Bcc"):
@@ -317,21 +320,37 @@ def serialise_message(msg: email.message.Message, *, utf8: bool) -> bytes:
     if utf8 and isinstance(policy, email.policy.EmailPolicy):
         policy = policy.clone(utf8=True)
     buffer = io.BytesIO()
-    email.generator.BytesGenerator(buffer, policy=policy).flatten(msg, unixfrom=False)
-    data = buffer.getvalue()
-    # Judge the lines as the server will see them: with every lone CR and LF a line end.
-    head = normalise_line_ends(data).split(b"\r\n\r\n", 1)[0] if len(msg) else b""
-    fields = [
-        line.split(b":", 1)[0].strip().lower()
-        for line in head.split(b"\r\n")
-        if line and line[:1] not in (b" ", b"\t")
-    ]
-    expected = [name.lower().encode("utf-8", "surrogateescape") for name in msg]
-    if fields != expected:
-        culprit = next((n for n, f in zip(expected, fields, strict=False) if n != f), expected[-1:])
+    try:
+        email.generator.BytesGenerator(buffer, policy=policy).flatten(msg, unixfrom=False)
+    except email.errors.MessageError as exc:  # compat32 refusing an embedded header, and such
         raise SmtpArgumentError(
-            f"a header of the message (near {culprit!r}) would be sent as a different header "
-            "or break the header block (a line break in an encoded word? CVE-2024-6923); "
-            "refused before anything was sent"
-        )
-    return data
+            f"the message cannot be serialised safely ({exc}); refused before anything was sent"
+        ) from exc
+    # After flattening: the generator may have added headers (a boundary) on its way.
+    for part in msg.walk():
+        for name, value in part.raw_items():
+            _check_field(name, policy.fold_binary(name, value))
+    return buffer.getvalue()
+
+
+_FIELD_NAME = re.compile(rb"[!-9;-~]+")
+"""RFC 5322 §3.6.8: a field name is printable ASCII without the colon."""
+
+
+def _check_field(name: str, folded: bytes) -> None:
+    """Refuse a header whose wire form is not one field named *name* (CVE-2024-6923)."""
+    raw_name = name.encode("utf-8", "surrogateescape")
+    # Judge the lines as the server will see them: with every lone CR and LF a line end.
+    first, *continued, last = normalise_line_ends(folded).split(b"\r\n")
+    if (
+        _FIELD_NAME.fullmatch(raw_name)
+        and first[: len(raw_name) + 1].lower() == raw_name.lower() + b":"
+        and all(line[:1] in (b" ", b"\t") for line in continued)
+        and last == b""
+    ):
+        return
+    raise SmtpArgumentError(
+        f"the message's header {name!r} would be sent as a different header or break its "
+        "header block (a line break in an encoded word? CVE-2024-6923); refused before "
+        "anything was sent"
+    )

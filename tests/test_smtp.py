@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import email.message
 import logging
 import socket
 import ssl
@@ -32,6 +33,7 @@ from asyncsp import (
     TlsPolicy,
 )
 from asyncsp._errors import SmtpArgumentError
+from asyncsp._smtp import serialise_message
 
 from .servers import fd_baseline
 
@@ -516,16 +518,57 @@ async def test_eight_bit_and_utf8(starttls_server: MailServer, policy: TlsPolicy
     assert "Subject: Grüße\r\n".encode() in content
 
 
+def injected_in_a_part() -> EmailMessage:
+    msg = message(Subject="hi")
+    msg.add_attachment(b"data", maintype="application", subtype="octet-stream", filename="x.bin")
+    part = msg.get_payload()[1]
+    part["X-Note"] = "=?utf-8?q?note=0A=0DContent-Type:=20text/html?="
+    return msg
+
+
+def injected_in_an_attached_message() -> EmailMessage:
+    inner = message(Subject="=?utf-8?q?x=0D=0ABcc:=20evil@example.org?=")
+    msg = message(Subject="fwd")
+    msg.add_attachment(inner)
+    return msg
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: message(Subject="=?utf-8?q?hello=0A=0DBcc:=20evil@example.org?="),
+        injected_in_a_part,
+        injected_in_an_attached_message,
+    ],
+    ids=["top-level", "mime-part", "attached-message"],
+)
 async def test_header_injection_through_an_encoded_word_is_refused(
-    starttls_server: MailServer, policy: TlsPolicy
+    starttls_server: MailServer, policy: TlsPolicy, make: Callable[[], EmailMessage]
 ) -> None:
-    msg = message(Subject="=?utf-8?q?hello=0A=0DBcc:=20evil@example.org?=")
+    msg = make()
     async with ConnectionManager(policy=policy) as mgr:
         async with mgr.smtp(LOCAL, starttls_server.port, timeout=5) as client:
             with pytest.raises(SmtpArgumentError, match="CVE-2024-6923"):
                 await client.send_message(msg)
             assert (await client.noop()).code == 250
     assert starttls_server.box.messages == []
+
+
+def test_unsafe_headers_of_legacy_messages_are_refused() -> None:
+    legacy = email.message.Message()  # the compat32 policy
+    legacy["From"] = "a@example.org"
+    legacy["Subject"] = "hello\n folded"
+    legacy.set_payload("x")
+    assert serialise_message(legacy, utf8=False).startswith(
+        b"From: a@example.org\r\nSubject: hello\r\n folded\r\n\r\n"
+    )
+    legacy.replace_header("Subject", "hello\nBcc: evil@example.org")
+    with pytest.raises(SmtpArgumentError, match="refused before anything was sent"):
+        serialise_message(legacy, utf8=False)
+    del legacy["Subject"]
+    legacy["X-A:B"] = "a colon in a name makes it another field"
+    with pytest.raises(SmtpArgumentError, match="X-A:B"):
+        serialise_message(legacy, utf8=False)
 
 
 async def test_connection_limit_bounds_concurrent_sessions(
