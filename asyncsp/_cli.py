@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, NoReturn
 import anyio
 
 from ._errors import AsyncspError, InsecurePolicyWarning, PolicyError
+from ._output import printable
 from ._policy import TlsPolicy
 from ._protocols import SecurityProtocol
 
@@ -209,9 +210,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, code: int, debug: bool = False) -> int:
+    """Print *message* as one line on stderr (after the traceback with ``--debug``).
+
+    Messages quote what peers sent: control characters are shown as escapes, never
+    passed to the terminal.
+    """
     if debug:
-        traceback.print_exc(file=sys.stderr)
-    print(" ".join(message.split()), file=sys.stderr, flush=True)
+        print(printable(traceback.format_exc(), keep="\t\n"), end="", file=sys.stderr)
+    print(" ".join(printable(message, keep="\t\n").split()), file=sys.stderr, flush=True)
     return code
 
 
@@ -326,7 +332,7 @@ async def _get(args: argparse.Namespace) -> int:
             status, reason, tls = resp.status, resp.reason, resp.tls
             size = await _save_body(resp, args.output)
     for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)
+        print(printable(f"warning: {warning.message}"), file=sys.stderr)
     out.line(f"{status} {reason or ''}".rstrip(), "ok" if status < 400 else "warn")
     if tls is not None:
         out.line(

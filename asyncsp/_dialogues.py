@@ -26,7 +26,14 @@ from ._smtp_protocol import Command, SmtpReply, SmtpSession
 from ._streams import Stream
 from ._tls import TlsInfo
 
-__all__ = ["SmtpTranscript", "ehlo_name", "ftp_auth_tls", "smtp_starttls", "upgrade"]
+__all__ = [
+    "SmtpTranscript",
+    "ehlo_name",
+    "ftp_auth_tls",
+    "protocol_address",
+    "smtp_starttls",
+    "upgrade",
+]
 
 READ_SIZE = 4096
 """Bytes read at a time from the control connection."""
@@ -75,7 +82,8 @@ async def smtp_starttls(
     `StartTlsUnavailableError` when the server does not offer STARTTLS or refuses it,
     `SmtpProtocolError` when it sends anything between its ``220`` and the handshake.
     """
-    session = SmtpSession(stream.endpoint)
+    endpoint = protocol_address(stream, "smtps" if implicit else "smtp")
+    session = SmtpSession(endpoint)
     name = name or ehlo_name(stream)
     transcript.greeting = await _smtp_expect(stream, session)
     if implicit:
@@ -88,23 +96,21 @@ async def smtp_starttls(
     transcript.before = dict(session.extensions)
     if "STARTTLS" not in session.extensions:
         raise StartTlsUnavailableError(
-            f"{stream.endpoint} does not offer STARTTLS: mail to it would cross in clear",
-            endpoint=stream.endpoint,
+            f"{endpoint} does not offer STARTTLS: mail to it would cross in clear",
+            endpoint=endpoint,
         )
     await _send(stream, session.command(Command.STARTTLS))
     transcript.starttls = reply = await _smtp_reply(stream, session)
     if reply.code != 220:
-        raise StartTlsUnavailableError(
-            f"{stream.endpoint} refused STARTTLS: {reply}", endpoint=stream.endpoint
-        )
+        raise StartTlsUnavailableError(f"{endpoint} refused STARTTLS: {reply}", endpoint=endpoint)
     if session.buffered:
         # RFC 3207 §4.2: anything sent after the 220 and before the handshake would be read
         # as if it came over TLS (response injection, CVE-2011-0411).
         stream.mark_broken()
         raise SmtpProtocolError(
-            f"{stream.endpoint} sent {session.buffered} byte(s) after its 220 to STARTTLS and "
+            f"{endpoint} sent {session.buffered} byte(s) after its 220 to STARTTLS and "
             "before the TLS handshake (possible injection)",
-            endpoint=stream.endpoint,
+            endpoint=endpoint,
         )
     transcript.tls = await stream.start_tls(server_hostname=host)
     session.tls_started()
@@ -116,36 +122,41 @@ async def smtp_starttls(
 
 async def ftp_auth_tls(stream: Stream, host: str) -> TlsInfo:
     """Greeting, ``AUTH TLS`` and the handshake, then ``QUIT`` over TLS."""
+    endpoint = protocol_address(stream, "ftp")
     parser = FtpReplyParser()
-    greeting = await _ftp_reply(stream, parser)
+    greeting = await _ftp_reply(stream, parser, endpoint)
     for _ in range(MAX_PRELIMINARY_REPLIES):
         if greeting.kind != 1:
             break
-        greeting = await _ftp_reply(stream, parser)
+        greeting = await _ftp_reply(stream, parser, endpoint)
     if greeting.kind != 2:
         raise StartTlsUnavailableError(
-            f"{stream.endpoint} greeted with {greeting.code} {greeting.message}",
-            endpoint=stream.endpoint,
+            f"{endpoint} greeted with {greeting.code} {greeting.message}", endpoint=endpoint
         )
     await _send(stream, encode_ftp_command("AUTH", "TLS"))
-    reply = await _ftp_reply(stream, parser)
+    reply = await _ftp_reply(stream, parser, endpoint)
     if reply.code != FTP_AUTH_OK:
         raise StartTlsUnavailableError(
-            f"{stream.endpoint} refused AUTH TLS: {reply.code} {reply.message}",
-            endpoint=stream.endpoint,
+            f"{endpoint} refused AUTH TLS: {reply.code} {reply.message}", endpoint=endpoint
         )
     if parser.buffered or parser.waiting:
         stream.mark_broken()  # RFC 4217 §6: nothing may come between 234 and the handshake
         raise FtpProtocolError(
-            f"{stream.endpoint} sent bytes after its 234 to AUTH TLS and before the TLS "
+            f"{endpoint} sent bytes after its 234 to AUTH TLS and before the TLS "
             "handshake (possible injection)",
-            endpoint=stream.endpoint,
+            endpoint=endpoint,
         )
     info = await stream.start_tls(server_hostname=host)
     with contextlib.suppress(AsyncspError):
         await _send(stream, encode_ftp_command("QUIT"))
-        await _ftp_reply(stream, parser)
+        await _ftp_reply(stream, parser, endpoint)
     return info
+
+
+def protocol_address(stream: Stream, scheme: str) -> str:
+    """How errors name the server: by the protocol spoken (``smtp://h:25``), not the raw
+    ``tcp://`` service point the dialogue's stream belongs to."""
+    return f"{scheme}://{stream.service_point.endpoint.netloc}"
 
 
 def ehlo_name(stream: Stream) -> str:
@@ -172,15 +183,15 @@ async def _smtp_ehlo(stream: Stream, session: SmtpSession, name: str) -> None:
     reply = await _smtp_reply(stream, session)
     if reply.code >= 400:
         raise StartTlsUnavailableError(
-            f"{stream.endpoint} refused EHLO ({reply}); without ESMTP there is no STARTTLS",
-            endpoint=stream.endpoint,
+            f"{session.endpoint} refused EHLO ({reply}); without ESMTP there is no STARTTLS",
+            endpoint=session.endpoint,
         )
 
 
 async def _smtp_expect(stream: Stream, session: SmtpSession) -> SmtpReply:
     reply = await _smtp_reply(stream, session)
     if reply.code >= 400:
-        raise SmtpReplyError(reply.code, reply.message, endpoint=stream.endpoint)
+        raise SmtpReplyError(reply.code, reply.message, endpoint=session.endpoint)
     return reply
 
 
@@ -192,7 +203,8 @@ async def _smtp_reply(stream: Stream, session: SmtpSession) -> SmtpReply:
         data = await stream.read(READ_SIZE)
         if not data:
             raise SmtpProtocolError(
-                f"{stream.endpoint} closed the connection mid-dialogue", endpoint=stream.endpoint
+                f"{session.endpoint} closed the connection mid-dialogue",
+                endpoint=session.endpoint,
             )
         session.receive(data)
 
@@ -206,7 +218,7 @@ async def _smtp_quit(stream: Stream, session: SmtpSession) -> None:
 # -- FTP ---------------------------------------------------------------------------------------
 
 
-async def _ftp_reply(stream: Stream, parser: FtpReplyParser) -> FtpReply:
+async def _ftp_reply(stream: Stream, parser: FtpReplyParser, endpoint: str) -> FtpReply:
     while True:
         reply = parser.next_reply()
         if reply is not None:
@@ -214,12 +226,12 @@ async def _ftp_reply(stream: Stream, parser: FtpReplyParser) -> FtpReply:
         data = await stream.read(READ_SIZE)
         if not data:
             raise FtpProtocolError(
-                f"{stream.endpoint} closed the connection mid-dialogue", endpoint=stream.endpoint
+                f"{endpoint} closed the connection mid-dialogue", endpoint=endpoint
             )
         try:
             parser.feed(data)
         except FtpProtocolError as exc:
-            raise FtpProtocolError(f"{stream.endpoint}: {exc}", endpoint=stream.endpoint) from exc
+            raise FtpProtocolError(f"{endpoint}: {exc}", endpoint=endpoint) from exc
 
 
 async def _send(stream: Stream, line: bytes) -> None:

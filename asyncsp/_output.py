@@ -7,20 +7,42 @@ so piped output (and the tests) need nothing beyond the standard library here.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
-__all__ = ["Output", "progress"]
+__all__ = ["Output", "printable", "progress"]
 
 _STYLES = {"ok": "green", "bad": "bold red", "warn": "yellow", "dim": "dim", "head": "bold"}
 _PLAIN_MARKS = {"bad": "! "}
 """Without colour, a finding still stands out."""
 
 
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+"""C0 and C1 controls, DEL and the bidirectional overrides: what a peer could use to move the
+cursor, retitle or clear a terminal (ESC sequences; 0x9b is a one-byte CSI) or reorder text."""
+
+
+def printable(text: str, *, keep: str = "") -> str:
+    """*text* with every control character but those in *keep* shown as an escape (``\\x1b``).
+
+    Whatever a peer sent (replies, certificate names, error messages quoting either) goes
+    through this before it reaches a terminal.
+    """
+    return _UNSAFE.sub(lambda m: m[0] if m[0] in keep else _escape(m[0]), text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 class Output:
     """Lines, headings and tables for one stream, styled only when it is a terminal.
 
     Text is never parsed as rich markup: host names such as ``[::1]`` print as they are.
+    Control characters are shown as escapes (`printable`): tabs and line breaks stay in a
+    line, nothing stays in a table cell.
     """
 
     def __init__(self, stream: TextIO, *, styled: bool | None = None) -> None:
@@ -34,6 +56,7 @@ class Output:
 
     def line(self, text: str = "", style: str | None = None) -> None:
         """Print one line; *style* is ``ok``, ``bad``, ``warn``, ``dim`` or ``head``."""
+        text = printable(text, keep="\t\n")
         if self._console is not None:
             from rich.text import Text
 
@@ -50,6 +73,8 @@ class Output:
         styles: Sequence[str | None] | None = None,
     ) -> None:
         """Print a table; *styles* gives one optional style per row."""
+        rows = [[printable(cell) for cell in row] for row in rows]
+        title = None if title is None else printable(title)
         if self._console is not None:
             from rich.table import Table
             from rich.text import Text

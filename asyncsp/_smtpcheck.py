@@ -6,7 +6,7 @@ import urllib.parse
 from typing import TextIO
 
 from ._certinfo import certificate_findings, describe_certificate
-from ._dialogues import SmtpTranscript, smtp_starttls
+from ._dialogues import SmtpTranscript, protocol_address, smtp_starttls
 from ._errors import CertificateVerificationError, StartTlsUnavailableError, TlsError
 from ._manager import ConnectionManager
 from ._output import Output
@@ -63,7 +63,7 @@ async def run_smtp_check(
             except TlsError as exc:
                 findings.append(f"TLS failed: {explain(exc)}")
             certificate = stream.service_point.certificate
-        address = f"{'smtps' if implicit else 'smtp'}://{stream.service_point.endpoint.netloc}"
+        address = protocol_address(stream, "smtps" if implicit else "smtp")
     _report(out, address, transcript, implicit)
     auth_before = (transcript.before or {}).get("AUTH")
     if auth_before is not None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -361,6 +362,75 @@ def test_probe_smtp_starttls(server_cert: trustme.LeafCert, cafile: str) -> None
     assert report["versions"]["TLSv1.3"]["accepted"] is True
     assert report["findings"] == []
     assert result.returncode == 0
+
+
+# -- what peers send never drives the terminal ---------------------------------------------
+
+ESCAPES = "\x1b]0;owned-title\x07\x1b[2J\x1b[31m\x9b\u202e"
+
+
+@contextlib.asynccontextmanager
+async def hostile_smtp(*replies: bytes) -> AsyncIterator[int]:
+    """A plain SMTP server that answers each line with the next of *replies*."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            writer.write(replies[0])
+            for reply in replies[1:]:
+                if not await reader.readline():
+                    break
+                writer.write(reply)
+            await reader.read()  # until the client goes
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def assert_no_controls(text: str) -> None:
+    assert not any(c in text for c in "\x1b\x07\x9b\u202e"), repr(text)
+    assert "\\x1b]0;owned-title\\x07\\x1b[2J" in text  # shown, as escapes
+
+
+async def test_smtp_check_error_shows_control_characters_as_escapes() -> None:
+    async with hostile_smtp(f"554 {ESCAPES}go away\r\n".encode()) as port:
+        result = await arun("smtp-check", f"127.0.0.1:{port}", "--timeout", "5")
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"asyncsp smtp-check: SMTP reply 554 from smtp://127.0.0.1:{port}"
+    )
+    assert len(result.stderr.splitlines()) == 1
+    assert_no_controls(result.stderr)
+
+
+async def test_smtp_check_report_shows_control_characters_as_escapes() -> None:
+    greeting = f"220 mx {ESCAPES}\r\n".encode()
+    ehlo = f"250-mx\r\n250 X-NOTE {ESCAPES}\r\n".encode()
+    async with hostile_smtp(greeting, ehlo, b"221 bye\r\n") as port:
+        result = await arun("smtp-check", f"127.0.0.1:{port}", "--timeout", "5")
+    assert result.returncode == 1  # no STARTTLS: a finding
+    assert f"smtp://127.0.0.1:{port} does not offer STARTTLS" in result.stdout
+    assert_no_controls(result.stdout)
+    assert result.stdout.count("owned-title") == 2  # the greeting and the EHLO keyword
+
+
+@pytest.mark.parametrize("styled", [False, True])
+def test_output_shows_control_characters_as_escapes(styled: bool) -> None:
+    from asyncsp._output import Output
+
+    stream = io.StringIO()
+    out = Output(stream, styled=styled)
+    out.line(f"a\tb\nc {ESCAPES}", "bad")
+    out.field("greeting", f"220 {ESCAPES}")
+    out.table(["name"], [[f"x\ny{ESCAPES}"]], title=f"t{ESCAPES}")
+    text = stream.getvalue()
+    assert_no_controls(text)
+    assert "b\nc " in text  # line breaks stay in a line
+    assert "x\\x0ay" in text  # but not in a table cell
 
 
 # -- demo ----------------------------------------------------------------------------------
