@@ -189,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             EXIT_USAGE,
         )
     try:
+        _check_environment()
+    except ValueError as exc:  # InvalidSecurityProtocolError, PolicyError: naming the variable
+        return _fail(f"{name}: error: {exc}", EXIT_USAGE, debug)
+    try:
         return asyncio.run(_COMMANDS[args.command](args))
     except UsageError as exc:
         return _fail(f"{name}: error: {exc}", EXIT_USAGE, debug)
@@ -207,6 +211,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             EXIT_FINDING,
             debug,
         )
+
+
+def _check_environment() -> None:
+    """Read the ``ASYNCSP_*`` variables now, so every command refuses a bad value alike.
+
+    `asyncsp.defaults` reads them on first use; without this a command that never needs
+    them would run, and one that does would fail halfway.
+    """
+    from ._defaults import defaults
+
+    defaults.policy  # noqa: B018 (the read is the check)
 
 
 def _fail(message: str, code: int, debug: bool = False) -> int:

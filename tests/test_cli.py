@@ -34,14 +34,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m asyncsp ARGS`` with piped output (so no colours and no progress bar)."""
     return subprocess.run(
         [sys.executable, "-m", "asyncsp", *args],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
-        env=_env(),
+        env={**_env(), **(env or {})},
         cwd=ROOT,
         check=False,
     )
@@ -229,6 +229,41 @@ def test_help_everywhere(command: list[str]) -> None:
     result = run(*command, "--help")
     assert result.returncode == 0
     assert result.stdout.startswith("usage: asyncsp")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("ASYNCSP_SECURITY_PROTOCOL", "Tls14"),
+        ("ASYNCSP_STRONG_CRYPTO", "maybe"),
+        ("ASYNCSP_SECURITY_PROTOCOL", "Tls11"),  # legacy without the opt-out
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["demo"],
+        ["probe", "localhost:1", "--protocol", "Tls12"],
+        ["get", "https://localhost:1/"],
+        ["smtp-check", "localhost:1"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_a_bad_environment_is_a_usage_error(command: list[str], variable: str, value: str) -> None:
+    result = run(*command, env={variable: value})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"asyncsp {command[0]}: error: {variable}={value!r}")
+    assert "--protocol:" not in lines[0]  # the variable is at fault, not the option
+
+
+def test_help_works_in_a_bad_environment() -> None:
+    # Help reads no setting, and is where a user looks for how to fix one.
+    result = run("probe", "--help", env={"ASYNCSP_SECURITY_PROTOCOL": "Tls14"})
+    assert result.returncode == 0 and result.stdout.startswith("usage: asyncsp probe")
+    assert "ASYNCSP_SECURITY_PROTOCOL" in result.stdout and result.stderr == ""
 
 
 def test_missing_cli_extra_is_one_clear_line() -> None:
