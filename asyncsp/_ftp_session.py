@@ -198,7 +198,7 @@ class FtpSession:
             raise StartTlsUnavailableError(
                 f"{self.endpoint} refused AUTH TLS ({reply.code} {reply.message.strip()}); "
                 "nothing was sent in clear. Use security='tls' for an implicit-TLS server, or "
-                "security='none' only where plain text is acceptable",
+                "security='none' (anonymous login only) where plain text is acceptable",
                 endpoint=self.endpoint,
             )
         if self.parser.buffered or self.parser.waiting or self.stream.buffered:
