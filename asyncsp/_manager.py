@@ -363,7 +363,8 @@ class ConnectionManager:
         """``async with mgr.ftp(host) as client:`` a pooled FTPS session (see `FtpClient`).
 
         *security* is ``"starttls"`` (explicit ``AUTH TLS``; the default on every port but
-        990), ``"tls"`` (implicit; the default for 990) or ``"none"``.
+        990), ``"tls"`` (implicit; the default for 990) or ``"none"`` (anonymous login only:
+        credentials never cross in clear). *timeout* bounds every step (``None``: 300 s each).
         """
         from ._ftp import open_ftp
 
