@@ -1,0 +1,410 @@
+"""HTTP under faults: each request ends in success or a named asyncsp error within its timeout,
+never a hang, never a leaked socket. Misbehaving peers are scripted raw servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+
+import pytest
+import trustme
+
+from asyncsp import (
+    AsyncspError,
+    CertificateVerificationError,
+    ConnectError,
+    ConnectionManager,
+    HttpError,
+    ManagerClosedError,
+    Response,
+    SecurityProtocol,
+    TimeoutError,
+    TlsError,
+    TlsPolicy,
+)
+from asyncsp._http_pool import HttpEndpoint
+
+from ..servers import fd_baseline, server_context, wait_until
+from ._peers import RawServer, WebApp, read_request, reset, truncate_tls
+
+pytestmark = pytest.mark.stress
+
+Trusted = Callable[..., TlsPolicy]
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
+TRICKLE_INTERVAL = 0.3
+TRICKLE_BYTES = 100  # 30 s of trickling: far past any timeout below
+TIMEOUT = 1.0
+PROMPTLY = 10.0
+"""An upper bound no correct run comes near: the failure it guards against is a hang."""
+
+
+def endpoint_of(mgr: ConnectionManager, url: str) -> HttpEndpoint:
+    state = mgr.find_service_point(url).layer_state["http"]
+    assert isinstance(state, HttpEndpoint)
+    return state
+
+
+async def settled(mgr: ConnectionManager, url: str) -> None:
+    """Wait (bounded) until the endpoint holds no request slot, no orphan and no socket."""
+    endpoint = endpoint_of(mgr, url)
+    sp = endpoint.sp
+    await wait_until(
+        lambda: endpoint.held == 0 and endpoint.orphans == 0 and sp.current_connections == 0
+    )
+
+
+# -- resets, idle closes, truncation, trickles -------------------------------------------------
+
+
+async def test_resets_mid_body_under_load_fail_only_their_own_requests() -> None:
+    """Every third response on a connection is cut by a reset halfway through its body."""
+    size = 10_000
+    resets = 0
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        nonlocal resets
+        for served in range(1, 1_000):
+            await read_request(reader)
+            if served % 3 == 0:
+                writer.write(OK_HEAD % size + b"x" * (size // 2))
+                await writer.drain()
+                resets += 1
+                reset(writer)
+                return
+            writer.write(OK_HEAD % size + b"x" * size)
+            await writer.drain()
+
+    with fd_baseline():
+        async with RawServer(script) as server, ConnectionManager() as mgr:
+            mgr.find_service_point(server.url()).connection_limit = 10
+
+            async def get() -> Response | BaseException:
+                try:
+                    response = await mgr.get(server.url(), timeout=PROMPTLY)
+                except AsyncspError as exc:
+                    return exc
+                assert await response.read() == b"x" * size  # never a truncated success
+                return response
+
+            results = await asyncio.gather(*(get() for _ in range(300)))
+            failures = [r for r in results if not isinstance(r, Response)]
+            assert all(isinstance(f, HttpError) for f in failures), failures[:3]
+            assert len(failures) == resets > 0  # a body cut short is never retried
+            assert server.sockets.peak <= 10
+            await settled(mgr, server.url())
+            await server.sockets.wait_closed()
+
+
+def idle_closing(*, when_asked: bool) -> tuple[RawServer, list[str]]:
+    """A server that closes its first connection while idle, after one response.
+
+    *when_asked*: it reads the next request first and closes without answering (the close
+    crossed the request on the wire); otherwise it closes once idle, before any request.
+    Later connections answer every request. The methods it saw are returned in a list.
+    """
+    methods: list[str] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            head = await read_request(reader)
+            methods.append(head.split(b" ", 1)[0].decode())
+            if n == 0 and len(methods) > 1:
+                return  # the close crossed this request: it gets no answer
+            writer.write(OK_HEAD % 2 + (b"" if methods[-1] == "HEAD" else b"ok"))
+            await writer.drain()
+            if n == 0 and not when_asked:
+                return  # closed while idle, between requests
+
+    return RawServer(script), methods
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE", "OPTIONS"])
+async def test_idle_close_crossing_an_idempotent_request_is_retried_once(method: str) -> None:
+    server, methods = idle_closing(when_asked=True)
+    with fd_baseline():
+        async with server, ConnectionManager() as mgr:
+            assert (await mgr.get(server.url())).status == 200
+            response = await mgr.request(method, server.url()).__aenter__()
+            assert response.status == 200
+            response.release()
+            assert methods == ["GET", method, method]  # once more, on a new connection
+            assert server.connections == 2
+            await mgr.aclose()
+            await settled(mgr, server.url())
+
+
+async def test_idle_close_crossing_a_post_is_never_resent() -> None:
+    server, methods = idle_closing(when_asked=True)
+    async with server, ConnectionManager() as mgr:
+        assert (await mgr.post(server.url(), data=b"one")).status == 200
+        with pytest.raises(HttpError, match="closed the connection"):
+            await mgr.post(server.url(), data=b"two")
+        assert methods == ["POST", "POST"]
+        assert (await mgr.post(server.url(), data=b"three")).status == 200
+        assert methods == ["POST", "POST", "POST"] and server.connections == 2
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_idle_close_seen_before_the_next_request_costs_nothing(method: str) -> None:
+    """A close the client has read is never a failure: the request takes a new connection."""
+    server, methods = idle_closing(when_asked=False)
+    async with server, ConnectionManager() as mgr:
+        sp = mgr.find_service_point(server.url())
+        assert (await mgr.request(method, server.url()).__aenter__()).status == 200
+        await wait_until(lambda: sp.current_connections == 0)  # the client saw the FIN
+        for _ in range(3):
+            assert (await mgr.request(method, server.url()).__aenter__()).status == 200
+        assert methods == [method] * 4  # nothing sent twice
+        assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("response", "complete"),
+    [
+        (OK_HEAD % 5000 + b"y" * 1000, False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + b"y" * 1000, False),
+        (OK_HEAD % 1000 + b"y" * 1000, True),  # RFC 9112 §9.8: complete by its length
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n"
+            + b"y" * 1000
+            + b"\r\n0\r\n\r\n",
+            True,
+        ),
+    ],
+    ids=["length-short", "chunked-short", "length-complete", "chunked-complete"],
+)
+async def test_tls_truncated_without_close_notify(
+    server_cert: trustme.LeafCert, trusted: Trusted, response: bytes, complete: bool
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        writer.write(response)
+        await writer.drain()
+        await truncate_tls(reader, writer)
+
+    with fd_baseline():
+        async with RawServer(script, server_context(server_cert)) as server:
+            async with ConnectionManager(policy=trusted()) as mgr:
+                for _ in range(2):  # whole, and streamed
+                    if complete:
+                        assert await (await mgr.get(server.url(), timeout=PROMPTLY)).read() == (
+                            b"y" * 1000
+                        )
+                        async with mgr.request("GET", server.url(), timeout=PROMPTLY) as streamed:
+                            assert await streamed.content.read() == b"y" * 1000
+                        continue
+                    with pytest.raises(HttpError, match="incomplete"):
+                        await mgr.get(server.url(), timeout=PROMPTLY)
+                    with pytest.raises(HttpError, match="incomplete"):
+                        async with mgr.request("GET", server.url(), timeout=PROMPTLY) as streamed:
+                            await streamed.content.read()
+                await settled(mgr, server.url())
+            await server.sockets.wait_closed()
+
+
+async def trickle(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Send *data* one byte every `TRICKLE_INTERVAL` seconds (bounded: `TRICKLE_BYTES`)."""
+    for byte in data[:TRICKLE_BYTES]:
+        writer.write(bytes([byte]))
+        await writer.drain()
+        await asyncio.sleep(TRICKLE_INTERVAL)
+
+
+@pytest.mark.parametrize("part", ["head", "body"])
+async def test_trickling_peer_ends_at_the_timeout(part: str) -> None:
+    """One byte every 300 ms keeps a connection alive forever; the 1 s timeout ends it."""
+    head = OK_HEAD % TRICKLE_BYTES
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        if part == "head":
+            await trickle(writer, head + b"z" * TRICKLE_BYTES)
+        else:
+            writer.write(head)
+            await trickle(writer, b"z" * TRICKLE_BYTES)
+
+    with fd_baseline():
+        async with RawServer(script) as server, ConnectionManager() as mgr:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(TimeoutError, match=str(server.port)):
+                await mgr.get(server.url(), timeout=TIMEOUT)
+            assert loop.time() - started < PROMPTLY
+            started = loop.time()
+            with pytest.raises(TimeoutError):
+                async with mgr.request("GET", server.url(), timeout=TIMEOUT) as streamed:
+                    await streamed.content.read()
+            assert loop.time() - started < PROMPTLY
+            await settled(mgr, server.url())
+            await server.sockets.wait_closed()
+
+
+# -- restarts, closes, storms ------------------------------------------------------------------
+
+
+async def test_server_restarted_with_two_hundred_requests_in_flight(
+    server_cert: trustme.LeafCert, trusted: Trusted
+) -> None:
+    with fd_baseline():
+        app = WebApp(server_context(server_cert))
+        async with app, ConnectionManager(policy=trusted(), default_connection_limit=20) as mgr:
+            url = app.url("/hold")
+
+            async def get() -> Response | BaseException:
+                try:
+                    return await mgr.get(url, timeout=PROMPTLY)
+                except AsyncspError as exc:
+                    return exc
+
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            tasks = [asyncio.create_task(get()) for _ in range(200)]
+            await wait_until(lambda: app.holding == 20)
+            await app.stop(crash=True)
+            await app.start()  # the same port
+            app.release.set()
+            results = await asyncio.gather(*tasks)
+            assert loop.time() - started < 2 * PROMPTLY
+            failures = [r for r in results if not isinstance(r, Response)]
+            assert all(isinstance(f, HttpError | ConnectError) for f in failures), failures[:3]
+            assert all(r.status == 200 for r in results if isinstance(r, Response))
+            assert len(failures) <= 20  # only those on the server at the crash could fail
+            # The pool is whole: a full round on the restarted server succeeds.
+            again = await asyncio.gather(*(mgr.get(url, timeout=PROMPTLY) for _ in range(40)))
+            assert [r.status for r in again] == [200] * 40
+            assert app.sockets.peak <= 20
+        await app.sockets.wait_closed()
+
+
+async def test_manager_closed_with_requests_in_flight(
+    server_cert: trustme.LeafCert, trusted: Trusted
+) -> None:
+    with fd_baseline():
+        async with WebApp(server_context(server_cert)) as app:
+            mgr = ConnectionManager(policy=trusted(), default_connection_limit=20)
+            held = [asyncio.create_task(mgr.get(app.url("/hold"))) for _ in range(150)]
+            streamed = mgr.request("GET", app.url(f"/body?size={2**22}"))
+            response = await streamed.__aenter__()
+            assert len(await response.content.readexactly(1000)) == 1000
+            await wait_until(lambda: app.holding == 19)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await mgr.aclose()
+            results = await asyncio.gather(*held, return_exceptions=True)
+            assert all(isinstance(r, ManagerClosedError) for r in results), results[:3]
+            with pytest.raises(ManagerClosedError):
+                await response.content.read()
+            await streamed.__aexit__(None, None, None)
+            with pytest.raises(ManagerClosedError):
+                await mgr.get(app.url())
+            assert loop.time() - started < PROMPTLY
+            assert mgr.find_service_point(app.url()).current_connections == 0
+            await app.sockets.wait_closed()
+
+
+async def test_five_hundred_failed_handshakes_and_five_hundred_timeouts(
+    server_cert: trustme.LeafCert, trusted: Trusted
+) -> None:
+    stranger = TlsPolicy(cadata=trustme.CA().cert_pem.bytes().decode())
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await reader.read()  # never answers; ends when the client goes
+
+    with fd_baseline(slack=2):
+        async with (
+            WebApp(server_context(server_cert, "TLSv1.2", "TLSv1.2")) as tls12_only,
+            RawServer(silent) as quiet,
+        ):
+            async with ConnectionManager(policy=stranger, default_connection_limit=50) as mgr:
+                untrusted = await asyncio.gather(
+                    *(mgr.get(tls12_only.url()) for _ in range(250)), return_exceptions=True
+                )
+                assert all(isinstance(r, CertificateVerificationError) for r in untrusted)
+                mgr.policy = trusted(protocols=SecurityProtocol.TLS13)
+                refused = await asyncio.gather(
+                    *(mgr.get(tls12_only.url()) for _ in range(250)), return_exceptions=True
+                )
+                # No version in common: OpenSSL refuses inside the handshake.
+                assert all(isinstance(r, TlsError) for r in refused), refused[:2]
+                tls_silent = f"https://127.0.0.1:{quiet.port}/"
+                timed_out = await asyncio.gather(
+                    *(mgr.get(quiet.url(), timeout=0.05) for _ in range(250)),
+                    *(mgr.get(tls_silent, timeout=0.05) for _ in range(250)),
+                    return_exceptions=True,
+                )
+                assert all(isinstance(r, TimeoutError) for r in timed_out), timed_out[:2]
+                for url in (tls12_only.url(), quiet.url(), tls_silent):
+                    await settled(mgr, url)
+            assert tls12_only.requests == 0
+            await tls12_only.sockets.wait_closed()
+            await quiet.sockets.wait_closed()
+
+
+async def test_cancellation_storm_then_the_pool_serves_at_full_limit(
+    server_cert: trustme.LeafCert, trusted: Trusted
+) -> None:
+    rng = random.Random(20240607)  # a fixed seed: the same storm every run
+    limit = 20
+    with fd_baseline():
+        async with WebApp(server_context(server_cert)) as app:
+            async with ConnectionManager(policy=trusted(), default_connection_limit=limit) as mgr:
+
+                async def streamed(url: str) -> None:
+                    async with mgr.request("GET", url) as response:
+                        await response.content.read(1000)
+
+                kinds = [
+                    lambda: mgr.get(app.url("/hello")),
+                    lambda: mgr.get(app.url("/work")),
+                    lambda: mgr.get(app.url("/body?size=300000")),
+                    lambda: mgr.post(app.url("/echo"), data=b"e" * 50_000),
+                    lambda: streamed(app.url("/body?size=1000000")),
+                ]
+                loop = asyncio.get_running_loop()
+                tasks = []
+                for _ in range(1_000):
+                    task = asyncio.create_task(rng.choice(kinds)())  # type: ignore[operator]
+                    loop.call_later(rng.uniform(0, 0.4), task.cancel)
+                    tasks.append(task)
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                cancelled = sum(isinstance(r, asyncio.CancelledError) for r in results)
+                assert all(
+                    not isinstance(r, BaseException) or isinstance(r, asyncio.CancelledError)
+                    for r in results
+                ), [r for r in results if isinstance(r, BaseException)][:3]
+                assert cancelled > 500  # a storm, not a drizzle
+                endpoint = endpoint_of(mgr, app.url())
+                sp = endpoint.sp
+                await wait_until(
+                    lambda: (
+                        endpoint.held == 0
+                        and endpoint.orphans == 0
+                        and sp.current_connections <= limit
+                    )
+                )
+                app.sockets.reset_peak()
+                # Full strength: `limit` requests on the server at once, none left waiting.
+                held = [asyncio.create_task(mgr.get(app.url("/hold"))) for _ in range(limit)]
+                await wait_until(lambda: app.holding == limit)
+                app.release.set()
+                assert [r.status for r in await asyncio.gather(*held)] == [200] * limit
+                assert app.sockets.peak <= limit
+            await app.sockets.wait_closed()
+
+
+async def test_timeouts_leave_nothing_behind_in_the_clock() -> None:
+    """A timed-out request frees its slot at once: the next one does not wait for it."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await reader.read()
+
+    async with RawServer(silent) as quiet, ConnectionManager() as mgr:
+        mgr.find_service_point(quiet.url()).connection_limit = 1
+        started = time.monotonic()
+        for _ in range(5):
+            with pytest.raises(TimeoutError):
+                await mgr.get(quiet.url(), timeout=0.1)
+        assert time.monotonic() - started < PROMPTLY
+        await settled(mgr, quiet.url())
