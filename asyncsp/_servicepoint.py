@@ -514,15 +514,16 @@ class ServicePoint:
             return
         self.remember_session(ssl_object, stream.policy, stream.server_hostname)
 
-    def remember_session(self, ssl_object: Any, policy: TlsPolicy, hostname: str) -> None:
+    def remember_session(self, ssl_object: Any, policy: TlsPolicy, hostname: str) -> bool:
         """Offer *ssl_object*'s session to later connections, when the cache needs it.
 
         Call it at most once per connection, after the first reply was read (a TLS 1.3
-        ticket arrives after the handshake).
+        ticket arrives after the handshake). Returns whether the session was read (what
+        the cache offers may have changed).
         """
         attempt = getattr(ssl_object, "asyncsp_attempt", None)
         offered = attempt is not None and attempt.session is not None
-        self._sessions.remember(ssl_object, policy, hostname, offered=offered)
+        return self._sessions.remember(ssl_object, policy, hostname, offered=offered)
 
     def _stream_closed(self, stream: Stream) -> None:
         self._active.discard(stream)
