@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 from multidict import CIMultiDict
@@ -26,6 +26,7 @@ from ._tls import _ATTEMPT
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from ._http_connector import TrackedResponse
     from ._manager import ConnectionManager
 
 __all__ = ["Response", "ResponseContent", "fetch", "request"]
@@ -207,7 +208,12 @@ async def _send(
             route=endpoint.route,
         )
         raise error from cause_for(error, exc, endpoint.route)
-    return Response(aio, endpoint, connector, call)  # type: ignore[arg-type]  # response_class
+    tracked = cast("TrackedResponse", aio)  # the session's response_class
+    state = tracked.asyncsp_state
+    if state is not None and state.ssl_object is not None:
+        # The first response on a new connection: its TLS 1.3 tickets have arrived by now.
+        connector.remember_session(state)
+    return Response(tracked, endpoint, connector, call)
 
 
 def _may_retry(layer: HttpLayer, method: str, options: dict[str, Any], exc: Exception) -> bool:

@@ -70,20 +70,10 @@ class SocketTicket:
 
 
 class _TrackedSocket(socket.socket):
-    """A socket that reports its close, so ``current_connections`` and the gate stay exact.
+    """A socket that reports its close, so ``current_connections`` and the gate stay exact."""
 
-    It also keeps the manager's ``tcp_nodelay``: aiohttp turns TCP_NODELAY on for every
-    connection it makes, which would silently undo ``tcp_nodelay=False``.
-    """
-
-    __slots__ = ("nodelay", "ticket")
+    __slots__ = ("ticket",)
     ticket: SocketTicket | None
-    nodelay: bool
-
-    def setsockopt(self, level: int, option: int, value: Any, *args: Any) -> None:
-        if level == socket.IPPROTO_TCP and option == socket.TCP_NODELAY and not args:
-            value = int(self.nodelay)
-        super().setsockopt(level, option, value, *args)
 
     def close(self) -> None:
         ticket, self.ticket = getattr(self, "ticket", None), None
@@ -96,6 +86,29 @@ class _TrackedSocket(socket.socket):
         if ticket is not None:
             ticket.closed()
         return super().detach()
+
+    def __del__(self) -> None:
+        # A backstop: a socket collected without close() still leaves the counts (cheaper per
+        # connection than a weakref.finalize, which registers every socket in a global table).
+        ticket, self.ticket = getattr(self, "ticket", None), None
+        if ticket is not None:
+            ticket.closed()
+        # The socket module's own (in C, not in typeshed): warns about and closes an open socket.
+        super().__del__()  # type: ignore[misc]
+
+
+class _NagleSocket(_TrackedSocket):
+    """A tracked socket that keeps the manager's ``tcp_nodelay=False``.
+
+    aiohttp turns TCP_NODELAY on for every connection it makes, which would silently undo it.
+    """
+
+    __slots__ = ()
+
+    def setsockopt(self, level: int, option: int, value: Any, *args: Any) -> None:
+        if level == socket.IPPROTO_TCP and option == socket.TCP_NODELAY and not args:
+            value = 0
+        super().setsockopt(level, option, value, *args)
 
 
 class ConnectionState:
@@ -133,7 +146,6 @@ class TrackedResponse(aiohttp.ClientResponse):
         if protocol is None:
             return super().start(connection)
         state = owner.states.get(protocol)
-        first = state is None
         if state is None:
             state = owner.first_use(protocol, connection)
         self.asyncsp_protocol, self.asyncsp_state = protocol, state
@@ -141,17 +153,7 @@ class TrackedResponse(aiohttp.ClientResponse):
             owner.endpoint.sp.connection_lease_timeout is not None and owner.must_close(state)
         ):
             protocol.force_close()  # closed when this response releases it, never pooled
-        if first and state.ssl_object is not None:
-            return self._start_and_remember(connection, state)
         return super().start(connection)
-
-    async def _start_and_remember(
-        self, connection: aiohttp.connector.Connection, state: ConnectionState
-    ) -> aiohttp.ClientResponse:
-        response = await super().start(connection)
-        # TLS 1.3 tickets arrive after the handshake, before the first response.
-        self.asyncsp_connector.remember_session(state)
-        return response
 
 
 class Connector:
@@ -237,21 +239,15 @@ class Connector:
     # -- sockets ---------------------------------------------------------------------------
 
     def _make_socket(self, addr_info: Any) -> socket.socket:
-        family = addr_info[0]
         # Protocol 0 (TCP is implied), as the manager's streams do: asyncio forces TCP_NODELAY
         # on sockets that name IPPROTO_TCP, which would override tcp_nodelay=False.
-        raw = self._socket_options.create_socket(family)
-        try:
-            sock = _TrackedSocket(family, socket.SOCK_STREAM, 0, raw.detach())
-        except BaseException:
-            raw.close()
-            raise
-        sock.setblocking(False)
-        sock.nodelay = self._socket_options.tcp_nodelay
+        options = self._socket_options
+        sock = options.create_socket(
+            addr_info[0], socket_class=_TrackedSocket if options.tcp_nodelay else _NagleSocket
+        )
+        assert isinstance(sock, _TrackedSocket)
         ticket = SocketTicket(self, sock)
         sock.ticket = ticket
-        # A backstop: a socket collected without close() still leaves the counts.
-        weakref.finalize(sock, ticket.closed)
         self._tickets[ticket.fd] = ticket
         self.open_sockets += 1
         self.endpoint.sp._extra_connections += 1
@@ -300,11 +296,14 @@ class Connector:
         return lease is not None and time.monotonic() - state.opened_at >= lease * state.jitter
 
     def remember_session(self, state: ConnectionState) -> None:
-        """Keep the connection's TLS session for the next new connection (once per connection)."""
+        """Keep the connection's TLS session for the next new connection (once per connection).
+
+        Call it once the first response has arrived: a TLS 1.3 ticket comes after the handshake.
+        """
         ssl_object, state.ssl_object = state.ssl_object, None
         sp = self.endpoint.sp
-        sp.remember_session(ssl_object, self.policy, sp.host)
-        self.attempt = self._new_attempt()
+        if sp.remember_session(ssl_object, self.policy, sp.host):
+            self.attempt = self._new_attempt()  # the cache may offer another session now
 
     def _new_attempt(self) -> ConnectAttempt:
         return self.endpoint.sp._attempt(self.policy, self.endpoint.sp.host, self.context)

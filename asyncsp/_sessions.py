@@ -5,10 +5,11 @@ endpoint, SNI name or policy (the service point is already one endpoint), and on
 context that made it (OpenSSL refuses a session from another context).
 
 CPython copies a session on every read of ``SSLObject.session`` and on every offer (about
-130 µs each, a DER round trip of the peer's certificate chain), so reads are rationed: a
-connection that resumed the cached session leaves the cache alone, unless the server has shown
-that it accepts a session only once (TLS 1.3 servers may, RFC 8446 §8.1) or the cached one is
-old enough that a fresh ticket is worth its copy.
+110 µs each here, a DER round trip that parses the peer's certificate again), so reads are
+rationed: a connection that resumed the cached session, or that started before there was one,
+leaves the cache alone, unless the server has shown that it accepts a session only once
+(TLS 1.3 servers may, RFC 8446 §8.1) or the cached one is old enough that a fresh ticket is
+worth its copy.
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ class SessionCache:
             if offered and not resumed:
                 entry.single_use = True
             elif (
-                resumed
+                # Resumed the cached session, or started before there was one to offer (the
+                # first connections of a burst): either way the cached one serves.
+                (resumed or not offered)
                 and not entry.single_use
                 and entry.context is ssl_object.context
                 and now - entry.taken_at < REFRESH_AFTER

@@ -46,12 +46,18 @@ class SocketOptions:
                     f"not {self.local_address!r}"
                 ) from None
 
-    def create_socket(self, family: int, proto: int = 0) -> socket.socket:
-        """A non-blocking TCP socket of *family* with these options applied (and bound)."""
-        sock = socket.socket(family, socket.SOCK_STREAM, proto)
+    def create_socket(
+        self, family: int, proto: int = 0, *, socket_class: type[socket.socket] = socket.socket
+    ) -> socket.socket:
+        """A non-blocking TCP socket of *family* with these options applied (and bound).
+
+        *socket_class* makes a `socket.socket` subclass directly, so a caller that tracks its
+        sockets needs no second socket object around the descriptor.
+        """
+        sock = socket_class(family, socket.SOCK_STREAM, proto)
         try:
             sock.setblocking(False)
-            self.apply(sock)
+            self.apply(sock, family)
             if self.local_address is not None:
                 local_family = (
                     socket.AF_INET6
@@ -69,9 +75,14 @@ class SocketOptions:
             raise
         return sock
 
-    def apply(self, sock: socket.socket) -> None:
-        """Set the TCP options on *sock* (without binding it)."""
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
+    def apply(self, sock: socket.socket, family: int | None = None) -> None:
+        """Set the TCP options on *sock* (without binding it).
+
+        Pass *family* when it is known: ``sock.family`` builds an enum member on every read.
+        """
+        if family is None:
+            family = sock.family
+        if family == socket.AF_INET or family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self.tcp_nodelay))
             if self.tcp_keepalive is not None:
                 idle, interval = (max(1, round(v)) for v in self.tcp_keepalive)

@@ -43,10 +43,13 @@ __all__ = [
     "context_for",
     "context_for_async",
     "established_info",
-    "verify_session",
 ]
 
 _CONTEXT_CACHE_SIZE = 64
+_INFO_MEMO_SIZE = 16
+"""Distinct negotiations (server certificate, version, cipher...) remembered per context."""
+_VERSION_STRINGS = ("SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+"""What `ssl.SSLObject.version` reports, oldest first."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,43 +90,86 @@ class TlsInfo:
         )
 
 
-def verify_session(
-    ssl_object: ssl.SSLObject | ssl.SSLSocket, policy: TlsPolicy, endpoint: str
-) -> tuple[TlsInfo, bytes | None]:
-    """Check an established connection against *policy*; return its `TlsInfo` and leaf DER.
+class _HandshakeCheck:
+    """The check every handshake under one policy passes, prepared once per context.
 
-    Runs after every handshake, full or resumed, before the first application byte.
+    Connections to one server nearly always negotiate the same facts, so equal facts share
+    one (frozen) `TlsInfo`: the common case reads five values from OpenSSL and finds the
+    record, instead of hashing the certificate and building it again on every connection.
     """
-    info = TlsInfo.from_ssl_object(ssl_object)
-    der = ssl_object.getpeercert(binary_form=True)
-    # OpenSSL can only offer a contiguous range, so a set with a gap offers its whole span;
-    # this is where a version in the gap is refused.
-    if policy.is_explicit and not policy.protocols.allows(info.protocol):
-        raise ProtocolNotAllowedError(
-            f"{endpoint} negotiated {info.version}, which the policy does not allow "
-            f"({policy.protocols!r}); the connection was closed before any data was sent",
-            endpoint=endpoint,
+
+    __slots__ = ("_infos", "allowed_versions", "policy")
+
+    def __init__(self, policy: TlsPolicy) -> None:
+        self.policy = policy
+        # OpenSSL can only offer a contiguous range, so a set with a gap offers its whole
+        # span; the version strings of the set itself are what a handshake must end with.
+        self.allowed_versions: frozenset[str] | None = (
+            frozenset(
+                version
+                for version in _VERSION_STRINGS
+                if policy.protocols.allows(SecurityProtocol.from_version_string(version))
+            )
+            if policy.is_explicit
+            else None
         )
-    if policy.pins and info.peer_cert_sha256 not in policy.pins:
-        raise PinMismatchError(
-            f"{endpoint} presented a certificate (sha256 {info.peer_cert_sha256}) that matches "
-            "none of the policy's pins; the connection was closed before any data was sent",
-            endpoint=endpoint,
+        self._infos: dict[tuple[Any, ...], TlsInfo] = {}
+
+    def info(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[TlsInfo, bytes | None]:
+        """The `TlsInfo` of an established connection and its peer's leaf DER."""
+        der = ssl_object.getpeercert(binary_form=True)
+        key = (
+            ssl_object.version(),
+            ssl_object.cipher(),
+            ssl_object.selected_alpn_protocol(),
+            ssl_object.session_reused,
+            der,
         )
-    if policy.validator is not None:
-        try:
-            accepted = policy.validator(info, der or b"")
-        except Exception as exc:
-            raise CertificateVerificationError(
-                f"{endpoint}: the policy's validator refused the certificate ({exc!r})",
-                endpoint=endpoint,
-            ) from exc
-        if accepted is not True:
-            raise CertificateVerificationError(
-                f"{endpoint}: the policy's validator refused the certificate",
+        info = self._infos.get(key)
+        if info is None:
+            info = TlsInfo.from_ssl_object(ssl_object)  # raises before an unfinished handshake
+            if len(self._infos) >= _INFO_MEMO_SIZE:
+                del self._infos[next(iter(self._infos))]  # the oldest
+            self._infos[key] = info
+        return info, der
+
+    def verify(
+        self, ssl_object: ssl.SSLObject | ssl.SSLSocket, endpoint: str
+    ) -> tuple[TlsInfo, bytes | None]:
+        """Check an established connection; return its `TlsInfo` and leaf DER.
+
+        Runs after every handshake, full or resumed, before the first application byte.
+        """
+        info, der = self.info(ssl_object)
+        policy = self.policy
+        allowed = self.allowed_versions
+        if allowed is not None and info.version not in allowed:
+            raise ProtocolNotAllowedError(
+                f"{endpoint} negotiated {info.version}, which the policy does not allow "
+                f"({policy.protocols!r}); the connection was closed before any data was sent",
                 endpoint=endpoint,
             )
-    return info, der
+        if policy.pins and info.peer_cert_sha256 not in policy.pins:
+            raise PinMismatchError(
+                f"{endpoint} presented a certificate (sha256 {info.peer_cert_sha256}) that "
+                "matches none of the policy's pins; the connection was closed before any data "
+                "was sent",
+                endpoint=endpoint,
+            )
+        if policy.validator is not None:
+            try:
+                accepted = policy.validator(info, der or b"")
+            except Exception as exc:
+                raise CertificateVerificationError(
+                    f"{endpoint}: the policy's validator refused the certificate ({exc!r})",
+                    endpoint=endpoint,
+                ) from exc
+            if accepted is not True:
+                raise CertificateVerificationError(
+                    f"{endpoint}: the policy's validator refused the certificate",
+                    endpoint=endpoint,
+                )
+        return info, der
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -169,17 +215,16 @@ class _VerifyingSSLObject(ssl.SSLObject):
     """An SSL object that refuses a connection the policy does not allow, in the handshake."""
 
     asyncsp_attempt: ConnectAttempt | None = None
+    asyncsp_check: _HandshakeCheck
     asyncsp_info: TlsInfo | None = None
     asyncsp_der: bytes | None = None
 
     def do_handshake(self) -> None:
         super().do_handshake()  # raises SSLWantReadError until the handshake is complete
-        context = self.context
-        assert isinstance(context, _PolicyContext)
         attempt = self.asyncsp_attempt
         endpoint = attempt.endpoint if attempt else f"tls://{self.server_hostname}"
         try:
-            info, der = verify_session(self, context.policy, endpoint)
+            info, der = self.asyncsp_check.verify(self, endpoint)
         except TlsError as exc:
             raise HandshakeRefused(exc) from exc
         self.asyncsp_info, self.asyncsp_der = info, der
@@ -191,6 +236,7 @@ class _PolicyContext(ssl.SSLContext):
     """The context of one policy: offers the attempt's session and verifies every handshake."""
 
     policy: TlsPolicy
+    check: _HandshakeCheck
 
     def wrap_bio(
         self,
@@ -210,6 +256,7 @@ class _PolicyContext(ssl.SSLContext):
         obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
         assert isinstance(obj, _VerifyingSSLObject)
         obj.asyncsp_attempt = attempt
+        obj.asyncsp_check = self.check
         return obj
 
 
@@ -223,6 +270,7 @@ def _build_context(policy: TlsPolicy) -> _PolicyContext:
     """The one place a context is made. Each hardening line says why."""
     ctx = _PolicyContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.policy = policy
+    ctx.check = _HandshakeCheck(policy)
     ctx.sslobject_class = _VerifyingSSLObject
     # PROTOCOL_TLS_CLIENT starts with CERT_REQUIRED, check_hostname, TLS 1.2 at the least,
     # no compression and the security-level-2 cipher list of create_default_context().
@@ -253,7 +301,7 @@ def _build_context(policy: TlsPolicy) -> _PolicyContext:
         ctx.set_ciphers(ciphers)
     if policy.is_explicit:
         # OpenSSL offers a contiguous range only; a version in a gap (TLS 1.1 in TLS|TLS12) is
-        # refused after the handshake by verify_session.
+        # refused after the handshake by _HandshakeCheck.verify.
         versions = policy.protocols.members
         with warnings.catch_warnings():
             # The ssl module deprecates TLS 1.0/1.1; reaching them is what the opt-out is for.

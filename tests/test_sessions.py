@@ -71,3 +71,18 @@ def test_entries_are_bounded() -> None:
     assert len(cache) == MAX_ENTRIES
     assert cache.get(POLICY, "h0") is None
     assert cache.get(POLICY, f"h{MAX_ENTRIES + 4}") is not None
+
+
+def test_connections_that_started_before_the_first_session_skip_the_copy() -> None:
+    # A burst of new connections starts before any session is cached: the first one to
+    # finish fills the cache, the rest of the burst leaves it alone.
+    cache = SessionCache()
+    ctx = object()
+    first, second = Connection(ctx, reused=False), Connection(ctx, reused=False)
+    assert cache.remember(first, POLICY, "h", offered=False, now=0.0)
+    assert not cache.remember(second, POLICY, "h", offered=False, now=1.0)
+    assert second.reads == 0
+    assert cache.get(POLICY, "h") is first._session  # type: ignore[comparison-overlap]
+    late = Connection(ctx, reused=False)
+    assert cache.remember(late, POLICY, "h", offered=False, now=REFRESH_AFTER + 1)
+    assert late.reads == 1
