@@ -120,8 +120,8 @@ def _prepare(
             f"{target.with_user(None).with_query(None)!s}"
         )
     call = _Call(known, target, kwargs, max_body_size=manager.max_body_size)
-    if not kwargs:
-        return call
+    if kwargs.keys() <= _PASSED_TO_AIOHTTP:
+        return call  # none of ours to take out (the common case: headers, params, data)
     unknown = kwargs.keys() - _PASSED_TO_AIOHTTP - _OURS
     if unknown:
         name = sorted(unknown)[0]

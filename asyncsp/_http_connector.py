@@ -186,7 +186,9 @@ class Connector:
         self.aiohttp_connector = connector_class(
             ssl=context if context is not None else False,
             limit=self.limit,
-            limit_per_host=self.limit,
+            # One endpoint per connector, already bounded by the gate: a per-host count in
+            # aiohttp would only repeat the total's bookkeeping on every connection.
+            limit_per_host=0,
             keepalive_timeout=self.max_idle_time,
             use_dns_cache=dns > 0,
             ttl_dns_cache=max(1, math.ceil(dns)),

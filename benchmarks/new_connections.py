@@ -3,7 +3,9 @@
 Every request goes out on a new connection (the request asks the server to close it), at a
 concurrency of 20, against a loopback server in another process: nginx when installed (one
 shared session cache, tickets on), else a Python aiohttp server. TLS 1.2 and TLS 1.3 each, all
-clients in the same run, several rounds; the best round of each is compared.
+clients in the same run, several rounds interleaved; the best round of each is compared, and
+so is the client process's CPU time per connection (the least of its rounds), which a busy
+machine disturbs less than the rate.
 
     python benchmarks/new_connections.py [--requests 1000] [--rounds 3] [--key rsa]
                                          [--python-server]
@@ -31,6 +33,7 @@ from asyncsp import ConnectionManager, SecurityProtocol, TlsPolicy
 CONCURRENCY = 20
 CLOSE = {"Connection": "close"}
 Run = Callable[[str, int], Awaitable[None]]
+Rounds = list[tuple[float, float]]
 
 
 def client_context(cafile: str, version: ssl.TLSVersion) -> ssl.SSLContext:
@@ -95,14 +98,24 @@ def make_httpx(ctx: ssl.SSLContext) -> Run:
     return run
 
 
-async def measure(run: Run, url: str, n: int, rounds: int) -> list[float]:
-    await run(url, min(n, 50))  # warm up: imports, first context build
-    rates = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        await run(url, n)
-        rates.append(n / (time.perf_counter() - start))
-    return rates
+async def compare(clients: dict[str, Run], url: str, n: int, rounds: int) -> dict[str, Rounds]:
+    """Each client's rounds as (connections per second, client CPU µs per connection).
+
+    Rounds are interleaved, each starting with the next client in turn, so a slow spell of a
+    shared machine falls on every client alike instead of on whichever ran during it.
+    """
+    for run in clients.values():
+        await run(url, min(n, 50))  # warm up: imports, first context build
+    results: dict[str, Rounds] = {name: [] for name in clients}
+    names = list(clients)
+    for round_number in range(rounds):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            await clients[name](url, n)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            results[name].append((n / wall, cpu / n * 1e6))
+    return results
 
 
 async def main() -> None:
@@ -129,16 +142,20 @@ async def main() -> None:
                 "aiohttp": make_aiohttp(ctx),
                 "httpx": make_httpx(ctx),
             }
-            results = {}
-            for name, run in clients.items():
-                results[name] = await measure(run, url, args.requests, args.rounds)
-            base = max(results["aiohttp"])
+            results = await compare(clients, url, args.requests, args.rounds)
+            base_rate = max(rate for rate, _ in results["aiohttp"])
+            base_cpu = min(cpu for _, cpu in results["aiohttp"])
             print(f"\n{label}")
-            print(f"  {'client':26} {'best conn/s':>12} {'median':>10} {'vs aiohttp':>11}")
-            for name, rates in results.items():
+            print(
+                f"  {'client':26} {'best conn/s':>12} {'median':>8} {'vs aiohttp':>11}"
+                f" {'client CPU µs/conn':>19} {'vs aiohttp':>11}"
+            )
+            for name, rounds in results.items():
+                rates = [rate for rate, _ in rounds]
+                cpu = min(cpu for _, cpu in rounds)
                 print(
-                    f"  {name:26} {max(rates):12.0f} {statistics.median(rates):10.0f} "
-                    f"{max(rates) / base:10.2f}x"
+                    f"  {name:26} {max(rates):12.0f} {statistics.median(rates):8.0f} "
+                    f"{max(rates) / base_rate:10.2f}x {cpu:19.0f} {base_cpu / cpu:10.2f}x"
                 )
 
 
