@@ -40,6 +40,7 @@ class SocketCounter:
         self.peak = 0
         self.accepted = 0
         self.live: set[CountedSocket] = set()
+        self.on_accept: Callable[[CountedSocket], None] | None = None
         self._changed = asyncio.Event()
 
     def reset_peak(self) -> None:
@@ -50,6 +51,8 @@ class SocketCounter:
         self.accepted += 1
         self.live.add(sock)
         self.peak = max(self.peak, self.connected())
+        if self.on_accept is not None:
+            self.on_accept(sock)
 
     def connected(self) -> int:
         """Sockets held now whose client has not closed (FIN or RST arrived) its end."""
