@@ -123,7 +123,7 @@ class ConnectionState:
         self.tls = tls
         self.ticket = ticket
         self.ssl_object = ssl_object  # kept only until its session is remembered
-        self.jitter = 1.0 + random.uniform(0.0, LEASE_JITTER)
+        self.jitter = 0.0  # drawn when a lease first applies to it
 
 
 class TrackedResponse(aiohttp.ClientResponse):
@@ -295,7 +295,11 @@ class Connector:
         if self.retired:
             return True
         lease = self.endpoint.sp.connection_lease_timeout
-        return lease is not None and time.monotonic() - state.opened_at >= lease * state.jitter
+        if lease is None:
+            return False
+        if not state.jitter:
+            state.jitter = 1.0 + random.uniform(0.0, LEASE_JITTER)
+        return time.monotonic() - state.opened_at >= lease * state.jitter
 
     def remember_session(self, state: ConnectionState) -> None:
         """Keep the connection's TLS session for the next new connection (once per connection).

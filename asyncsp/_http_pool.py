@@ -135,7 +135,9 @@ class HttpEndpoint:
         try:
             await self.admit()
             try:
-                connector = await self.connector()
+                connector = self.current
+                if connector is None or not connector.matches(self.sp, self.sp.policy):
+                    connector = await self.connector()
                 if self.sp.connection_lease_timeout is not None:
                     connector.close_idle(only_expired=True)
                 # A swap (or the lease) may just have closed idle sockets that are not gone

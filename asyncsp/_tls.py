@@ -47,7 +47,8 @@ __all__ = [
 
 _CONTEXT_CACHE_SIZE = 64
 _INFO_MEMO_SIZE = 16
-"""Distinct negotiations (server certificate, version, cipher...) remembered per context."""
+"""Distinct negotiations (server certificate, version, cipher...) remembered per context; past
+it the memo starts again."""
 _VERSION_STRINGS = ("SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 """What `ssl.SSLObject.version` reports, oldest first."""
 
@@ -129,7 +130,7 @@ class _HandshakeCheck:
         if info is None:
             info = TlsInfo.from_ssl_object(ssl_object)  # raises before an unfinished handshake
             if len(self._infos) >= _INFO_MEMO_SIZE:
-                del self._infos[next(iter(self._infos))]  # the oldest
+                self._infos.clear()  # atomic: a context may serve event loops in several threads
             self._infos[key] = info
         return info, der
 
