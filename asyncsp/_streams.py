@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import builtins
 import collections
+import contextlib
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -52,6 +54,20 @@ def _received_close_notify(ssl_object: ssl.SSLObject) -> bool:
         return True
     except (ssl.SSLError, ValueError):
         return False
+
+
+def _abort(transport: asyncio.Transport) -> None:
+    """Abort *transport* with its connection torn down now, not on the loop's next turn.
+
+    asyncio closes an aborted socket a turn later, yet the slot is handed on at once: a task
+    already scheduled could connect first, and the peer would see one socket more than the
+    limit. Shutting the socket down first ends the connection before that.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            sock.shutdown(socket.SHUT_RDWR)
+    transport.abort()
 
 
 class StreamProtocol(asyncio.Protocol):
@@ -422,10 +438,10 @@ class Stream:
             if not self._protocol.lost.done():
                 await asyncio.wait_for(asyncio.shield(self._protocol.lost), _CLOSE_TIMEOUT)
         except asyncio.CancelledError:
-            transport.abort()
+            _abort(transport)
             raise
         except Exception:  # the peer never acknowledged our close (a timeout included): abort
-            transport.abort()
+            _abort(transport)
         finally:
             self._on_close(self)
 
@@ -434,7 +450,7 @@ class Stream:
         self._closed_by_manager |= by_manager
         self._broken = True
         if not self._transport.is_closing() or not self._protocol.lost.done():
-            self._transport.abort()
+            _abort(self._transport)
         if not self._closed:
             self._closed = True
             self._on_close(self)

@@ -209,3 +209,25 @@ async def test_refused_ports_are_connect_errors_and_leave_nothing() -> None:
             assert all(isinstance(r, AsyncspError | ConnectionError) for r in results), results[:2]
             assert all(isinstance(r, ConnectError) for r in results), results[:2]
             assert mgr.find_service_point(f"tcp://{LOCAL}:{port}").current_connections == 0
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_an_aborted_stream_is_gone_before_its_slot_is_handed_on(
+    server_cert: trustme.LeafCert, trusted: Trusted, tls: bool
+) -> None:
+    """asyncio closes an aborted socket a loop turn later; the peer must not see it linger."""
+    context = server_context(server_cert) if tls else None
+    async with RawServer(silent, context) as server:
+        async with ConnectionManager(policy=trusted(), default_connection_limit=1) as mgr:
+            for timed_out in (False, True):
+                async with mgr.open_stream(LOCAL, server.port, tls=tls, timeout=0.05) as s:
+                    await wait_until(lambda: server.sockets.connected() == 1)
+                    if timed_out:
+                        with pytest.raises(TimeoutError):
+                            await s.readline()  # the timeout aborts the stream
+                    else:
+                        s.abort()
+                    sp = s.service_point
+                    assert sp.current_connections == 0  # the slot is free at once...
+                    assert server.sockets.connected() == 0  # ...and the socket already gone
+            await server.sockets.wait_closed()
