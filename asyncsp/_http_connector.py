@@ -298,7 +298,9 @@ class Connector:
         if lease is None:
             return False
         if not state.jitter:
-            state.jitter = 1.0 + random.uniform(0.0, LEASE_JITTER)
+            # Early, never late: a fleet spreads its reconnects over the last tenth of the
+            # lease, and no connection older than the lease is ever reused.
+            state.jitter = 1.0 - random.uniform(0.0, LEASE_JITTER)
         return time.monotonic() - state.opened_at >= lease * state.jitter
 
     def remember_session(self, state: ConnectionState) -> None:
