@@ -3,11 +3,12 @@
 Every request goes out on a new connection (the request asks the server to close it), at a
 concurrency of 20, against a loopback server in another process: nginx when installed (one
 shared session cache, tickets on), else a Python aiohttp server. TLS 1.2 and TLS 1.3 each, all
-clients in the same run, several rounds interleaved; the best round of each is compared, and
-so is the client process's CPU time per connection (the least of its rounds), which a busy
-machine disturbs less than the rate.
+clients in the same run, several rounds interleaved. Printed per client: the best and median
+rate, the best against aiohttp's best, the median of per-round ratios to aiohttp ("paired"),
+and the client process's CPU time per connection (its least round, and paired), which a
+shared machine disturbs less than the rate.
 
-    python benchmarks/new_connections.py [--requests 1000] [--rounds 3] [--key rsa]
+    python benchmarks/new_connections.py [--requests 1000] [--rounds 5] [--key rsa]
                                          [--python-server]
 """
 
@@ -121,14 +122,14 @@ async def compare(clients: dict[str, Run], url: str, n: int, rounds: int) -> dic
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--python-server", action="store_true", help="skip nginx")
     parser.add_argument("--key", choices=["ecdsa", "rsa"], default="ecdsa", help="server key type")
     args = parser.parse_args()
     with https_servers(prefer_nginx=not args.python_server, key_type=args.key) as servers:
         print(
             f"server: {servers.kind}, {args.key} key; {args.requests} new connections per round, "
-            f"concurrency {CONCURRENCY}, best of {args.rounds} rounds"
+            f"concurrency {CONCURRENCY}, {args.rounds} rounds interleaved"
         )
         for label, port, version, protocols in (
             ("TLS 1.2", servers.port12, ssl.TLSVersion.TLSv1_2, SecurityProtocol.TLS12),
@@ -143,20 +144,31 @@ async def main() -> None:
                 "httpx": make_httpx(ctx),
             }
             results = await compare(clients, url, args.requests, args.rounds)
-            base_rate = max(rate for rate, _ in results["aiohttp"])
-            base_cpu = min(cpu for _, cpu in results["aiohttp"])
             print(f"\n{label}")
-            print(
-                f"  {'client':26} {'best conn/s':>12} {'median':>8} {'vs aiohttp':>11}"
-                f" {'client CPU µs/conn':>19} {'vs aiohttp':>11}"
-            )
-            for name, rounds in results.items():
-                rates = [rate for rate, _ in rounds]
-                cpu = min(cpu for _, cpu in rounds)
-                print(
-                    f"  {name:26} {max(rates):12.0f} {statistics.median(rates):8.0f} "
-                    f"{max(rates) / base_rate:10.2f}x {cpu:19.0f} {base_cpu / cpu:10.2f}x"
-                )
+            report(results)
+
+
+def report(results: dict[str, Rounds]) -> None:
+    """One line per client: its rates, its CPU per connection, and both against aiohttp's.
+
+    "paired" is the median over rounds of the client's figure divided by aiohttp's in the same
+    round: a lucky or unlucky round of either changes it little, unlike a ratio of bests.
+    """
+    base = results["aiohttp"]
+    base_rate = max(rate for rate, _ in base)
+    print(
+        f"  {'client':24} {'best conn/s':>11} {'median':>7} {'vs aiohttp':>10} {'paired':>7}"
+        f" {'CPU µs/conn':>12} {'paired':>7}"
+    )
+    for name, rounds in results.items():
+        rates = [rate for rate, _ in rounds]
+        paired_rate = statistics.median(r / b for (r, _), (b, _) in zip(rounds, base, strict=True))
+        paired_cpu = statistics.median(b / c for (_, c), (_, b) in zip(rounds, base, strict=True))
+        print(
+            f"  {name:24} {max(rates):11.0f} {statistics.median(rates):7.0f}"
+            f" {max(rates) / base_rate:9.2f}x {paired_rate:6.2f}x"
+            f" {min(cpu for _, cpu in rounds):12.0f} {paired_cpu:6.2f}x"
+        )
 
 
 if __name__ == "__main__":
