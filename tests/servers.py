@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import ssl
 import threading
@@ -51,6 +52,9 @@ class ServerRecord:
     received: list[bytes] = field(default_factory=list)
     active: int = 0
     peak_active: int = 0
+    """The most connections open at once: at each accept, those whose client has not hung up
+    (handler threads notice a close late under load, so they are not what is counted)."""
+    live_fds: set[int] = field(default_factory=set)
     peers: list[tuple[str, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -118,6 +122,10 @@ class ThreadedServer:
             with self.record.lock:
                 self.record.connections += 1
                 self.record.peers.append(peer[:2])
+                self.record.live_fds.add(raw.fileno())
+                self.record.peak_active = max(
+                    self.record.peak_active, connected(self.record.live_fds)
+                )
             t = threading.Thread(target=self._client, args=(raw,), daemon=True)
             self._threads.append(t)
             t.start()
@@ -126,7 +134,7 @@ class ThreadedServer:
         record = self.record
         with record.lock:
             record.active += 1
-            record.peak_active = max(record.peak_active, record.active)
+        fd = raw.fileno()
         conn: socket.socket = raw
         try:
             raw.settimeout(10)
@@ -144,10 +152,20 @@ class ThreadedServer:
         finally:
             with record.lock:
                 record.active -= 1
+                record.live_fds.discard(fd)  # before the close: the number may be reused
             with contextlib.suppress(OSError):
                 conn.close()
             with contextlib.suppress(OSError):
                 raw.close()
+
+
+def connected(fds: set[int]) -> int:
+    """How many of these sockets' peers have not closed their end (no FIN or RST arrived)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLRDHUP)
+    hung_up = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+    return len(fds) - sum(1 for _, events in poller.poll(0) if events & hung_up)
 
 
 def echo_handler(conn: socket.socket, record: ServerRecord) -> None:
