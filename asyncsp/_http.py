@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ._errors import HttpError, ManagerClosedError, TimeoutError
+from ._http_connector import CLAIM, RequestClaim
 from ._http_errors import cause_for, translate_http_error
 from ._http_pool import HttpLayer
 from ._http_response import Response, ResponseContent
@@ -178,26 +179,33 @@ async def _send(
     *,
     retry: bool = True,
 ) -> Response:
-    """Send one request through the service point of *url*; the response, headers read."""
+    """Send one request through the service point of *url*; the response, headers read.
+
+    *retry* False: this is the one retry after a stale pooled connection, on a new one.
+    """
     endpoint = layer.endpoint(url)
     connector = endpoint.try_begin() or await endpoint.begin()
+    claim = RequestClaim(fresh=not retry)
     try:
         # What `_tls.connect_attempt` does, without its generator machinery (this is the hot
         # path): a connection aiohttp opens in this task offers the service point's session
         # and reports its handshake to the service point.
         token = _ATTEMPT.set(connector.attempt)
+        claimed = CLAIM.set(claim)
         try:
             # ClientSession._request is what .request() wraps in a context manager we do not
             # need; skipping the wrapper saves a microsecond per request (pinned aiohttp range).
             aio = await connector.session._request(method, url, allow_redirects=False, **options)
         finally:
+            CLAIM.reset(claimed)
             _ATTEMPT.reset(token)
     except BaseException as exc:
-        endpoint.request_ended(connector, None)
+        endpoint.request_ended(connector, None, claim)
         if not isinstance(exc, Exception):
             raise
         if retry and _may_retry(layer, method, options, exc):
-            # A pooled connection the server had closed (RFC 9112 §9.3.1): once, on another.
+            # A pooled connection the server had closed (RFC 9112 §9.3.1): once, on a new
+            # one (those that idled beside it are closed first: likely stale too).
             return await _send(layer, call, method, url, options, retry=False)
         error = translate_http_error(
             exc,

@@ -9,6 +9,7 @@ its TLS facts), before aiohttp may release it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import random
 import socket
@@ -30,7 +31,14 @@ if TYPE_CHECKING:
     from ._policy import TlsPolicy
     from ._servicepoint import ServicePoint
 
-__all__ = ["ConnectionState", "Connector", "SocketTicket", "TrackedResponse"]
+__all__ = [
+    "CLAIM",
+    "ConnectionState",
+    "Connector",
+    "RequestClaim",
+    "SocketTicket",
+    "TrackedResponse",
+]
 
 LEASE_JITTER = 0.1
 """Up to this fraction of the lease timeout is added per connection, so a fleet of clients
@@ -67,6 +75,44 @@ class SocketTicket:
             return
         self.done = True
         self.connector._socket_gone(self)
+
+
+class RequestClaim:
+    """The connection one request took from its connector, learned while aiohttp connects.
+
+    A request that fails or is cancelled before its response arrives leaves aiohttp closing
+    that connection; the request's gate slot stays taken until the socket is gone, so a waiter
+    never opens a socket beside one still closing. *fresh*: take no pooled connection (the
+    retry after a stale one).
+    """
+
+    __slots__ = ("fresh", "protocol", "ticket")
+
+    def __init__(self, *, fresh: bool = False) -> None:
+        self.fresh = fresh
+        self.ticket: SocketTicket | None = None  # a socket opened for this request
+        self.protocol: ResponseHandler | None = None  # a pooled connection it reused
+
+    def closing_ticket(self, connector: Connector) -> SocketTicket | None:
+        """The ticket of the request's socket if aiohttp is closing it, else None."""
+        protocol = self.protocol
+        if protocol is not None:
+            state = connector.states.get(protocol)
+            ticket = state.ticket if state is not None else None
+        else:
+            ticket = self.ticket
+            protocol = ticket.protocol if ticket is not None else None
+        if ticket is None or ticket.done or ticket.orphan:
+            return None
+        if protocol is not None and protocol.is_connected() and not protocol.should_close:
+            return None  # back in the pool (or about to be): its slot is free now
+        return ticket
+
+
+CLAIM: contextvars.ContextVar[RequestClaim | None] = contextvars.ContextVar(
+    "asyncsp_http_claim", default=None
+)
+"""The claim of the request running in this task (set around aiohttp's request call)."""
 
 
 class _TrackedSocket(socket.socket):
@@ -114,15 +160,22 @@ class _NagleSocket(_TrackedSocket):
 class ConnectionState:
     """What we learn about one connection the first time a response arrives on it."""
 
-    __slots__ = ("jitter", "opened_at", "ssl_object", "ticket", "tls")
+    __slots__ = ("jitter", "opened_at", "ssl_object", "ticket", "tls", "tls_object")
 
     def __init__(
-        self, opened_at: float, tls: TlsInfo | None, ticket: SocketTicket | None, ssl_object: Any
+        self,
+        opened_at: float,
+        tls: TlsInfo | None,
+        ticket: SocketTicket | None,
+        tls_object: ssl.SSLObject | None,
+        *,
+        remember: bool,
     ) -> None:
         self.opened_at = opened_at
         self.tls = tls
         self.ticket = ticket
-        self.ssl_object = ssl_object  # kept only until its session is remembered
+        self.tls_object = tls_object  # asks, at a close-delimited body's end, for close_notify
+        self.ssl_object = tls_object if remember else None  # until its session is remembered
         self.jitter = 0.0  # drawn when a lease first applies to it
 
 
@@ -182,8 +235,9 @@ class Connector:
         route = endpoint.route
         # HTTPS through a proxy: our own CONNECT tunnel (asyncsp._http_tunnel says why).
         tunnel = route is not None and context is not None
-        connector_class = TunnelConnector if tunnel else aiohttp.TCPConnector
+        connector_class = _TunnelPoolConnector if tunnel else _PoolConnector
         self.aiohttp_connector = connector_class(
+            self,
             ssl=context if context is not None else False,
             limit=self.limit,
             # One endpoint per connector, already bounded by the gate: a per-host count in
@@ -199,7 +253,7 @@ class Connector:
         proxied: dict[str, Any] = {}
         if tunnel:
             assert route is not None and context is not None
-            assert isinstance(self.aiohttp_connector, TunnelConnector)
+            assert isinstance(self.aiohttp_connector, _TunnelPoolConnector)
             self.aiohttp_connector.asyncsp_tunnel = Tunnel(
                 route=route,
                 endpoint=endpoint.sp.address,
@@ -253,6 +307,9 @@ class Connector:
         self._tickets[ticket.fd] = ticket
         self.open_sockets += 1
         self.endpoint.sp._extra_connections += 1
+        claim = CLAIM.get()
+        if claim is not None:
+            claim.ticket = ticket  # aiohttp connects in the request's own task
         return sock
 
     def _socket_gone(self, ticket: SocketTicket) -> None:
@@ -280,9 +337,12 @@ class Connector:
             if self.context is not None:
                 ssl_object = transport.get_extra_info("ssl_object")
         tls = established_info(ssl_object) if ssl_object is not None else None
-        remember = ssl_object if self.policy.resume_sessions else None
         state = ConnectionState(
-            ticket.opened_at if ticket is not None else time.monotonic(), tls, ticket, remember
+            ticket.opened_at if ticket is not None else time.monotonic(),
+            tls,
+            ticket,
+            ssl_object,
+            remember=self.policy.resume_sessions,
         )
         self.states[protocol] = state
         if ticket is not None:
@@ -338,6 +398,11 @@ class Connector:
                 self.endpoint.orphans += 1
             protocol.close()
 
+    async def drop_idle(self) -> None:
+        """Close every idle connection, then wait until a new socket fits under the limit."""
+        self.close_idle()
+        await self.endpoint.room_for_new_socket()
+
     def retire(self) -> None:
         """No new requests: idle connections close now, the rest after their last request."""
         self.retired = True
@@ -362,3 +427,31 @@ class Connector:
             return
         self.closing = True
         self.endpoint.layer.manager._spawn(self.session.close())
+
+
+class _PoolConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, telling each request's `RequestClaim` which connection it took.
+
+    ``_get`` (the pool lookup, async with this signature in every aiohttp pyproject allows)
+    is where a request reuses a connection; a new one is noted by `Connector._make_socket`.
+    """
+
+    def __init__(self, owner: Connector, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.asyncsp_owner = owner
+
+    async def _get(self, key: Any, traces: list[Any]) -> aiohttp.connector.Connection | None:
+        claim = CLAIM.get()
+        if claim is None:
+            return await super()._get(key, traces)
+        if claim.fresh:
+            await self.asyncsp_owner.drop_idle()
+            return None
+        connection = await super()._get(key, traces)
+        if connection is not None:
+            claim.protocol = connection.protocol
+        return connection
+
+
+class _TunnelPoolConnector(_PoolConnector, TunnelConnector):
+    """`_PoolConnector` whose new connections are CONNECT tunnels (HTTPS through a proxy)."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ._endpoint import Endpoint
 from ._errors import ManagerClosedError
-from ._http_connector import Connector, SocketTicket, TrackedResponse
+from ._http_connector import Connector, RequestClaim, SocketTicket, TrackedResponse
 from ._tls import context_for_async
 
 if TYPE_CHECKING:
@@ -92,14 +92,13 @@ class HttpEndpoint:
                 waiter.set_result(None)
 
     def socket_closed(self, ticket: SocketTicket) -> None:
-        if ticket.orphan:
-            self.orphans -= 1
+        if ticket.orphan or ticket.held_slots:
+            self.orphans -= ticket.orphan
+            self.held -= ticket.held_slots
+            ticket.held_slots = 0
             for waiter in self._drain_waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-        if ticket.held_slots:
-            self.held -= ticket.held_slots
-            ticket.held_slots = 0
         self.sp._extra_connections -= 1
         self.wake()
 
@@ -135,26 +134,45 @@ class HttpEndpoint:
         try:
             await self.admit()
             try:
-                connector = self.current
-                if connector is None or not connector.matches(self.sp, self.sp.policy):
-                    connector = await self.connector()
-                if self.sp.connection_lease_timeout is not None:
-                    connector.close_idle(only_expired=True)
-                # A swap (or the lease) may just have closed idle sockets that are not gone
-                # yet; with them the slot we hold could pass the limit: wait until they are.
-                while self.held + self.orphans > self.sp.connection_limit:
-                    await self._orphans_gone()
+                connector = await self._pick()
             except BaseException:
                 self.give_back()
                 raise
         except BaseException:
             self._unbusy()
             raise
-        connector.in_flight += 1
+        connector.in_flight += 1  # no await since _pick: the connector is still current
         self.sp.stats.requests += 1
         return connector
 
-    async def _orphans_gone(self) -> None:
+    async def _pick(self) -> Connector:
+        """The connector for an admitted request, chosen after its last wait.
+
+        Each wait (a context built in a thread, sockets still closing) lets the policy change
+        or another request retire the connector; so the choice is made again after it.
+        """
+        sp = self.sp
+        while True:  # bounded: every pass but the last awaits a swap or a closing socket
+            connector = self.current
+            if connector is None or not connector.matches(sp, sp.policy):
+                await self.connector()
+                continue
+            if sp.connection_lease_timeout is not None:
+                connector.close_idle(only_expired=True)
+            # A swap (or the lease) may just have closed idle sockets that are not gone
+            # yet; with them the slot we hold could pass the limit: wait until they are.
+            if self.held + self.orphans > sp.connection_limit:
+                await self._sockets_gone()
+                continue
+            return connector
+
+    async def room_for_new_socket(self) -> None:
+        """Wait until the sockets still closing leave room under the limit for one more."""
+        while self.held + self.orphans > self.sp.connection_limit:  # bounded: each pass waits
+            await self._sockets_gone()
+
+    async def _sockets_gone(self) -> None:
+        """Wait until a socket the gate counts after its request (orphan or closing) is gone."""
         if self._closed_error is not None:
             raise self._closed_error
         waiter = asyncio.get_running_loop().create_future()
@@ -165,8 +183,14 @@ class HttpEndpoint:
             if waiter in self._drain_waiters:
                 self._drain_waiters.remove(waiter)
 
-    def request_ended(self, connector: Connector, response: TrackedResponse | None) -> None:
-        """Account for the end of a request; *response* is aiohttp's, if one arrived."""
+    def request_ended(
+        self,
+        connector: Connector,
+        response: TrackedResponse | None,
+        claim: RequestClaim | None = None,
+    ) -> None:
+        """Account for the end of a request; *response* is aiohttp's, if one arrived, else
+        *claim* tells which connection the request had taken."""
         connector.in_flight -= 1
         if connector.retired:
             # aiohttp may have pooled the connection in the retired connector: close it now,
@@ -176,12 +200,15 @@ class HttpEndpoint:
         if response is not None and response.asyncsp_state is not None:
             ticket = response.asyncsp_state.ticket
             protocol = response.asyncsp_protocol
-        if (
-            protocol is not None
-            and ticket is not None
-            and not ticket.done
-            and not ticket.orphan
-            and (protocol.transport is None or protocol.should_close)
+        elif claim is not None:
+            ticket = claim.closing_ticket(connector)
+        if ticket is not None and (
+            protocol is None
+            or (
+                not ticket.done
+                and not ticket.orphan
+                and (protocol.transport is None or protocol.should_close)
+            )
         ):
             # The connection is closing (not pooled): its slot is free once the socket is.
             ticket.held_slots += 1

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import AsyncspError, BodyTooLargeError, HttpError
 from ._http_errors import cause_for, translate_http_error
+from ._tls import received_close_notify
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -137,6 +138,7 @@ class Response:
         if limit is not None and len(data) > limit:
             self.close()
             raise self._too_large(limit)
+        self._check_whole()
         self._end()
         self._body = data
         return True
@@ -214,6 +216,7 @@ class Response:
         except BaseException:
             self.close()  # cancelled half-way: the connection cannot be reused
             raise
+        self._check_whole()
         self._end()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
@@ -223,6 +226,36 @@ class Response:
             f"{address}: {self._what()}: the response body is larger than max_body_size="
             f"{limit} bytes (counted after decoding); stream it from Response.content or "
             "raise the limit",
+            endpoint=address,
+        )
+
+    def _check_whole(self) -> None:
+        """At the end of the body: refuse a close-delimited TLS body cut without close_notify.
+
+        Without Content-Length or chunked coding the connection's close ends the body, and
+        under TLS only close_notify tells that close from an attacker's TCP FIN (RFC 9112 §9.8).
+        """
+        state = self._aio.asyncsp_state
+        if state is None or state.tls_object is None:
+            return
+        aio = self._aio
+        headers = aio.headers
+        coding = headers.get("Transfer-Encoding")
+        if (
+            "Content-Length" in headers
+            or (coding is not None and coding.rsplit(",", 1)[-1].strip().lower() == "chunked")
+            or aio.method == "HEAD"
+            or aio.status in (204, 304)
+            or aio.status < 200
+            or received_close_notify(state.tls_object)
+        ):
+            return
+        self.close()
+        address = self._endpoint.sp.address
+        raise HttpError(
+            f"{address}: {self._what()}: the connection ended without TLS close_notify before "
+            "the body was known to be whole (no Content-Length, not chunked); it may have been "
+            "cut short",
             endpoint=address,
         )
 
@@ -345,6 +378,7 @@ class ResponseContent:
             error = response._failed(exc)
             raise error from cause_for(error, exc, response._endpoint.route)
         if response._aio.content.at_eof():
+            response._check_whole()
             response._end()
         return data
 

@@ -27,7 +27,7 @@ from ._errors import (
     TlsError,
 )
 from ._policy import TlsPolicy
-from ._tls import TlsInfo, established_info
+from ._tls import TlsInfo, established_info, received_close_notify
 
 if TYPE_CHECKING:
     from ._servicepoint import ServicePoint
@@ -40,20 +40,6 @@ _CLOSE_TIMEOUT = 2.0
 """How long a close waits for TLS close_notify to go out before the socket is aborted."""
 
 T = TypeVar("T")
-
-
-def _received_close_notify(ssl_object: ssl.SSLObject) -> bool:
-    """Whether the peer's close_notify was read (asyncio has already drained every record).
-
-    A TCP FIN without close_notify leaves nothing to read (``SSLWantReadError``), or a
-    partial record.
-    """
-    try:
-        return ssl_object.read(1) == b""
-    except ssl.SSLZeroReturnError:  # close_notify after ours went out
-        return True
-    except (ssl.SSLError, ValueError):
-        return False
 
 
 def _abort(transport: asyncio.Transport) -> None:
@@ -111,7 +97,7 @@ class StreamProtocol(asyncio.Protocol):
         )
         # Under TLS asyncio calls this both for the peer's close_notify and for a bare TCP FIN
         # (a truncation). Only after close_notify does OpenSSL report a zero return on read.
-        self.eof_is_tls_close = ssl_object is not None and _received_close_notify(ssl_object)
+        self.eof_is_tls_close = ssl_object is not None and received_close_notify(ssl_object)
         self._wake()
         return ssl_object is None  # plain TCP: keep our half open (the owner closes)
 

@@ -43,6 +43,7 @@ __all__ = [
     "context_for",
     "context_for_async",
     "established_info",
+    "received_close_notify",
 ]
 
 _CONTEXT_CACHE_SIZE = 64
@@ -265,6 +266,21 @@ def established_info(ssl_object: Any) -> TlsInfo | None:
     """The `TlsInfo` recorded by the handshake check of *ssl_object*, if it ran."""
     info = getattr(ssl_object, "asyncsp_info", None)
     return info if isinstance(info, TlsInfo) else None
+
+
+def received_close_notify(ssl_object: ssl.SSLObject) -> bool:
+    """Whether the peer's close_notify was read: ask once asyncio has reported the EOF.
+
+    asyncio reports the same EOF for close_notify and for a bare TCP FIN (a truncation); by
+    then it has drained every record, so a FIN leaves nothing to read (``SSLWantReadError``)
+    or a partial record, and only close_notify gives OpenSSL's zero return.
+    """
+    try:
+        return ssl_object.read(1) == b""
+    except ssl.SSLZeroReturnError:  # close_notify after ours went out
+        return True
+    except (ssl.SSLError, ValueError):
+        return False
 
 
 def _build_context(policy: TlsPolicy) -> _PolicyContext:

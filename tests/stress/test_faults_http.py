@@ -149,6 +149,31 @@ async def test_idle_close_crossing_a_post_is_never_resent() -> None:
         assert methods == ["POST", "POST", "POST"] and server.connections == 2
 
 
+async def test_the_retry_after_a_stale_connection_takes_a_new_one() -> None:
+    """Two pooled connections both closed by the server: the retry never takes the second."""
+    closing = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:  # bounded: the client closes, and read_request fails
+            await read_request(reader)
+            if closing.is_set() and n < 2:
+                return  # the server closed this idle connection as the request arrived
+            if n < 2:
+                await asyncio.sleep(0.05)  # overlap the two warm-up requests
+            writer.write(OK_HEAD % 2 + b"ok")
+            await writer.drain()
+
+    async with RawServer(script) as server, ConnectionManager() as mgr:
+        mgr.find_service_point(server.url()).connection_limit = 2
+        await asyncio.gather(mgr.get(server.url()), mgr.get(server.url()))  # two pooled
+        assert server.connections == 2
+        closing.set()
+        assert (await mgr.get(server.url(), timeout=PROMPTLY)).status == 200
+        assert server.connections == 3
+        await mgr.aclose()
+        await settled(mgr, server.url())
+
+
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_idle_close_seen_before_the_next_request_costs_nothing(method: str) -> None:
     """A close the client has read is never a failure: the request takes a new connection."""
@@ -163,23 +188,37 @@ async def test_idle_close_seen_before_the_next_request_costs_nothing(method: str
         assert server.connections == 2
 
 
+CLOSE_DELIMITED = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"y" * 1000
+
+
 @pytest.mark.parametrize(
-    ("response", "complete"),
+    ("response", "error"),
     [
-        (OK_HEAD % 5000 + b"y" * 1000, False),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + b"y" * 1000, False),
-        (OK_HEAD % 1000 + b"y" * 1000, True),  # RFC 9112 §9.8: complete by its length
+        (OK_HEAD % 5000 + b"y" * 1000, "incomplete"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + b"y" * 1000,
+            "incomplete",
+        ),
+        # RFC 9112 §9.8: without a length only close_notify ends the body; a FIN may be a cut.
+        (CLOSE_DELIMITED, "without TLS close_notify"),
+        (OK_HEAD % 1000 + b"y" * 1000, None),  # complete by its length
         (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n"
             + b"y" * 1000
             + b"\r\n0\r\n\r\n",
-            True,
+            None,
         ),
     ],
-    ids=["length-short", "chunked-short", "length-complete", "chunked-complete"],
+    ids=[
+        "length-short",
+        "chunked-short",
+        "close-delimited",
+        "length-complete",
+        "chunked-complete",
+    ],
 )
 async def test_tls_truncated_without_close_notify(
-    server_cert: trustme.LeafCert, trusted: Trusted, response: bytes, complete: bool
+    server_cert: trustme.LeafCert, trusted: Trusted, response: bytes, error: str | None
 ) -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
         await read_request(reader)
@@ -191,20 +230,42 @@ async def test_tls_truncated_without_close_notify(
         async with RawServer(script, server_context(server_cert)) as server:
             async with ConnectionManager(policy=trusted()) as mgr:
                 for _ in range(2):  # whole, and streamed
-                    if complete:
+                    if error is None:
                         assert await (await mgr.get(server.url(), timeout=PROMPTLY)).read() == (
                             b"y" * 1000
                         )
                         async with mgr.request("GET", server.url(), timeout=PROMPTLY) as streamed:
                             assert await streamed.content.read() == b"y" * 1000
                         continue
-                    with pytest.raises(HttpError, match="incomplete"):
+                    with pytest.raises(HttpError, match=error):
                         await mgr.get(server.url(), timeout=PROMPTLY)
-                    with pytest.raises(HttpError, match="incomplete"):
+                    with pytest.raises(HttpError, match=error):
                         async with mgr.request("GET", server.url(), timeout=PROMPTLY) as streamed:
                             await streamed.content.read()
                 await settled(mgr, server.url())
             await server.sockets.wait_closed()
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["close_notify", "plain"])
+async def test_a_close_delimited_body_ended_cleanly_is_whole(
+    server_cert: trustme.LeafCert, trusted: Trusted, tls: bool
+) -> None:
+    """The same body, ended by close_notify (TLS) or by a FIN (plain HTTP), is accepted."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        writer.write(CLOSE_DELIMITED)
+        await writer.drain()
+        writer.close()  # under TLS asyncio sends close_notify first
+        await writer.wait_closed()
+
+    context = server_context(server_cert) if tls else None
+    async with RawServer(script, context) as server, ConnectionManager(policy=trusted()) as mgr:
+        assert await (await mgr.get(server.url(), timeout=PROMPTLY)).read() == b"y" * 1000
+        async with mgr.request("GET", server.url(), timeout=PROMPTLY) as streamed:
+            assert [chunk async for chunk in streamed.content.iter_any()] != []
+            assert streamed.closed  # the body's end was seen, and accepted
+        await settled(mgr, server.url())
 
 
 async def trickle(writer: asyncio.StreamWriter, data: bytes) -> None:
@@ -343,6 +404,39 @@ async def test_five_hundred_failed_handshakes_and_five_hundred_timeouts(
             assert tls12_only.requests == 0
             await tls12_only.sockets.wait_closed()
             await quiet.sockets.wait_closed()
+
+
+@pytest.mark.parametrize("end", ["cancelled", "timed out"])
+async def test_a_request_ended_early_keeps_its_slot_until_its_socket_is_gone(
+    server_cert: trustme.LeafCert, trusted: Trusted, end: str
+) -> None:
+    """aiohttp closes the TLS connection of a request that never got its response; until that
+    socket is gone the next request must not open another (limit 1: never two at once)."""
+    async with (
+        WebApp(server_context(server_cert)) as app,
+        ConnectionManager(policy=trusted(), default_connection_limit=1) as mgr,
+    ):
+        sp = mgr.find_service_point(app.url())
+        for _ in range(3):  # a new connection, then after each early end
+            first = asyncio.create_task(mgr.get(app.url("/hold"), timeout=0.5))
+            await wait_until(lambda: app.holding == 1)
+            if end == "cancelled":
+                first.cancel()
+            with pytest.raises((asyncio.CancelledError, TimeoutError)):
+                await first
+            second = asyncio.create_task(mgr.get(app.url("/hello"), timeout=PROMPTLY))
+            peak = 0
+            while not second.done():  # bounded: the request ends within its timeout
+                peak = max(peak, sp.current_connections)
+                await asyncio.sleep(0)
+            assert (await second).status == 200
+            assert peak <= 1, f"{peak} sockets open at once with connection_limit=1"
+            assert app.sockets.peak <= 1
+            app.release.set()
+            await wait_until(lambda: app.holding == 0)
+            app.release.clear()
+        await mgr.aclose()
+        await settled(mgr, app.url())
 
 
 async def test_cancellation_storm_then_the_pool_serves_at_full_limit(

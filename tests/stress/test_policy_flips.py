@@ -22,10 +22,11 @@ import pytest
 import trustme
 from aiohttp import web
 
-from asyncsp import ConnectionManager, SecurityProtocol, TlsPolicy
+from asyncsp import AsyncspError, ConnectionManager, SecurityProtocol, TlsPolicy
 
 from ..servers import fd_baseline, server_context
 from ._peers import CountedSocket, WebApp
+from .test_faults_http import endpoint_of
 
 pytestmark = pytest.mark.stress
 
@@ -36,8 +37,10 @@ REQUESTS_EACH = 4  # so that connections are also reused, during the flips and a
 FLIPS = 100
 SERVED_PER_FLIP = 3  # 100 flips span 300 of the 800 responses: all under load
 # Above concurrency plus the sockets a swap may close: a request never waits for a slot, so
-# the window between its start and its connection stays short (a sharp oracle).
-LIMIT = 2 * CONCURRENCY + 100
+# the window between its start and its connection stays short (a sharp oracle). Under the
+# small limit requests wait for slots and for closing sockets while the policy changes.
+WIDE_LIMIT = 2 * CONCURRENCY + 100
+SMALL_LIMIT = 20
 
 
 @dataclasses.dataclass
@@ -54,8 +57,9 @@ class Call:
     version: str
 
 
+@pytest.mark.parametrize("limit", [WIDE_LIMIT, SMALL_LIMIT])
 async def test_flips_under_load_never_mix_policies_and_never_fail(
-    server_cert: trustme.LeafCert, trusted: Callable[..., TlsPolicy]
+    server_cert: trustme.LeafCert, trusted: Callable[..., TlsPolicy], limit: int
 ) -> None:
     flips = 0
     policies = [TLS12]  # policies[n]: in force after n flips
@@ -84,7 +88,7 @@ async def test_flips_under_load_never_mix_policies_and_never_fail(
     with fd_baseline():
         async with app, ConnectionManager(policy=trusted(protocols=TLS12)) as mgr:
             sp = mgr.find_service_point(app.url())
-            sp.connection_limit = LIMIT
+            sp.connection_limit = limit
             in_flight = 0
 
             async def flipper() -> None:
@@ -144,3 +148,63 @@ async def test_flips_under_load_never_mix_policies_and_never_fail(
             assert sum(sp.stats.versions.values()) == sp.stats.connections_opened
             assert sp.stats.requests == len(calls)
         await app.sockets.wait_closed()
+
+
+async def test_a_connection_opened_after_a_flip_uses_the_policy_then_in_force(
+    server_cert: trustme.LeafCert, trusted: Callable[..., TlsPolicy]
+) -> None:
+    """A request that waits for closing sockets chooses its connector after the wait."""
+    async with (
+        WebApp(server_context(server_cert, "TLSv1.2", "TLSv1.3")) as app,
+        ConnectionManager(policy=trusted(protocols=TLS12)) as mgr,
+    ):
+        sp = mgr.find_service_point(app.url())
+        sp.connection_limit = 2
+        # Two idle TLS 1.2 connections; the flip closes them (not gone yet: "orphans").
+        await asyncio.gather(mgr.get(app.url("/work")), mgr.get(app.url("/work")))
+        endpoint = endpoint_of(mgr, app.url())
+        mgr.security_protocol = TLS13
+        late = asyncio.create_task(mgr.get(app.url("/hello")))
+        for _ in range(10_000):  # until it waits for the closing sockets, TLS 1.3 chosen
+            await asyncio.sleep(0)
+            if endpoint._drain_waiters or late.done():
+                break
+        assert endpoint._drain_waiters, "the request did not wait for the closing sockets"
+        mgr.security_protocol = TLS12  # before its connection is made
+        response = await late
+        assert response.tls is not None
+        assert response.tls.version == "TLSv1.2", "a new connection under a retired policy"
+
+
+async def test_flips_every_few_milliseconds_while_requests_wait_never_fail_a_request(
+    server_cert: trustme.LeafCert, trusted: Callable[..., TlsPolicy]
+) -> None:
+    """Flips paced by the clock, faster than connections close: a request that waited for a
+    slot or for closing sockets never runs on a connector retired (and closed) meanwhile."""
+    failures: list[BaseException] = []
+    for _ in range(3):
+        async with (
+            WebApp(server_context(server_cert, "TLSv1.2", "TLSv1.3")) as app,
+            ConnectionManager(policy=trusted(protocols=TLS12)) as mgr,
+        ):
+            mgr.find_service_point(app.url()).connection_limit = 50
+            flipping = True
+
+            async def flipper() -> None:
+                nonlocal flipping
+                for _ in range(FLIPS):
+                    await asyncio.sleep(0.005)
+                    mgr.security_protocol = TLS13 if mgr.security_protocol is TLS12 else TLS12
+                flipping = False
+
+            async def worker() -> None:
+                for _ in range(FLIPS):  # bounded: ends with the flips
+                    if not flipping:  # noqa: B023 - read live on purpose
+                        return
+                    try:
+                        await mgr.get(app.url("/work"), timeout=30)
+                    except AsyncspError as exc:
+                        failures.append(exc)
+
+            await asyncio.gather(flipper(), *(worker() for _ in range(CONCURRENCY)))
+    assert not failures, f"{len(failures)} requests failed, e.g. {failures[0]}"
