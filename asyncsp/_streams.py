@@ -92,8 +92,8 @@ class StreamProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
-        ssl_object = None if self._transport is None else self._transport.get_extra_info(
-            "ssl_object"
+        ssl_object = (
+            None if self._transport is None else self._transport.get_extra_info("ssl_object")
         )
         # Under TLS asyncio calls this both for the peer's close_notify and for a bare TCP FIN
         # (a truncation). Only after close_notify does OpenSSL report a zero return on read.
