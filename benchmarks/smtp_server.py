@@ -55,9 +55,11 @@ class SinkProtocol(asyncio.Protocol):
         )
 
     def data_received(self, data: bytes) -> None:
-        if self.upgrading:
-            return
         self.buffer += data
+        if not self.upgrading:  # during an upgrade only TLS data arrives, kept for after it
+            self.process()
+
+    def process(self) -> None:
         out: list[bytes] = []
         while True:
             if self.in_data:
@@ -103,6 +105,11 @@ class SinkProtocol(asyncio.Protocol):
             elif verb == b"STAR" and self.tls is not None and not self.secure:
                 out.append(b"220 2.0.0 ready for TLS\r\n")
                 self.flush(out)
+                # RFC 3207 §4.2: nothing sent before the handshake counts; and no byte more
+                # is read in clear (the ClientHello is for start_tls, which resumes reading).
+                assert self.transport is not None
+                self.transport.pause_reading()
+                self.buffer = b""
                 self.upgrading = True
                 asyncio.get_running_loop().create_task(self.upgrade())
                 return
@@ -124,11 +131,11 @@ class SinkProtocol(asyncio.Protocol):
         except (OSError, ssl.SSLError, ConnectionError):
             self.transport.close()
             return
-        self.buffer = b""  # RFC 3207 §4.2: nothing from before the handshake counts
         self.secure = True
         self.upgrading = False
         if transport is not None:
             self.transport = transport
+        self.process()  # commands that arrived with, or right after, the handshake's end
 
 
 async def serve_sink(port: int, tls: ssl.SSLContext | None) -> None:
