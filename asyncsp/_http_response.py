@@ -235,15 +235,13 @@ class Response:
         Without Content-Length or chunked coding the connection's close ends the body, and
         under TLS only close_notify tells that close from an attacker's TCP FIN (RFC 9112 §9.8).
         """
-        state = self._aio.asyncsp_state
-        if state is None or state.tls_object is None:
-            return
         aio = self._aio
-        headers = aio.headers
-        coding = headers.get("Transfer-Encoding")
+        state = aio.asyncsp_state
+        if state is None or state.tls_object is None or "Content-Length" in aio.headers:
+            return
+        coding = aio.headers.get("Transfer-Encoding")
         if (
-            "Content-Length" in headers
-            or (coding is not None and coding.rsplit(",", 1)[-1].strip().lower() == "chunked")
+            (coding is not None and coding.rsplit(",", 1)[-1].strip().lower() == "chunked")
             or aio.method == "HEAD"
             or aio.status in (204, 304)
             or aio.status < 200
