@@ -18,10 +18,8 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import ipaddress
 import socket
 import ssl
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +34,7 @@ from ._proxy import (
     connect_request,
     parse_connect_reply,
 )
+from ._resolve import Address, AddressCache, connect_socket
 from ._streams import StreamProtocol
 from ._translate import raise_connect_error
 
@@ -67,8 +66,9 @@ class Tunnel:
         self.endpoint = endpoint
         self.context = context
         self._make_socket = make_socket
-        self._dns_refresh_timeout = dns_refresh_timeout
-        self._addresses: tuple[float, list[tuple[Any, ...]]] | None = None
+        self._addresses = AddressCache(
+            route.host, route.port, dns_refresh_timeout, endpoint=endpoint
+        )
 
     async def open(self, host: str, port: int, step_timeout: float | None) -> ResponseHandler:
         """A TLS connection to *host*:*port* through the proxy, ready for aiohttp.
@@ -120,44 +120,23 @@ class Tunnel:
 
     async def _connect(self, step_timeout: float | None) -> socket.socket:
         """A connected socket to the proxy (from the connector's factory: counted, optioned)."""
-        loop = asyncio.get_running_loop()
-        last: OSError | None = None
         async with self._bounded(step_timeout, "did not accept the connection"):
-            for family, sockaddr in await self._resolve():
-                sock = self._make_socket((family, socket.SOCK_STREAM, 0, "", sockaddr))
-                try:
-                    await loop.sock_connect(sock, sockaddr)
-                except OSError as exc:
-                    sock.close()
-                    last = exc
-                    continue
-                except BaseException:
-                    sock.close()
-                    raise
-                return sock
-        self._addresses = None  # the proxy may have moved: resolve again next time
-        detail = (last.strerror or str(last)) if last is not None else "no address"
+            addresses = await self._resolve()
+            try:
+                return await connect_socket(addresses, make_socket=self._new_socket)
+            except OSError as exc:
+                failure = exc
+        self._addresses.invalidate()  # the proxy may have moved: resolve again next time
         raise ProxyError(
-            f"{self.endpoint}: cannot connect to the proxy {self.route.url}: {detail}",
+            f"{self.endpoint}: cannot connect to the proxy {self.route.url}: "
+            f"{failure.strerror or failure}",
             endpoint=self.endpoint,
             proxy=self.route.url,
-        ) from last
+        ) from failure
 
-    async def _resolve(self) -> list[tuple[Any, ...]]:
-        host, port = self.route.host, self.route.port
+    async def _resolve(self) -> list[Address]:
         try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            pass
-        else:
-            return [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (host, port))]
-        now = time.monotonic()
-        if self._addresses is not None and now < self._addresses[0]:
-            return self._addresses[1]
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
+            return await self._addresses.resolve()
         except OSError as exc:
             raise ProxyError(
                 f"{self.endpoint}: cannot resolve the proxy {self.route.url}: "
@@ -165,9 +144,11 @@ class Tunnel:
                 endpoint=self.endpoint,
                 proxy=self.route.url,
             ) from exc
-        addresses = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
-        self._addresses = (now + self._dns_refresh_timeout, addresses)
-        return addresses
+
+    def _new_socket(self, address: Address) -> socket.socket:
+        """A socket for *address* from the connector's factory, which takes aiohttp's addrinfo."""
+        family, sockaddr = address
+        return self._make_socket((family, socket.SOCK_STREAM, 0, "", sockaddr))
 
     async def _read_reply(self, buffer: StreamProtocol) -> ConnectReply:
         """Read the reply head; only the head is taken from the buffer."""

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ._errors import ConnectError
@@ -15,6 +16,9 @@ __all__ = ["AddressCache", "connect_socket"]
 
 Address = tuple[int, tuple[Any, ...]]
 """(address family, socket address)."""
+
+SocketFactory = Callable[[Address], socket.socket]
+"""Makes the unconnected socket for one address."""
 
 
 class AddressCache:
@@ -44,33 +48,54 @@ class AddressCache:
         self._cached = None
 
     async def addresses(self) -> list[Address]:
-        """The host's addresses: an IP literal as it is, a name from the cache or the resolver."""
+        """The host's addresses (see `resolve`); a resolver failure is a `ConnectError`."""
+        try:
+            return await self.resolve()
+        except OSError as exc:
+            raise ConnectError(
+                f"cannot resolve {self.host!r} for {self._endpoint}: {exc.strerror or exc}",
+                endpoint=self._endpoint,
+            ) from exc
+
+    async def resolve(self) -> list[Address]:
+        """The host's addresses: an IP literal as it is, a name from the cache or the resolver.
+
+        A resolver failure is the resolver's own `OSError`, for a caller that words it itself
+        (a proxy's).
+        """
         if self._literal is not None:
             return self._literal
         cached = self.cached
         if cached is not None:
             return cached
         loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise ConnectError(
-                f"cannot resolve {self.host!r} for {self._endpoint}: {exc.strerror or exc}",
-                endpoint=self._endpoint,
-            ) from exc
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         found: list[Address] = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
         self._cached = (time.monotonic() + self.refresh, found)
         return found
 
 
-async def connect_socket(addresses: list[Address], options: SocketOptions) -> socket.socket:
-    """A socket connected to the first of *addresses* that answers; the last error otherwise."""
+async def connect_socket(
+    addresses: list[Address],
+    options: SocketOptions | None = None,
+    *,
+    make_socket: SocketFactory | None = None,
+) -> socket.socket:
+    """A socket connected to the first of *addresses* that answers; the last error otherwise.
+
+    Each socket is made with *options*, or by *make_socket* when the caller has a factory of
+    its own (the HTTP connector's, which counts every socket toward its connection limit).
+    """
+    if make_socket is None:
+        if options is None:
+            raise TypeError("connect_socket() needs options or make_socket")
+        make_socket = _factory(options)
     loop = asyncio.get_running_loop()
     last: OSError | None = None
-    for family, sockaddr in addresses:
-        sock = options.create_socket(family)
+    for address in addresses:
+        sock = make_socket(address)
         try:
-            await loop.sock_connect(sock, sockaddr)
+            await loop.sock_connect(sock, address[1])
         except OSError as exc:
             sock.close()
             last = exc
@@ -82,6 +107,13 @@ async def connect_socket(addresses: list[Address], options: SocketOptions) -> so
     if last is None:
         raise OSError("no address to connect to")
     raise last
+
+
+def _factory(options: SocketOptions) -> SocketFactory:
+    def make_socket(address: Address) -> socket.socket:
+        return options.create_socket(address[0])
+
+    return make_socket
 
 
 def _literal_address(host: str, port: int) -> list[Address] | None:

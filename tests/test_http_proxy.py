@@ -618,3 +618,67 @@ def test_the_aiohttp_hook_the_tunnel_uses_is_there() -> None:
     hook = inspect.signature(aiohttp.TCPConnector._create_connection)
     assert list(hook.parameters) == ["self", "req", "traces", "timeout"]
     assert "_create_connection" in vars(aiohttp.UnixConnector)
+
+
+async def test_the_tunnel_reuses_the_proxy_addresses_until_a_connect_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The proxy's addresses are resolved, cached and invalidated as a service point's are;
+    every socket comes from the connector's factory."""
+    from asyncsp._http_tunnel import Tunnel
+    from asyncsp._proxy import ProxyRoute
+    from asyncsp._sockets import SocketOptions
+
+    target = [0]  # the port the proxy's name resolves to
+
+    async def listen() -> asyncio.Server:
+        server = await asyncio.start_server(lambda r, w: w.close(), LOCAL, 0)
+        target[0] = server.sockets[0].getsockname()[1]
+        return server
+
+    lookups: list[str] = []
+
+    async def getaddrinfo(host: str, *args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        lookups.append(host)
+        if host != "proxy.test":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (LOCAL, target[0]))]
+
+    made: list[socket.socket] = []
+
+    def make_socket(addr_info: tuple[object, ...]) -> socket.socket:
+        made.append(SocketOptions().create_socket(addr_info[0]))  # type: ignore[arg-type]
+        return made[-1]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    tunnel = Tunnel(
+        route=ProxyRoute.parse("http://proxy.test:3128"),
+        endpoint="https://origin.test:443",
+        context=ssl.create_default_context(),
+        make_socket=make_socket,
+        dns_refresh_timeout=60,
+    )
+    async with await listen():
+        for _ in range(2):
+            with await tunnel._connect(5) as sock:
+                assert sock is made[-1]
+        assert lookups == ["proxy.test"] and len(made) == 2
+    # The proxy stops answering at the cached address and moves: one failure, then a lookup.
+    with pytest.raises(ProxyError, match="cannot connect to the proxy http://proxy"):
+        await tunnel._connect(5)
+    assert len(lookups) == 1 and made[-1].fileno() == -1
+    async with await listen():
+        with await tunnel._connect(5):
+            pass
+    assert lookups == ["proxy.test"] * 2
+
+    unknown = Tunnel(
+        route=ProxyRoute.parse("http://nowhere.test:3128"),
+        endpoint="https://origin.test:443",
+        context=ssl.create_default_context(),
+        make_socket=make_socket,
+        dns_refresh_timeout=60,
+    )
+    with pytest.raises(ProxyError, match="cannot resolve the proxy http://nowhere") as caught:
+        await unknown._connect(5)
+    assert isinstance(caught.value.__cause__, socket.gaierror)
