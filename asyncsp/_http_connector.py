@@ -370,11 +370,11 @@ class Connector:
         """
         ssl_object, state.ssl_object = state.ssl_object, None
         sp = self.endpoint.sp
-        if sp.remember_session(ssl_object, self.policy, sp.host):
+        if sp.dialer.remember_session(ssl_object, self.policy, sp.host):
             self.attempt = self._new_attempt()  # the cache may offer another session now
 
     def _new_attempt(self) -> ConnectAttempt:
-        return self.endpoint.sp._attempt(self.policy, self.endpoint.sp.host, self.context)
+        return self.endpoint.sp.dialer.attempt(self.policy, self.endpoint.sp.host, self.context)
 
     def _idle_protocols(self) -> list[ResponseHandler]:
         # aiohttp has no public way to close only its idle connections; its pool is a dict of

@@ -1,7 +1,8 @@
-"""`ServicePoint`: one endpoint's limits, pool, TLS sessions, addresses and statistics.
+"""`ServicePoint`: one endpoint's settings, pool, idle reaping, shutdown and statistics.
 
-Connect, handshake and verification share one code path here (`ServicePoint.obtain` and
-`ServicePoint._upgrade`); HTTP, SMTP, FTP and raw streams all come through it.
+Connections are made by its `Dialer` (`asyncsp._dialer`), the one code path for connect,
+handshake, verification and TLS sessions that HTTP, SMTP, FTP and raw streams share; the
+service point decides when a new one is needed and keeps it once it is made.
 """
 
 from __future__ import annotations
@@ -11,22 +12,18 @@ import builtins
 import contextlib
 import dataclasses
 import datetime
-import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from ._defaults import check_limit, check_optional_seconds, check_seconds
+from ._dialer import Dialer
 from ._endpoint import Endpoint
-from ._errors import ConnectError, ManagerClosedError, TimeoutError, TlsError
+from ._errors import ManagerClosedError, TimeoutError
 from ._policy import TlsPolicy
 from ._pool import Poolable, SlotPool
-from ._resolve import AddressCache, connect_socket, peer_address
-from ._sessions import SessionCache
-from ._streams import DEFAULT_LINE_LIMIT, Stream, StreamProtocol
-from ._tls import ConnectAttempt, TlsInfo, connect_attempt, context_for_async
-from ._translate import raise_connect_error
+from ._streams import DEFAULT_LINE_LIMIT, Stream
 
 if TYPE_CHECKING:
     from ._manager import ConnectionManager
@@ -72,15 +69,9 @@ class ServicePoint:
         self._lease_timeout = manager.connection_lease_timeout
         self._pool: SlotPool[Any] = SlotPool(manager.default_connection_limit)
         self._active: set[Stream] = set()
-        self._connecting: set[asyncio.Task[Any]] = set()  # tasks in connect or handshake
-        self._interrupted: set[asyncio.Task[Any]] = set()  # ...that a manager close cancelled
         self._extra_busy = 0  # exchanges in flight on connections not counted by the pool
         self._extra_connections = 0  # sockets owned by a protocol layer's own pool (HTTP)
         self._idle_since: datetime.datetime | None = _utcnow()
-        self._sessions = SessionCache()
-        self._addresses = AddressCache(
-            endpoint.host, endpoint.port, manager.dns_refresh_timeout, endpoint=endpoint.address
-        )
         self._reaper: asyncio.TimerHandle | None = None
         self.layer_state: dict[str, Any] = {}
         """Per-protocol state a layer keeps here (the HTTP connector, for one)."""
@@ -88,6 +79,8 @@ class ServicePoint:
         """Counters since the service point was made."""
         self.certificate: bytes | None = None
         """DER of the peer's leaf certificate on the last TLS connection (``None`` before one)."""
+        self.dialer = Dialer(self)
+        """Makes this endpoint's connections: addresses, handshakes, TLS sessions."""
 
     # -- identity --------------------------------------------------------------------------
 
@@ -155,12 +148,12 @@ class ServicePoint:
     @property
     def dns_refresh_timeout(self) -> float:
         """Seconds resolved addresses are reused before new connections resolve again."""
-        return self._addresses.refresh
+        return self.dialer.addresses.refresh
 
     @dns_refresh_timeout.setter
     def dns_refresh_timeout(self, value: float) -> None:
-        self._addresses.refresh = check_seconds("dns_refresh_timeout", value)
-        self._addresses.invalidate()
+        self.dialer.addresses.refresh = check_seconds("dns_refresh_timeout", value)
+        self.dialer.addresses.invalidate()
 
     @property
     def policy(self) -> TlsPolicy:
@@ -236,7 +229,7 @@ class ServicePoint:
         if conn is not None:
             return conn
         try:
-            stream = await self._open(
+            stream = await self.dialer.open(
                 policy=policy,
                 tls=self._endpoint.implicit_tls if tls is None else tls,
                 server_hostname=server_hostname,
@@ -326,7 +319,7 @@ class ServicePoint:
         connection, which is no cache).
         """
         self._manager._check_open()
-        stream = await self._open(
+        stream = await self.dialer.open(
             policy=policy,
             tls=tls,
             server_hostname=server_hostname,
@@ -344,186 +337,9 @@ class ServicePoint:
             self._manager._check_open()
         return stream
 
-    async def _open(
-        self,
-        *,
-        policy: TlsPolicy,
-        tls: bool,
-        server_hostname: str | None,
-        timeout: float | None,
-        line_limit: int,
-        peer: tuple[str, int] | None = None,
-        session: ssl.SSLSession | None = None,
-    ) -> Stream:
-        async with self._interruptible("connecting to"):
-            return await self._connect(
-                policy=policy,
-                tls=tls,
-                server_hostname=server_hostname,
-                timeout=timeout,
-                line_limit=line_limit,
-                peer=peer,
-                session=session,
-            )
-
-    @contextlib.asynccontextmanager
-    async def _interruptible(self, doing: str) -> AsyncIterator[None]:
-        """Let a manager close cut a connect or handshake short with `ManagerClosedError`.
-
-        Without it a peer that never answers would hold the caller until its own timeout.
-        """
-        task = asyncio.current_task()
-        assert task is not None
-        self._connecting.add(task)
-        try:
-            yield
-        except asyncio.CancelledError:
-            if task in self._interrupted:
-                self._interrupted.discard(task)
-                if task.uncancel() == 0:  # ours was the only cancellation
-                    raise ManagerClosedError(
-                        f"the connection manager was closed while {doing} {self.address}",
-                        endpoint=self.address,
-                    ) from None
-            raise
-        finally:
-            self._connecting.discard(task)
-            self._interrupted.discard(task)
-
-    async def _connect(
-        self,
-        *,
-        policy: TlsPolicy,
-        tls: bool,
-        server_hostname: str | None,
-        timeout: float | None,
-        line_limit: int,
-        peer: tuple[str, int] | None,
-        session: ssl.SSLSession | None,
-    ) -> Stream:
-        loop = asyncio.get_running_loop()
-        hostname = server_hostname or self.host
-        context = await context_for_async(policy) if tls else None
-        try:
-            async with asyncio.timeout(timeout):
-                sock = await self._connect_socket(peer)
-        except OSError as exc:  # builtins.TimeoutError included
-            raise_connect_error(exc, self.address, during_tls=False, timeout=timeout)
-        self.stats.connections_opened += 1
-        protocol = StreamProtocol(high_water=max(2 * line_limit, 256 * 1024))
-        try:
-            with connect_attempt(self._attempt(policy, hostname, context, session)):
-                async with asyncio.timeout(timeout):
-                    transport, _ = await loop.create_connection(
-                        lambda: protocol,
-                        sock=sock,
-                        ssl=context,
-                        server_hostname=hostname if context else None,
-                        ssl_handshake_timeout=_backstop(timeout) if context else None,
-                    )
-        except BaseException as exc:
-            sock.close()
-            if isinstance(exc, Exception):
-                raise_connect_error(exc, self.address, during_tls=True, timeout=timeout)
-            raise
-        stream = Stream(
-            service_point=self,
-            transport=transport,
-            protocol=protocol,
-            policy=policy,
-            timeout=timeout,
-            server_hostname=hostname,
-            on_close=self._stream_closed if peer is None else self._side_stream_closed,
-            line_limit=line_limit,
-        )
-        self._active.add(stream)
-        return stream
-
-    async def _upgrade(self, stream: Stream, server_hostname: str) -> TlsInfo:
-        """STARTTLS: run a handshake on *stream* under its policy snapshot."""
-        loop = asyncio.get_running_loop()
-        context = await context_for_async(stream.policy)
-        # RFC 3207 §4.2: whatever arrived in clear after the peer's go-ahead is an injection.
-        # Checked after the last await before the handshake, so no byte can slip in between.
-        if stream.buffered:
-            count = stream.buffered
-            stream.abort()
-            raise TlsError(
-                f"{self.address} sent {count} unexpected byte(s) before the TLS handshake "
-                "(possible injection); the connection was closed",
-                endpoint=self.address,
-            )
-        try:
-            with connect_attempt(self._attempt(stream.policy, server_hostname, context)):
-                transport = await loop.start_tls(
-                    stream._transport,
-                    stream._protocol,
-                    context,
-                    server_hostname=server_hostname,
-                    ssl_handshake_timeout=_backstop(stream.timeout),
-                )
-        except BaseException as exc:
-            stream.abort()
-            if stream.closed_by_manager:
-                raise ManagerClosedError(
-                    f"the connection manager was closed during the TLS handshake with "
-                    f"{self.address}",
-                    endpoint=self.address,
-                ) from exc
-            if isinstance(exc, Exception):
-                raise_connect_error(exc, self.address, during_tls=True, timeout=stream.timeout)
-            raise
-        if transport is None:  # pragma: no cover - start_tls returns None only when closing
-            stream.abort()
-            raise ConnectError(f"{self.address} closed the connection during STARTTLS")
-        stream._replace_transport(transport)
-        info = stream.tls
-        assert info is not None
-        return info
-
-    def _attempt(
-        self,
-        policy: TlsPolicy,
-        hostname: str,
-        context: ssl.SSLContext | None,
-        session: ssl.SSLSession | None = None,
-    ) -> ConnectAttempt:
-        offered = session
-        if offered is None and context is not None and policy.resume_sessions:
-            offered = self._sessions.offer(policy, hostname, context)
-        return ConnectAttempt(
-            endpoint=self.address,
-            session=offered,
-            session_required=session is not None,
-            on_established=self._on_established,
-        )
-
-    def _on_established(self, ssl_object: ssl.SSLObject, info: TlsInfo, der: bytes | None) -> None:
-        if info.session_reused:
-            self.stats.session_resumptions += 1
-        else:
-            self.stats.tls_handshakes += 1
-        self.stats.versions[info.version] = self.stats.versions.get(info.version, 0) + 1
-        if der is not None:
-            self.certificate = der
-
-    def _remember_session(self, stream: Stream) -> None:
-        """Keep *stream*'s TLS session for the next connection under the same policy and name."""
-        ssl_object = stream.get_extra_info("ssl_object")
-        if ssl_object is None or not stream.policy.resume_sessions or stream.tls is None:
-            return
-        self.remember_session(ssl_object, stream.policy, stream.server_hostname)
-
     def remember_session(self, ssl_object: Any, policy: TlsPolicy, hostname: str) -> bool:
-        """Offer *ssl_object*'s session to later connections, when the cache needs it.
-
-        Call it at most once per connection, after the first reply was read (a TLS 1.3
-        ticket arrives after the handshake). Returns whether the session was read (what
-        the cache offers may have changed).
-        """
-        attempt = getattr(ssl_object, "asyncsp_attempt", None)
-        offered = attempt is not None and attempt.session is not None
-        return self._sessions.remember(ssl_object, policy, hostname, offered=offered)
+        """Offer *ssl_object*'s session to later connections (`Dialer.remember_session`)."""
+        return self.dialer.remember_session(ssl_object, policy, hostname)
 
     def _stream_closed(self, stream: Stream) -> None:
         self._active.discard(stream)
@@ -532,17 +348,6 @@ class ServicePoint:
 
     def _side_stream_closed(self, stream: Stream) -> None:
         self._active.discard(stream)
-
-    # -- addresses -------------------------------------------------------------------------
-
-    async def _connect_socket(self, peer: tuple[str, int] | None = None) -> socket.socket:
-        addresses = await self._addresses.addresses() if peer is None else peer_address(peer)
-        try:
-            return await connect_socket(addresses, self._manager._socket_options)
-        except OSError:
-            if peer is None:
-                self._addresses.invalidate()  # the addresses may have moved: resolve again
-            raise
 
     # -- idle reaping and shutdown ---------------------------------------------------------
 
@@ -579,9 +384,7 @@ class ServicePoint:
         for stream in list(self._active):
             if stream not in pooled:  # idle sessions get a polite close from the caller
                 stream.abort(by_manager=True)
-        for task in self._connecting:
-            self._interrupted.add(task)
-            task.cancel()
+        self.dialer.interrupt()
         for state in list(self.layer_state.values()):
             # A layer with sockets of its own (HTTP) fails its waiters and closes them.
             close = getattr(state, "close", None)
@@ -594,11 +397,6 @@ async def close_quietly(conn: Poolable) -> None:
     # Nobody waits on this close, so its error has no reader.
     with contextlib.suppress(Exception):
         await conn.aclose()
-
-
-def _backstop(timeout: float | None) -> float | None:
-    """asyncio's own handshake limit, set past ours so ours fires first with a clear error."""
-    return None if timeout is None else timeout + 5.0
 
 
 def _utcnow() -> datetime.datetime:

@@ -402,7 +402,7 @@ class Stream:
         if self.tls is not None:
             raise TlsError(f"{self.endpoint}: the stream already runs TLS", endpoint=self.endpoint)
         hostname = server_hostname or self._server_hostname
-        return await self._guard(self._service_point._upgrade(self, hostname))
+        return await self._guard(self._service_point.dialer.upgrade(self, hostname))
 
     def _replace_transport(self, transport: asyncio.Transport) -> None:
         self._transport = transport
@@ -418,7 +418,7 @@ class Stream:
         transport = self._transport
         try:
             if not self._broken:
-                self._service_point._remember_session(self)
+                self._service_point.dialer.remember_stream_session(self)
             if not transport.is_closing():
                 transport.close()
             if not self._protocol.lost.done():

@@ -106,12 +106,12 @@ async def test_resolved_addresses_are_reused_until_the_refresh_timeout() -> None
             sp = mgr.find_service_point(f"tcp://localhost:{server.port}")
             async with mgr.open_stream("localhost", server.port, timeout=5):
                 pass
-            cached = sp._addresses.cached
+            cached = sp.dialer.addresses.cached
             assert cached is not None
             async with mgr.open_stream("localhost", server.port, timeout=5):
                 pass
-            assert sp._addresses.cached is cached
+            assert sp.dialer.addresses.cached is cached
             sp.dns_refresh_timeout = 0
             async with mgr.open_stream("localhost", server.port, timeout=5):
                 pass
-            assert sp._addresses.cached is None  # a zero refresh time: resolved every time
+            assert sp.dialer.addresses.cached is None  # a zero refresh time: resolved every time

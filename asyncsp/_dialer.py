@@ -1,0 +1,277 @@
+"""`Dialer`: how one service point's connections are made, upgraded and verified.
+
+Each `ServicePoint` has one. It owns what making a connection needs and nothing else: the
+endpoint's resolved addresses (`AddressCache`), its TLS sessions (`SessionCache`) and the
+tasks connecting right now, which a manager close interrupts. The service point keeps the
+limits, the pool and the shutdown; the dialer reads the endpoint and socket options from it,
+records statistics and the peer's certificate there, and registers every stream it opens
+with it (its active set and close callbacks).
+
+It is one code path for every protocol, so that a policy means the same thing everywhere:
+the same `ConnectAttempt` offers a cached session, counts the handshake and records the
+peer's certificate, and the same errors come out of a failed connect or handshake.
+
+- Raw streams and SMTP and FTP control connections come from `ServicePoint.obtain`
+  (`open`, plain or with implicit TLS); ``STARTTLS`` and ``AUTH TLS`` upgrade them in place
+  (`Stream.start_tls` -> `upgrade`). A stream's session is remembered when it closes
+  (`remember_stream_session`).
+- FTP data channels come from `ServicePoint.open_side_stream` (`open` with the control
+  connection's session, which they must resume).
+- HTTP, direct or through a ``CONNECT`` tunnel, lets aiohttp open the sockets; its connector
+  runs every handshake under an `attempt` from here and calls `remember_session` after the
+  first response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ConnectError, ManagerClosedError, TlsError
+from ._policy import TlsPolicy
+from ._resolve import AddressCache, connect_socket, peer_address
+from ._sessions import SessionCache
+from ._streams import Stream, StreamProtocol
+from ._tls import ConnectAttempt, TlsInfo, connect_attempt, context_for_async
+from ._translate import raise_connect_error
+
+if TYPE_CHECKING:
+    from ._servicepoint import ServicePoint
+
+__all__ = ["Dialer"]
+
+
+class Dialer:
+    """Opens the connections of one `ServicePoint`, runs their handshakes, resumes sessions."""
+
+    def __init__(self, service_point: ServicePoint) -> None:
+        endpoint = service_point.endpoint
+        self._sp = service_point
+        self.addresses = AddressCache(
+            endpoint.host,
+            endpoint.port,
+            service_point.manager.dns_refresh_timeout,
+            endpoint=endpoint.address,
+        )
+        """The endpoint's resolved addresses, reused for the DNS refresh time."""
+        self._sessions = SessionCache()
+        self._connecting: set[asyncio.Task[Any]] = set()  # tasks in connect or handshake
+        self._interrupted: set[asyncio.Task[Any]] = set()  # ...that a manager close cancelled
+
+    async def open(
+        self,
+        *,
+        policy: TlsPolicy,
+        tls: bool,
+        server_hostname: str | None,
+        timeout: float | None,
+        line_limit: int,
+        peer: tuple[str, int] | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> Stream:
+        """A new `Stream`: connected, and with *tls* handshaken and verified under *policy*.
+
+        *peer* (an IP address and port) makes it a side stream that takes no slot; *session*
+        is then offered even when the policy does not resume sessions.
+        """
+        async with self._interruptible("connecting to"):
+            return await self._connect(
+                policy=policy,
+                tls=tls,
+                server_hostname=server_hostname,
+                timeout=timeout,
+                line_limit=line_limit,
+                peer=peer,
+                session=session,
+            )
+
+    def interrupt(self) -> None:
+        """Cut every connect and handshake in progress short with `ManagerClosedError`."""
+        for task in self._connecting:
+            self._interrupted.add(task)
+            task.cancel()
+
+    @contextlib.asynccontextmanager
+    async def _interruptible(self, doing: str) -> AsyncIterator[None]:
+        """Let a manager close cut a connect or handshake short with `ManagerClosedError`.
+
+        Without it a peer that never answers would hold the caller until its own timeout.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        self._connecting.add(task)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if task in self._interrupted:
+                self._interrupted.discard(task)
+                if task.uncancel() == 0:  # ours was the only cancellation
+                    raise ManagerClosedError(
+                        f"the connection manager was closed while {doing} {self._sp.address}",
+                        endpoint=self._sp.address,
+                    ) from None
+            raise
+        finally:
+            self._connecting.discard(task)
+            self._interrupted.discard(task)
+
+    async def _connect(
+        self,
+        *,
+        policy: TlsPolicy,
+        tls: bool,
+        server_hostname: str | None,
+        timeout: float | None,
+        line_limit: int,
+        peer: tuple[str, int] | None,
+        session: ssl.SSLSession | None,
+    ) -> Stream:
+        sp = self._sp
+        loop = asyncio.get_running_loop()
+        hostname = server_hostname or sp.host
+        context = await context_for_async(policy) if tls else None
+        try:
+            async with asyncio.timeout(timeout):
+                sock = await self._connect_socket(peer)
+        except OSError as exc:  # builtins.TimeoutError included
+            raise_connect_error(exc, sp.address, during_tls=False, timeout=timeout)
+        sp.stats.connections_opened += 1
+        protocol = StreamProtocol(high_water=max(2 * line_limit, 256 * 1024))
+        try:
+            with connect_attempt(self.attempt(policy, hostname, context, session)):
+                async with asyncio.timeout(timeout):
+                    transport, _ = await loop.create_connection(
+                        lambda: protocol,
+                        sock=sock,
+                        ssl=context,
+                        server_hostname=hostname if context else None,
+                        ssl_handshake_timeout=_backstop(timeout) if context else None,
+                    )
+        except BaseException as exc:
+            sock.close()
+            if isinstance(exc, Exception):
+                raise_connect_error(exc, sp.address, during_tls=True, timeout=timeout)
+            raise
+        stream = Stream(
+            service_point=sp,
+            transport=transport,
+            protocol=protocol,
+            policy=policy,
+            timeout=timeout,
+            server_hostname=hostname,
+            on_close=sp._stream_closed if peer is None else sp._side_stream_closed,
+            line_limit=line_limit,
+        )
+        sp._active.add(stream)
+        return stream
+
+    async def _connect_socket(self, peer: tuple[str, int] | None) -> socket.socket:
+        addresses = await self.addresses.addresses() if peer is None else peer_address(peer)
+        try:
+            return await connect_socket(addresses, self._sp.manager._socket_options)
+        except OSError:
+            if peer is None:
+                self.addresses.invalidate()  # the addresses may have moved: resolve again
+            raise
+
+    async def upgrade(self, stream: Stream, server_hostname: str) -> TlsInfo:
+        """STARTTLS: run a handshake on *stream* under its policy snapshot."""
+        address = self._sp.address
+        loop = asyncio.get_running_loop()
+        context = await context_for_async(stream.policy)
+        # RFC 3207 §4.2: whatever arrived in clear after the peer's go-ahead is an injection.
+        # Checked after the last await before the handshake, so no byte can slip in between.
+        if stream.buffered:
+            count = stream.buffered
+            stream.abort()
+            raise TlsError(
+                f"{address} sent {count} unexpected byte(s) before the TLS handshake "
+                "(possible injection); the connection was closed",
+                endpoint=address,
+            )
+        try:
+            with connect_attempt(self.attempt(stream.policy, server_hostname, context)):
+                transport = await loop.start_tls(
+                    stream._transport,
+                    stream._protocol,
+                    context,
+                    server_hostname=server_hostname,
+                    ssl_handshake_timeout=_backstop(stream.timeout),
+                )
+        except BaseException as exc:
+            stream.abort()
+            if stream.closed_by_manager:
+                raise ManagerClosedError(
+                    f"the connection manager was closed during the TLS handshake with {address}",
+                    endpoint=address,
+                ) from exc
+            if isinstance(exc, Exception):
+                raise_connect_error(exc, address, during_tls=True, timeout=stream.timeout)
+            raise
+        if transport is None:  # pragma: no cover - start_tls returns None only when closing
+            stream.abort()
+            raise ConnectError(f"{address} closed the connection during STARTTLS")
+        stream._replace_transport(transport)
+        info = stream.tls
+        assert info is not None
+        return info
+
+    def attempt(
+        self,
+        policy: TlsPolicy,
+        hostname: str,
+        context: ssl.SSLContext | None,
+        session: ssl.SSLSession | None = None,
+    ) -> ConnectAttempt:
+        """What a handshake with *hostname* offers (*session*, or a cached one) and reports to.
+
+        An explicit *session* is offered even when the policy does not resume sessions (an
+        FTP data channel must resume its control connection's); without one the cache offers
+        a session when the policy resumes.
+        """
+        offered = session
+        if offered is None and context is not None and policy.resume_sessions:
+            offered = self._sessions.offer(policy, hostname, context)
+        return ConnectAttempt(
+            endpoint=self._sp.address,
+            session=offered,
+            session_required=session is not None,
+            on_established=self._on_established,
+        )
+
+    def _on_established(self, ssl_object: ssl.SSLObject, info: TlsInfo, der: bytes | None) -> None:
+        stats = self._sp.stats
+        if info.session_reused:
+            stats.session_resumptions += 1
+        else:
+            stats.tls_handshakes += 1
+        stats.versions[info.version] = stats.versions.get(info.version, 0) + 1
+        if der is not None:
+            self._sp.certificate = der
+
+    def remember_stream_session(self, stream: Stream) -> None:
+        """Keep *stream*'s TLS session for the next connection under the same policy and name."""
+        ssl_object = stream.get_extra_info("ssl_object")
+        if ssl_object is None or not stream.policy.resume_sessions or stream.tls is None:
+            return
+        self.remember_session(ssl_object, stream.policy, stream.server_hostname)
+
+    def remember_session(self, ssl_object: Any, policy: TlsPolicy, hostname: str) -> bool:
+        """Offer *ssl_object*'s session to later connections, when the cache needs it.
+
+        Call it at most once per connection, after the first reply was read (a TLS 1.3
+        ticket arrives after the handshake). Returns whether the session was read (what
+        the cache offers may have changed).
+        """
+        attempt = getattr(ssl_object, "asyncsp_attempt", None)
+        offered = attempt is not None and attempt.session is not None
+        return self._sessions.remember(ssl_object, policy, hostname, offered=offered)
+
+
+def _backstop(timeout: float | None) -> float | None:
+    """asyncio's own handshake limit, set past ours so ours fires first with a clear error."""
+    return None if timeout is None else timeout + 5.0
