@@ -337,10 +337,6 @@ class ServicePoint:
             self._manager._check_open()
         return stream
 
-    def remember_session(self, ssl_object: Any, policy: TlsPolicy, hostname: str) -> bool:
-        """Offer *ssl_object*'s session to later connections (`Dialer.remember_session`)."""
-        return self.dialer.remember_session(ssl_object, policy, hostname)
-
     def _stream_closed(self, stream: Stream) -> None:
         self._active.discard(stream)
         self._pool.release()
