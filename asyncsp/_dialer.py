@@ -172,7 +172,7 @@ class Dialer:
     async def _connect_socket(self, peer: tuple[str, int] | None) -> socket.socket:
         addresses = await self.addresses.addresses() if peer is None else peer_address(peer)
         try:
-            return await connect_socket(addresses, self._sp.manager._socket_options)
+            return await connect_socket(addresses, self._sp.manager._socket_options.create_socket)
         except OSError:
             if peer is None:
                 self.addresses.invalidate()  # the addresses may have moved: resolve again

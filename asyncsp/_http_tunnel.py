@@ -123,7 +123,7 @@ class Tunnel:
         async with self._bounded(step_timeout, "did not accept the connection"):
             addresses = await self._resolve()
             try:
-                return await connect_socket(addresses, make_socket=self._new_socket)
+                return await connect_socket(addresses, self._new_socket)
             except OSError as exc:
                 failure = exc
         self._addresses.invalidate()  # the proxy may have moved: resolve again next time
@@ -145,10 +145,9 @@ class Tunnel:
                 proxy=self.route.url,
             ) from exc
 
-    def _new_socket(self, address: Address) -> socket.socket:
-        """A socket for *address* from the connector's factory, which takes aiohttp's addrinfo."""
-        family, sockaddr = address
-        return self._make_socket((family, socket.SOCK_STREAM, 0, "", sockaddr))
+    def _new_socket(self, family: int) -> socket.socket:
+        """A socket of *family* from the connector's factory (which takes aiohttp's addrinfo)."""
+        return self._make_socket((family, socket.SOCK_STREAM, 0, "", ()))
 
     async def _read_reply(self, buffer: StreamProtocol) -> ConnectReply:
         """Read the reply head; only the head is taken from the buffer."""

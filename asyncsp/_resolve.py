@@ -10,15 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ._errors import ConnectError
-from ._sockets import SocketOptions
 
 __all__ = ["AddressCache", "connect_socket"]
 
 Address = tuple[int, tuple[Any, ...]]
 """(address family, socket address)."""
 
-SocketFactory = Callable[[Address], socket.socket]
-"""Makes the unconnected socket for one address."""
+SocketFactory = Callable[[int], socket.socket]
+"""Makes an unconnected TCP socket of an address family (``SocketOptions.create_socket``)."""
 
 
 class AddressCache:
@@ -75,25 +74,16 @@ class AddressCache:
         return found
 
 
-async def connect_socket(
-    addresses: list[Address],
-    options: SocketOptions | None = None,
-    *,
-    make_socket: SocketFactory | None = None,
-) -> socket.socket:
+async def connect_socket(addresses: list[Address], make_socket: SocketFactory) -> socket.socket:
     """A socket connected to the first of *addresses* that answers; the last error otherwise.
 
-    Each socket is made with *options*, or by *make_socket* when the caller has a factory of
-    its own (the HTTP connector's, which counts every socket toward its connection limit).
+    Each socket comes from *make_socket*: the manager's socket options, or the HTTP
+    connector's factory, which counts every socket toward its connection limit.
     """
-    if make_socket is None:
-        if options is None:
-            raise TypeError("connect_socket() needs options or make_socket")
-        make_socket = _factory(options)
     loop = asyncio.get_running_loop()
     last: OSError | None = None
     for address in addresses:
-        sock = make_socket(address)
+        sock = make_socket(address[0])
         try:
             await loop.sock_connect(sock, address[1])
         except OSError as exc:
@@ -107,13 +97,6 @@ async def connect_socket(
     if last is None:
         raise OSError("no address to connect to")
     raise last
-
-
-def _factory(options: SocketOptions) -> SocketFactory:
-    def make_socket(address: Address) -> socket.socket:
-        return options.create_socket(address[0])
-
-    return make_socket
 
 
 def _literal_address(host: str, port: int) -> list[Address] | None:
