@@ -62,33 +62,6 @@ class Dialer:
         self._connecting: set[asyncio.Task[Any]] = set()  # tasks in connect or handshake
         self._interrupted: set[asyncio.Task[Any]] = set()  # ...that a manager close cancelled
 
-    async def open(
-        self,
-        *,
-        policy: TlsPolicy,
-        tls: bool,
-        server_hostname: str | None,
-        timeout: float | None,
-        line_limit: int,
-        peer: tuple[str, int] | None = None,
-        session: ssl.SSLSession | None = None,
-    ) -> Stream:
-        """A new `Stream`: connected, and with *tls* handshaken and verified under *policy*.
-
-        *peer* (an IP address and port) makes it a side stream that takes no slot; *session*
-        is then offered even when the policy does not resume sessions.
-        """
-        async with self._interruptible("connecting to"):
-            return await self._connect(
-                policy=policy,
-                tls=tls,
-                server_hostname=server_hostname,
-                timeout=timeout,
-                line_limit=line_limit,
-                peer=peer,
-                session=session,
-            )
-
     def interrupt(self) -> None:
         """Cut every connect and handshake in progress short with `ManagerClosedError`."""
         for task in self._connecting:
@@ -119,7 +92,7 @@ class Dialer:
             self._connecting.discard(task)
             self._interrupted.discard(task)
 
-    async def _connect(
+    async def open(
         self,
         *,
         policy: TlsPolicy,
@@ -127,47 +100,53 @@ class Dialer:
         server_hostname: str | None,
         timeout: float | None,
         line_limit: int,
-        peer: tuple[str, int] | None,
-        session: ssl.SSLSession | None,
+        peer: tuple[str, int] | None = None,
+        session: ssl.SSLSession | None = None,
     ) -> Stream:
-        sp = self._sp
-        loop = asyncio.get_running_loop()
-        hostname = server_hostname or sp.host
-        context = await context_for_async(policy) if tls else None
-        try:
-            async with asyncio.timeout(timeout):
-                sock = await self._connect_socket(peer)
-        except OSError as exc:  # builtins.TimeoutError included
-            raise_connect_error(exc, sp.address, during_tls=False, timeout=timeout)
-        sp.stats.connections_opened += 1
-        protocol = StreamProtocol(high_water=max(2 * line_limit, 256 * 1024))
-        try:
-            with connect_attempt(self.attempt(policy, hostname, context, session)):
+        """A new `Stream`: connected, and with *tls* handshaken and verified under *policy*.
+
+        *peer* (an IP address and port) makes it a side stream that takes no slot; *session*
+        is then offered even when the policy does not resume sessions.
+        """
+        async with self._interruptible("connecting to"):
+            sp = self._sp
+            loop = asyncio.get_running_loop()
+            hostname = server_hostname or sp.host
+            context = await context_for_async(policy) if tls else None
+            try:
                 async with asyncio.timeout(timeout):
-                    transport, _ = await loop.create_connection(
-                        lambda: protocol,
-                        sock=sock,
-                        ssl=context,
-                        server_hostname=hostname if context else None,
-                        ssl_handshake_timeout=_backstop(timeout) if context else None,
-                    )
-        except BaseException as exc:
-            sock.close()
-            if isinstance(exc, Exception):
-                raise_connect_error(exc, sp.address, during_tls=True, timeout=timeout)
-            raise
-        stream = Stream(
-            service_point=sp,
-            transport=transport,
-            protocol=protocol,
-            policy=policy,
-            timeout=timeout,
-            server_hostname=hostname,
-            on_close=sp._stream_closed if peer is None else sp._side_stream_closed,
-            line_limit=line_limit,
-        )
-        sp._active.add(stream)
-        return stream
+                    sock = await self._connect_socket(peer)
+            except OSError as exc:  # builtins.TimeoutError included
+                raise_connect_error(exc, sp.address, during_tls=False, timeout=timeout)
+            sp.stats.connections_opened += 1
+            protocol = StreamProtocol(high_water=max(2 * line_limit, 256 * 1024))
+            try:
+                with connect_attempt(self.attempt(policy, hostname, context, session)):
+                    async with asyncio.timeout(timeout):
+                        transport, _ = await loop.create_connection(
+                            lambda: protocol,
+                            sock=sock,
+                            ssl=context,
+                            server_hostname=hostname if context else None,
+                            ssl_handshake_timeout=_backstop(timeout) if context else None,
+                        )
+            except BaseException as exc:
+                sock.close()
+                if isinstance(exc, Exception):
+                    raise_connect_error(exc, sp.address, during_tls=True, timeout=timeout)
+                raise
+            stream = Stream(
+                service_point=sp,
+                transport=transport,
+                protocol=protocol,
+                policy=policy,
+                timeout=timeout,
+                server_hostname=hostname,
+                on_close=sp._stream_closed if peer is None else sp._side_stream_closed,
+                line_limit=line_limit,
+            )
+            sp._active.add(stream)
+            return stream
 
     async def _connect_socket(self, peer: tuple[str, int] | None) -> socket.socket:
         addresses = await self.addresses.addresses() if peer is None else peer_address(peer)
