@@ -9,6 +9,7 @@ limits and statistics; redirects are followed here, never by aiohttp (RFC 9110 �
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -27,7 +28,8 @@ from ._tls import _ATTEMPT
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from ._http_connector import TrackedResponse
+    from ._http_connector import Connector, TrackedResponse
+    from ._http_pool import HttpEndpoint
     from ._manager import ConnectionManager
 
 __all__ = ["Response", "ResponseContent", "fetch", "request"]
@@ -84,6 +86,8 @@ _REFUSED = {
 }
 _DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=5 * 60, sock_connect=30)
 """aiohttp's default, which a session uses when a call gives no ``timeout``."""
+_MIN_LEFT = 0.001
+"""Seconds aiohttp gets when waiting for a slot used up (almost) all of the total timeout."""
 # Headers that describe a request body: dropped with the body when a redirect turns into GET.
 _BODY_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Transfer-Encoding")
 # Credentials that must not follow a redirect to another origin (RFC 9110 §15.4, last para).
@@ -184,7 +188,9 @@ async def _send(
     *retry* False: this is the one retry after a stale pooled connection, on a new one.
     """
     endpoint = layer.endpoint(url)
-    connector = endpoint.try_begin() or await endpoint.begin()
+    connector = endpoint.try_begin()
+    if connector is None:
+        connector, options = await _begin_waiting(endpoint, method, url, options)
     claim = RequestClaim(fresh=not retry)
     try:
         # What `_tls.connect_attempt` does, without its generator machinery (this is the hot
@@ -205,7 +211,7 @@ async def _send(
             raise
         if retry and _may_retry(layer, method, options, exc):
             # A pooled connection the server had closed (RFC 9112 §9.3.1): once, on a new
-            # one (those that idled beside it are closed first: likely stale too).
+            # one (the pool may hold more that are stale; the oldest are closed for room).
             return await _send(layer, call, method, url, options, retry=False)
         error = translate_http_error(
             exc,
@@ -222,6 +228,41 @@ async def _send(
         # The first response on a new connection: its TLS 1.3 tickets have arrived by now.
         connector.remember_session(state)
     return Response(tracked, endpoint, connector, call)
+
+
+async def _begin_waiting(
+    endpoint: HttpEndpoint, method: str, url: URL, options: dict[str, Any]
+) -> tuple[Connector, dict[str, Any]]:
+    """Wait for a gate slot within the request's total timeout; aiohttp gets the time left."""
+    timeout: aiohttp.ClientTimeout = options.get("timeout") or _DEFAULT_TIMEOUT
+    total = timeout.total
+    if total is None:
+        return await endpoint.begin(), options
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with asyncio.timeout(total):
+            connector = await endpoint.begin()
+    except builtins.TimeoutError:
+        address = endpoint.sp.address
+        raise TimeoutError(
+            f"{address}: {method} {url.raw_path} found no free connection within {total} s "
+            f"(connection_limit={endpoint.sp.connection_limit})",
+            endpoint=address,
+        ) from None
+    left = total - (loop.time() - started)
+    return connector, {**options, "timeout": _with_total(timeout, max(left, _MIN_LEFT))}
+
+
+def _with_total(timeout: aiohttp.ClientTimeout, total: float) -> aiohttp.ClientTimeout:
+    """*timeout* with another total: what is left of a deadline."""
+    return aiohttp.ClientTimeout(
+        total=total,
+        connect=timeout.connect,
+        sock_read=timeout.sock_read,
+        sock_connect=timeout.sock_connect,
+        ceil_threshold=timeout.ceil_threshold,
+    )
 
 
 def _may_retry(layer: HttpLayer, method: str, options: dict[str, Any], exc: Exception) -> bool:
@@ -275,13 +316,7 @@ async def _follow(layer: HttpLayer, call: _Call, response: Response) -> Response
                         endpoint=response.service_point.address,
                     )
                 previous: aiohttp.ClientTimeout = options.get("timeout") or _DEFAULT_TIMEOUT
-                options["timeout"] = aiohttp.ClientTimeout(
-                    total=remaining,
-                    connect=previous.connect,
-                    sock_read=previous.sock_read,
-                    sock_connect=previous.sock_connect,
-                    ceil_threshold=previous.ceil_threshold,
-                )
+                options["timeout"] = _with_total(previous, remaining)
             response = await _send(layer, call, method, url, options)
     except BaseException:
         response.close()

@@ -104,8 +104,8 @@ class RequestClaim:
             protocol = ticket.protocol if ticket is not None else None
         if ticket is None or ticket.done or ticket.orphan:
             return None
-        if protocol is not None and protocol.is_connected() and not protocol.should_close:
-            return None  # back in the pool (or about to be): its slot is free now
+        if protocol is not None and protocol.is_connected():
+            return None  # pooled (or in use again): its slot is free now
         return ticket
 
 
@@ -384,24 +384,26 @@ class Connector:
             return []
         return [entry[0] for entries in pool.values() for entry in entries]
 
-    def close_idle(self, *, only_expired: bool = False) -> None:
-        """Close idle connections now (those past their lease only, if asked)."""
-        for protocol in self._idle_protocols():
+    def close_idle(self, *, only_expired: bool = False, count: int | None = None) -> None:
+        """Close idle connections now: those past their lease only, if asked; at most the
+        *count* oldest, if given."""
+        if count is not None and count <= 0:
+            return
+        for protocol in self._idle_protocols():  # oldest first, the order aiohttp reuses them
             if not protocol.is_connected():
                 continue
             state = self.states.get(protocol)
             if only_expired and (state is None or not self.must_close(state)):
                 continue
+            if count is not None:
+                if count == 0:
+                    return
+                count -= 1
             ticket = state.ticket if state is not None else None
             if ticket is not None and not ticket.done and not ticket.orphan:
                 ticket.orphan = True
                 self.endpoint.orphans += 1
             protocol.close()
-
-    async def drop_idle(self) -> None:
-        """Close every idle connection, then wait until a new socket fits under the limit."""
-        self.close_idle()
-        await self.endpoint.room_for_new_socket()
 
     def retire(self) -> None:
         """No new requests: idle connections close now, the rest after their last request."""
@@ -432,7 +434,8 @@ class Connector:
 class _PoolConnector(aiohttp.TCPConnector):
     """aiohttp's connector, telling each request's `RequestClaim` which connection it took.
 
-    ``_get`` (the pool lookup, async with this signature in every aiohttp pyproject allows)
+    ``_get`` (the pool lookup, async with this signature in every aiohttp version pyproject
+    allows)
     is where a request reuses a connection; a new one is noted by `Connector._make_socket`.
     """
 
@@ -444,8 +447,8 @@ class _PoolConnector(aiohttp.TCPConnector):
         claim = CLAIM.get()
         if claim is None:
             return await super()._get(key, traces)
-        if claim.fresh:
-            await self.asyncsp_owner.drop_idle()
+        if claim.fresh:  # the retry after a stale connection: a new one, never the pool's
+            await self.asyncsp_owner.endpoint.room_for_new_socket(self.asyncsp_owner)
             return None
         connection = await super()._get(key, traces)
         if connection is not None:

@@ -84,7 +84,11 @@ class HttpEndpoint:
         self.wake()
 
     def wake(self) -> None:
-        """Hand free slots to waiters, oldest first."""
+        """Room was made: wake the admitted requests waiting for it (they look again), then
+        hand free slots to waiters, oldest first."""
+        for drain_waiter in self._drain_waiters:
+            if not drain_waiter.done():
+                drain_waiter.set_result(None)
         while self._waiters and self._free():
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -92,13 +96,10 @@ class HttpEndpoint:
                 waiter.set_result(None)
 
     def socket_closed(self, ticket: SocketTicket) -> None:
-        if ticket.orphan or ticket.held_slots:
-            self.orphans -= ticket.orphan
-            self.held -= ticket.held_slots
-            ticket.held_slots = 0
-            for waiter in self._drain_waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+        if ticket.orphan:
+            self.orphans -= 1
+        self.held -= ticket.held_slots
+        ticket.held_slots = 0
         self.sp._extra_connections -= 1
         self.wake()
 
@@ -148,11 +149,14 @@ class HttpEndpoint:
     async def _pick(self) -> Connector:
         """The connector for an admitted request, chosen after its last wait.
 
-        Each wait (a context built in a thread, sockets still closing) lets the policy change
-        or another request retire the connector; so the choice is made again after it.
+        Each wait (a context built in a thread, sockets still closing) lets the policy change,
+        another request retire the connector or the manager close; so the choice is made again
+        after it. Every pass but the last waits; the caller's deadline bounds them all.
         """
         sp = self.sp
-        while True:  # bounded: every pass but the last awaits a swap or a closing socket
+        while True:
+            if self._closed_error is not None:
+                raise self._closed_error
             connector = self.current
             if connector is None or not connector.matches(sp, sp.policy):
                 await self.connector()
@@ -161,18 +165,32 @@ class HttpEndpoint:
                 connector.close_idle(only_expired=True)
             # A swap (or the lease) may just have closed idle sockets that are not gone
             # yet; with them the slot we hold could pass the limit: wait until they are.
-            if self.held + self.orphans > sp.connection_limit:
+            # (Requests admitted before the limit was lowered go on: only orphans are awaited.)
+            if self.orphans and self.held + self.orphans > sp.connection_limit:
                 await self._sockets_gone()
                 continue
             return connector
 
-    async def room_for_new_socket(self) -> None:
-        """Wait until the sockets still closing leave room under the limit for one more."""
-        while self.held + self.orphans > self.sp.connection_limit:  # bounded: each pass waits
+    async def room_for_new_socket(self, connector: Connector) -> None:
+        """Make room under the limit for a socket that may not come from the pool (the retry
+        after a stale connection): close the oldest idle connections of *connector* as far as
+        needed, then wait for the sockets closing to go.
+
+        Idle sockets are not counted by the gate (a request takes one before it opens a new
+        one); a request that skips the pool must make their room itself. Each pass looks again
+        after a socket closes or a slot is freed (a request may have pooled its connection
+        meanwhile); the request's own timeout bounds the wait.
+        """
+        sp = self.sp
+        while True:
+            staying = sp.current_connections - self.orphans  # orphans are on their way out
+            connector.close_idle(count=staying + 1 - sp.connection_limit)
+            if sp.current_connections < sp.connection_limit:
+                return
             await self._sockets_gone()
 
     async def _sockets_gone(self) -> None:
-        """Wait until a socket the gate counts after its request (orphan or closing) is gone."""
+        """Wait until room is made: a socket closes, or a request frees its slot."""
         if self._closed_error is not None:
             raise self._closed_error
         waiter = asyncio.get_running_loop().create_future()
@@ -189,32 +207,35 @@ class HttpEndpoint:
         response: TrackedResponse | None,
         claim: RequestClaim | None = None,
     ) -> None:
-        """Account for the end of a request; *response* is aiohttp's, if one arrived, else
-        *claim* tells which connection the request had taken."""
+        """Account for the end of a request.
+
+        *response* is aiohttp's, if one arrived; else *claim* tells which connection the
+        request had taken.
+        """
         connector.in_flight -= 1
         if connector.retired:
             # aiohttp may have pooled the connection in the retired connector: close it now,
             # as an orphan the gate counts, before this request's slot is handed on.
             connector.close_idle()
-        ticket = protocol = None
-        if response is not None and response.asyncsp_state is not None:
-            ticket = response.asyncsp_state.ticket
-            protocol = response.asyncsp_protocol
-        elif claim is not None:
-            ticket = claim.closing_ticket(connector)
-        if ticket is not None and (
-            protocol is None
-            or (
-                not ticket.done
+        closing = None  # the ticket of a socket aiohttp is closing, not pooling
+        if response is not None:
+            state, protocol = response.asyncsp_state, response.asyncsp_protocol
+            ticket = state.ticket if state is not None else None
+            if (
+                ticket is not None
+                and protocol is not None
+                and not ticket.done
                 and not ticket.orphan
                 and (protocol.transport is None or protocol.should_close)
-            )
-        ):
-            # The connection is closing (not pooled): its slot is free once the socket is.
-            ticket.held_slots += 1
+            ):
+                closing = ticket
+        elif claim is not None:
+            closing = claim.closing_ticket(connector)
+        if closing is not None:
+            closing.held_slots += 1  # this slot is free once that socket is gone
         else:
             self.held -= 1
-            if self._waiters:
+            if self._waiters or self._drain_waiters:
                 self.wake()
         sp = self.sp
         sp._extra_busy -= 1
@@ -247,6 +268,8 @@ class HttpEndpoint:
         if current is not None and current.matches(self.sp, policy):
             return current
         context = await context_for_async(policy) if self.tls else None
+        if self._closed_error is not None:
+            raise self._closed_error  # closed while the context was built: make nothing new
         current = self.current
         if current is not None and current.matches(self.sp, policy):
             return current  # made by another request while we built the context

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -152,14 +153,17 @@ async def test_idle_close_crossing_a_post_is_never_resent() -> None:
 async def test_the_retry_after_a_stale_connection_takes_a_new_one() -> None:
     """Two pooled connections both closed by the server: the retry never takes the second."""
     closing = asyncio.Event()
+    both_open = asyncio.Event()
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            both_open.set()
         while True:  # bounded: the client closes, and read_request fails
             await read_request(reader)
             if closing.is_set() and n < 2:
                 return  # the server closed this idle connection as the request arrived
-            if n < 2:
-                await asyncio.sleep(0.05)  # overlap the two warm-up requests
+            async with asyncio.timeout(PROMPTLY):
+                await both_open.wait()  # the warm-up requests overlap: two connections
             writer.write(OK_HEAD % 2 + b"ok")
             await writer.drain()
 
@@ -422,7 +426,7 @@ async def test_a_request_ended_early_keeps_its_slot_until_its_socket_is_gone(
             await wait_until(lambda: app.holding == 1)
             if end == "cancelled":
                 first.cancel()
-            with pytest.raises((asyncio.CancelledError, TimeoutError)):
+            with pytest.raises(asyncio.CancelledError if end == "cancelled" else TimeoutError):
                 await first
             second = asyncio.create_task(mgr.get(app.url("/hello"), timeout=PROMPTLY))
             peak = 0
@@ -437,6 +441,75 @@ async def test_a_request_ended_early_keeps_its_slot_until_its_socket_is_gone(
             app.release.clear()
         await mgr.aclose()
         await settled(mgr, app.url())
+
+
+# -- the gate ----------------------------------------------------------------------------------
+
+
+async def test_a_request_waiting_for_a_free_connection_ends_at_its_timeout(
+    server_cert: trustme.LeafCert, trusted: Trusted
+) -> None:
+    async with (
+        WebApp(server_context(server_cert)) as app,
+        ConnectionManager(policy=trusted(), default_connection_limit=1) as mgr,
+    ):
+        holder = asyncio.create_task(mgr.get(app.url("/hold"), timeout=PROMPTLY))
+        await wait_until(lambda: app.holding == 1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TimeoutError, match=r"no free connection within 0\.5 s"):
+            await mgr.get(app.url("/hello"), timeout=0.5)
+        assert loop.time() - started < PROMPTLY
+        app.release.set()
+        assert (await holder).status == 200
+        assert (await mgr.get(app.url("/hello"), timeout=PROMPTLY)).status == 200  # no slot lost
+        await mgr.aclose()
+        await settled(mgr, app.url())
+
+
+def unshared_policy(ca_pem: str) -> TlsPolicy:
+    """A policy no other test uses, so its SSL context is built (in a thread) on first use.
+
+    Text outside the PEM block is ignored by OpenSSL, but makes the policy a new value.
+    """
+    return TlsPolicy(cadata=f"unshared {uuid.uuid4()}\n{ca_pem}")
+
+
+async def test_requests_choosing_their_connector_go_on_when_the_limit_is_lowered(
+    server_cert: trustme.LeafCert, ca_pem: str
+) -> None:
+    """Admitted requests wait for closing sockets only, never for the lowered limit itself."""
+    async with (
+        WebApp(server_context(server_cert)) as app,
+        ConnectionManager(policy=unshared_policy(ca_pem), default_connection_limit=2) as mgr,
+    ):
+        requests = [
+            asyncio.create_task(mgr.get(app.url("/hello"), timeout=PROMPTLY)) for _ in range(2)
+        ]
+        await asyncio.sleep(0)  # both admitted, both waiting for the context being built
+        endpoint = endpoint_of(mgr, app.url())
+        assert endpoint.held == 2 and endpoint.current is None
+        endpoint.sp.connection_limit = 1
+        assert [r.status for r in await asyncio.gather(*requests)] == [200, 200]
+        assert (await mgr.get(app.url("/hello"), timeout=PROMPTLY)).status == 200
+        await mgr.aclose()
+        await settled(mgr, app.url())
+
+
+async def test_a_manager_closed_while_a_request_chooses_its_connector_makes_none(
+    server_cert: trustme.LeafCert, ca_pem: str
+) -> None:
+    async with WebApp(server_context(server_cert)) as app:
+        mgr = ConnectionManager(policy=unshared_policy(ca_pem))
+        request = asyncio.create_task(mgr.get(app.url("/hello"), timeout=PROMPTLY))
+        await asyncio.sleep(0)  # admitted, waiting for the context being built
+        endpoint = endpoint_of(mgr, app.url())
+        assert endpoint.held == 1 and endpoint.current is None
+        await mgr.aclose()
+        with pytest.raises(ManagerClosedError):
+            await request
+        assert endpoint.current is None  # no connector made after the close
+        assert app.sockets.accepted == 0
 
 
 async def test_cancellation_storm_then_the_pool_serves_at_full_limit(
