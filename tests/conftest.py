@@ -1,4 +1,5 @@
-"""Shared fixtures: a throwaway CA (trustme), certificates, policies that trust it."""
+"""Shared fixtures: a throwaway CA (trustme), certificates, policies that trust it, and the
+loopback web servers and manager the HTTP tests share."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import pytest
 import trustme
 
 import asyncsp
-from asyncsp import TlsPolicy
+from asyncsp import ConnectionManager, TlsPolicy
+
+from .servers import server_context
+from .test_http_support import Trusted, WebServer
 
 
 @pytest.fixture(scope="session")
@@ -28,13 +32,33 @@ def ca_pem(ca: trustme.CA) -> str:
 
 
 @pytest.fixture
-def trusted(ca_pem: str) -> collections.abc.Callable[..., TlsPolicy]:
+def trusted(ca_pem: str) -> Trusted:
     """Make a policy that trusts the test CA: ``trusted(protocols=..., ...)``."""
 
     def make(**kwargs: object) -> TlsPolicy:
         return TlsPolicy(cadata=ca_pem, **kwargs)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture
+async def https(server_cert: trustme.LeafCert) -> collections.abc.AsyncIterator[WebServer]:
+    """A web server speaking TLS 1.2 and 1.3 with the test CA's certificate."""
+    async with WebServer(server_context(server_cert, "TLSv1.2", "TLSv1.3")) as server:
+        yield server
+
+
+@pytest.fixture
+async def plain() -> collections.abc.AsyncIterator[WebServer]:
+    async with WebServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def mgr(trusted: Trusted) -> collections.abc.AsyncIterator[ConnectionManager]:
+    """A manager whose policy trusts the test CA."""
+    async with ConnectionManager(policy=trusted()) as manager:
+        yield manager
 
 
 @pytest.fixture(autouse=True)

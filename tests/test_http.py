@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import collections.abc
 import hashlib
 import socket
 import ssl
@@ -27,37 +26,11 @@ from asyncsp import (
     TlsError,
     TlsPolicy,
 )
-from asyncsp._http_pool import HttpEndpoint
 
 from .servers import server_context
-from .test_http_support import WebServer
+from .test_http_support import Trusted, WebServer, endpoint_of
 
 TLS12, TLS13 = SecurityProtocol.TLS12, SecurityProtocol.TLS13
-Trusted = collections.abc.Callable[..., TlsPolicy]
-
-
-@pytest.fixture
-async def https(server_cert: trustme.LeafCert) -> collections.abc.AsyncIterator[WebServer]:
-    async with WebServer(server_context(server_cert, "TLSv1.2", "TLSv1.3")) as server:
-        yield server
-
-
-@pytest.fixture
-async def plain() -> collections.abc.AsyncIterator[WebServer]:
-    async with WebServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def mgr(trusted: Trusted) -> collections.abc.AsyncIterator[ConnectionManager]:
-    async with ConnectionManager(policy=trusted()) as manager:
-        yield manager
-
-
-def endpoint_of(mgr: ConnectionManager, url: str) -> HttpEndpoint:
-    state = mgr.find_service_point(url).layer_state["http"]
-    assert isinstance(state, HttpEndpoint)
-    return state
 
 
 # -- versions and policy snapshots ---------------------------------------------------------

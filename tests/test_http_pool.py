@@ -3,44 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import collections.abc
 import socket
 
 import pytest
 import trustme
 
-from asyncsp import ConnectionManager, SecurityProtocol, TlsPolicy
-from asyncsp._http_pool import HttpEndpoint
+from asyncsp import ConnectionManager, SecurityProtocol
 
-from .servers import server_context
-from .test_http_support import WebServer
+from .servers import server_context, wait_until
+from .test_http_support import Trusted, WebServer, endpoint_of
 
 TLS12, TLS13 = SecurityProtocol.TLS12, SecurityProtocol.TLS13
-Trusted = collections.abc.Callable[..., TlsPolicy]
-
-
-@pytest.fixture
-async def https(server_cert: trustme.LeafCert) -> collections.abc.AsyncIterator[WebServer]:
-    async with WebServer(server_context(server_cert, "TLSv1.2", "TLSv1.3")) as server:
-        yield server
-
-
-@pytest.fixture
-async def plain() -> collections.abc.AsyncIterator[WebServer]:
-    async with WebServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def mgr(trusted: Trusted) -> collections.abc.AsyncIterator[ConnectionManager]:
-    async with ConnectionManager(policy=trusted()) as manager:
-        yield manager
-
-
-def endpoint_of(mgr: ConnectionManager, url: str) -> HttpEndpoint:
-    state = mgr.find_service_point(url).layer_state["http"]
-    assert isinstance(state, HttpEndpoint)
-    return state
 
 
 async def test_idle_connections_of_an_old_policy_close_at_the_change(
@@ -57,18 +30,10 @@ async def test_idle_connections_of_an_old_policy_close_at_the_change(
             await mgr.get(https.url())
             # The idle TLS 1.2 connections were closed at the change, not left to expire; the
             # streamed one and the new TLS 1.3 one remain.
-            for _ in range(100):
-                if sp.current_connections == 2:
-                    break
-                await asyncio.sleep(0.01)
-            assert sp.current_connections == 2
+            await wait_until(lambda: sp.current_connections == 2, 1.0)
             https.release_stream.set()
             assert await streamed.read() == b"first-last"
-        for _ in range(100):
-            if sp.current_connections == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert sp.current_connections == 1
+        await wait_until(lambda: sp.current_connections == 1, 1.0)
 
 
 async def test_keep_alive_reuses_one_connection(https: WebServer, mgr: ConnectionManager) -> None:
@@ -146,12 +111,8 @@ async def test_sockets_are_counted_until_closed(https: WebServer, trusted: Trust
         assert 1 <= opened <= 4 and opened == https.seen.open
         sp.max_idle_time = 0.05  # the next request gets a connector with the new keep-alive
         await mgr.get(https.url())
-        for _ in range(100):
-            if sp.current_connections == 0:
-                break
-            await asyncio.sleep(0.02)
         # The old connector's idle sockets closed at the change; the new one's by keep-alive.
-        assert sp.current_connections == 0
+        await wait_until(lambda: sp.current_connections == 0, 2.0)
     assert sp.current_connections == 0
 
 
@@ -175,11 +136,7 @@ async def test_service_point_close_closes_idle_http_connections(
     async with mgr.request("GET", https.url("/stream")) as streamed:
         await https.stream_started.wait()
         await sp.close()  # the streamed one is in use: it stays
-        for _ in range(100):
-            if sp.current_connections == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert sp.current_connections == 1
+        await wait_until(lambda: sp.current_connections == 1, 1.0)
         https.release_stream.set()
         assert await streamed.read() == b"first-last"
 
@@ -251,11 +208,8 @@ async def test_twenty_cancelled_requests_under_a_limit_of_two(
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(r, asyncio.CancelledError) for r in results)
     endpoint = endpoint_of(mgr, https.url())
-    for _ in range(100):  # the cancelled requests' connections finish closing
-        if endpoint.held == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert endpoint.held == 0
+    # The cancelled requests' connections finish closing.
+    await wait_until(lambda: endpoint.held == 0, 1.0)
     statuses = await asyncio.gather(*(mgr.get(https.url("/work")) for _ in range(10)))
     assert [r.status for r in statuses] == [200] * 10
     # The server still runs the two stalled handlers, so count its sockets, not requests.

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import collections.abc
-import contextlib
 import hashlib
 import pathlib
 import shutil
@@ -21,7 +19,7 @@ import subprocess
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import aiohttp
 import pytest
@@ -36,14 +34,13 @@ from asyncsp import (
     PinMismatchError,
     SecurityProtocol,
     TlsError,
-    TlsPolicy,
 )
 from asyncsp._errors import ProxyError
 
 from .servers import fd_baseline, server_context
-from .test_http_support import LOCAL, WebServer
+from .stress._peers import RawServer
+from .test_http_support import LOCAL, Trusted, WebServer
 
-Trusted = collections.abc.Callable[..., TlsPolicy]
 TEMPLATE = pathlib.Path(__file__).with_name("tinyproxy") / "tinyproxy.conf.template"
 TINYPROXY = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
 USER, PASSWORD = "alice", "proxy-Pa55word"
@@ -184,18 +181,6 @@ def tinyproxy_with_auth(tmp_path: pathlib.Path) -> Iterator[Tinyproxy]:
         pytest.skip("tinyproxy is not installed (Debian package 'tinyproxy'; .ci/run installs it)")
     with Tinyproxy(tmp_path, extra=f"BasicAuth {USER} {PASSWORD}") as proxy:
         yield proxy
-
-
-@pytest.fixture
-async def https(server_cert: trustme.LeafCert) -> AsyncIterator[WebServer]:
-    async with WebServer(server_context(server_cert, "TLSv1.2", "TLSv1.3")) as server:
-        yield server
-
-
-@pytest.fixture
-async def plain() -> AsyncIterator[WebServer]:
-    async with WebServer() as server:
-        yield server
 
 
 # -- through tinyproxy -----------------------------------------------------------------------
@@ -340,54 +325,23 @@ async def test_trust_env_reads_the_proxy_and_no_proxy(
 Script = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-class ScriptedProxy:
+class ScriptedProxy(RawServer):
     """A raw proxy on loopback: reads each request head, then runs ``script(head, r, w)``."""
 
     def __init__(self, script: Script) -> None:
-        self.script = script
-        self.heads: list[bytes] = []
-        self.open = 0
-        self.peak_open = 0
+        super().__init__(self._proxy)
+        self.proxy_script = script
         self.got_head = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.port = 0
 
     def url(self, credentials: str = "") -> str:
         return f"http://{credentials}{LOCAL}:{self.port}"
 
-    async def __aenter__(self) -> ScriptedProxy:
-        self._server = await asyncio.start_server(self._serve, LOCAL, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.open += 1
-        self.peak_open = max(self.peak_open, self.open)
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            self.heads.append(head)
-            self.got_head.set()
-            await self.script(head, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass  # the client went, or the proxy is closing (a cancelled handler logs noise)
-        finally:
-            self.open -= 1
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    async def _proxy(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
+    ) -> None:
+        head = await self.read_head(reader)
+        self.got_head.set()
+        await self.proxy_script(head, reader, writer)
 
 
 def answer(reply: bytes) -> Script:
@@ -561,7 +515,7 @@ async def test_through_proxy_service_points_keep_their_own_limit(
             assert via.stats.requests == 8 and 1 <= via.stats.connections_opened <= 2
             assert direct.stats.requests == 0 and direct.current_connections == 0
             assert f"via {proxy.url()}" in repr(via)
-    assert proxy.peak_open <= 2 and https.seen.peak_open <= 2
+    assert proxy.sockets.peak <= 2 and https.seen.peak_open <= 2
 
 
 async def test_closing_the_manager_ends_a_stalled_connect(
@@ -650,14 +604,17 @@ async def test_the_tunnel_reuses_the_proxy_addresses_until_a_connect_fails(
         made.append(SocketOptions().create_socket(addr_info[0]))  # type: ignore[arg-type]
         return made[-1]
 
+    def via(proxy: str) -> Tunnel:
+        return Tunnel(
+            route=ProxyRoute.parse(proxy),
+            endpoint="https://origin.test:443",
+            context=ssl.create_default_context(),
+            make_socket=make_socket,
+            dns_refresh_timeout=60,
+        )
+
     monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
-    tunnel = Tunnel(
-        route=ProxyRoute.parse("http://proxy.test:3128"),
-        endpoint="https://origin.test:443",
-        context=ssl.create_default_context(),
-        make_socket=make_socket,
-        dns_refresh_timeout=60,
-    )
+    tunnel = via("http://proxy.test:3128")
     async with await listen():
         for _ in range(2):
             with await tunnel._connect(5) as sock:
@@ -672,13 +629,7 @@ async def test_the_tunnel_reuses_the_proxy_addresses_until_a_connect_fails(
             pass
     assert lookups == ["proxy.test"] * 2
 
-    unknown = Tunnel(
-        route=ProxyRoute.parse("http://nowhere.test:3128"),
-        endpoint="https://origin.test:443",
-        context=ssl.create_default_context(),
-        make_socket=make_socket,
-        dns_refresh_timeout=60,
-    )
+    unknown = via("http://nowhere.test:3128")
     with pytest.raises(ProxyError, match="cannot resolve the proxy http://nowhere") as caught:
         await unknown._connect(5)
     assert isinstance(caught.value.__cause__, socket.gaierror)

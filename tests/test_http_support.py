@@ -1,26 +1,47 @@
-"""Loopback peers for the HTTP tests (this module holds no tests).
+"""Loopback peers and helpers for the HTTP tests (this module holds no tests).
 
 `WebServer` is a real aiohttp web server (TLS when given a context) that counts what it
 sees: connections, the most open at once, requests in flight, the headers of each request.
-`ScriptedServer` is a raw asyncio server whose every connection runs a script, for the
-responses a real server would never send.
+`ScriptedServer` is the raw asyncio server of the stress tests (`RawServer`), whose every
+connection runs a script, for the responses a real server would never send.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections.abc
 import dataclasses
 import gzip
-import socket
 import ssl
-import struct
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-LOCAL = "127.0.0.1"
+from asyncsp import ConnectionManager, TlsPolicy
+from asyncsp._http_pool import HttpEndpoint
+
+from .stress._peers import LOCAL, reset
+from .stress._peers import RawServer as ScriptedServer
+
+__all__ = [
+    "LOCAL",
+    "ScriptedServer",
+    "Seen",
+    "Trusted",
+    "WebServer",
+    "endpoint_of",
+    "reset",
+]
+
+Trusted = collections.abc.Callable[..., TlsPolicy]
+"""The type of the ``trusted`` fixture: makes a policy that trusts the test CA."""
+
+
+def endpoint_of(mgr: ConnectionManager, url: str) -> HttpEndpoint:
+    """The HTTP pool state of the service point for *url*."""
+    state = mgr.find_service_point(url).layer_state["http"]
+    assert isinstance(state, HttpEndpoint)
+    return state
 
 
 @dataclasses.dataclass
@@ -155,66 +176,3 @@ class WebServer:
             await self._stalled.wait()
             return web.Response(text="too late")
         raise web.HTTPNotFound()
-
-
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
-
-
-class ScriptedServer:
-    """A raw loopback server: each connection runs ``script(reader, writer, index)``."""
-
-    def __init__(self, script: Script, context: ssl.SSLContext | None = None) -> None:
-        self.script = script
-        self.context = context
-        self.connections = 0
-        self.heads: list[bytes] = []
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.port = 0
-
-    def url(self, path: str = "/") -> str:
-        scheme = "https" if self.context is not None else "http"
-        return f"{scheme}://{LOCAL}:{self.port}{path}"
-
-    async def __aenter__(self) -> ScriptedServer:
-        self._server = await asyncio.start_server(self._serve, LOCAL, 0, ssl=self.context)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        index = self.connections
-        self.connections += 1
-        try:
-            await self.script(reader, writer, index)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass
-        finally:
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def read_head(self, reader: asyncio.StreamReader) -> bytes:
-        """One request head (the tests send no bodies to scripted servers unless they say)."""
-        head = await reader.readuntil(b"\r\n\r\n")
-        self.heads.append(head)
-        return head
-
-
-def reset(writer: asyncio.StreamWriter) -> None:
-    """Close with a TCP RST (SO_LINGER 0), as a crashed or hostile peer does."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()

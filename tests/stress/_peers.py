@@ -8,7 +8,8 @@ the new one before it reads the old one's FIN; the kernel already knows the FIN 
 
 `WebApp` is a real aiohttp application (TLS when given a context) that can be stopped,
 crashed (every socket reset) and started again on the same port; `RawServer` runs a script
-per connection, for the peers a real server never is.
+per connection, for the peers a real server never is (the HTTP tests and their scripted proxy
+use it too).
 """
 
 from __future__ import annotations
@@ -205,8 +206,10 @@ Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[N
 class RawServer:
     """A scripted loopback server (TLS when given a context), counted at the TCP level.
 
-    Each connection runs ``script(reader, writer, index)``; the connection is closed when the
-    script returns (or fails), and every script still running is cancelled at exit.
+    Each connection runs ``script(reader, writer, index)``, *index* counting connections
+    from 0; the connection is closed when the script returns (or fails), and every script
+    still running is cancelled at exit. Scripts that read requests with `read_head` leave
+    them in `heads`, for tests that check what reached the server.
     """
 
     def __init__(self, script: Script, context: ssl.SSLContext | None = None) -> None:
@@ -214,6 +217,7 @@ class RawServer:
         self.context = context
         self.sockets = SocketCounter()
         self.connections = 0
+        self.heads: list[bytes] = []
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -253,6 +257,12 @@ class RawServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def read_head(self, reader: asyncio.StreamReader) -> bytes:
+        """One request head, kept in `heads` (its body, if any, is left for the script)."""
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.heads.append(head)
+        return head
 
 
 async def read_request(reader: asyncio.StreamReader) -> bytes:
