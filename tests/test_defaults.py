@@ -21,6 +21,19 @@ from asyncsp import (
 SP = SecurityProtocol
 
 
+def run_python(code: str, *, check: bool, **environ: str) -> subprocess.CompletedProcess[str]:
+    """Run *code* in a new interpreter with *environ* added: the environment is read only
+    once per process, so only a fresh one shows what a variable does at import."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, **environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
+    )
+
+
 def test_environment_sets_the_protocols() -> None:
     d = Defaults.from_environment({"ASYNCSP_SECURITY_PROTOCOL": "Tls12, Tls13"})
     assert d.security_protocol == SP.TLS12 | SP.TLS13
@@ -65,14 +78,10 @@ def test_bad_environment_values_name_the_variable(
 
 
 def test_bad_environment_fails_the_first_use_with_the_variable_named() -> None:
-    env = dict(os.environ, ASYNCSP_SECURITY_PROTOCOL="Tls99")
-    result = subprocess.run(
-        [sys.executable, "-c", "import asyncsp; asyncsp.ConnectionManager().policy"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_python(
+        "import asyncsp; asyncsp.ConnectionManager().policy",
         check=False,
+        ASYNCSP_SECURITY_PROTOCOL="Tls99",
     )
     assert result.returncode != 0
     assert "ASYNCSP_SECURITY_PROTOCOL='Tls99'" in result.stderr
@@ -80,14 +89,10 @@ def test_bad_environment_fails_the_first_use_with_the_variable_named() -> None:
 
 
 def test_good_environment_reaches_the_process_defaults() -> None:
-    env = dict(os.environ, ASYNCSP_SECURITY_PROTOCOL="TLSv1.3")
-    result = subprocess.run(
-        [sys.executable, "-c", "import asyncsp; print(int(asyncsp.defaults.security_protocol))"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_python(
+        "import asyncsp; print(int(asyncsp.defaults.security_protocol))",
         check=True,
+        ASYNCSP_SECURITY_PROTOCOL="TLSv1.3",
     )
     assert result.stdout.strip() == "12288"
 
@@ -130,14 +135,10 @@ def test_managers_without_a_policy_follow_the_defaults_live() -> None:
 
 
 def test_bad_environment_does_not_break_the_import() -> None:
-    env = dict(os.environ, ASYNCSP_STRONG_CRYPTO="maybe")
-    result = subprocess.run(
-        [sys.executable, "-c", "import asyncsp; print(asyncsp.SecurityProtocol.TLS13.value)"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_python(
+        "import asyncsp; print(asyncsp.SecurityProtocol.TLS13.value)",
         check=True,
+        ASYNCSP_STRONG_CRYPTO="maybe",
     )
     assert result.stdout.strip() == "12288"
 

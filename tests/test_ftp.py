@@ -571,6 +571,21 @@ def stall_script() -> Script:
     return script
 
 
+def accepting_all(ctl: Control) -> None:
+    """Log the client in, then answer every command with 200 (QUIT with 221)."""
+    ctl.login()
+    ctl.serve_rest()
+
+
+async def download_from_stall(mgr: ConnectionManager, port: int, started: asyncio.Event) -> None:
+    """Download from a `stall_script` server: *started* is set once data flows, and the
+    download then waits until something ends it from outside."""
+    async with mgr.ftp("localhost", port, timeout=30) as ftp:
+        async with ftp.download("f") as chunks:
+            async for _ in chunks:
+                started.set()
+
+
 async def test_a_stalled_data_connection_times_out(
     server_cert: trustme.LeafCert, mgr_factory: Callable[..., ConnectionManager]
 ) -> None:
@@ -590,14 +605,7 @@ async def test_cancelled_download_leaks_nothing_and_is_not_pooled(
     with fd_baseline():
         async with scripted(stall_script(), server_cert) as server, mgr_factory() as mgr:
             sp = mgr.find_service_point(f"ftp://localhost:{server.port}")
-
-            async def download() -> None:
-                async with mgr.ftp("localhost", server.port, timeout=30) as ftp:
-                    async with ftp.download("f") as chunks:
-                        async for _ in chunks:
-                            first_chunk.set()
-
-            task = asyncio.create_task(download())
+            task = asyncio.create_task(download_from_stall(mgr, server.port, first_chunk))
             await first_chunk.wait()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -612,14 +620,7 @@ async def test_closing_the_manager_ends_a_download(
         async with scripted(stall_script(), server_cert) as server:
             mgr = mgr_factory()
             started = asyncio.Event()
-
-            async def download() -> None:
-                async with mgr.ftp("localhost", server.port, timeout=30) as ftp:
-                    async with ftp.download("f") as chunks:
-                        async for _ in chunks:
-                            started.set()
-
-            task = asyncio.create_task(download())
+            task = asyncio.create_task(download_from_stall(mgr, server.port, started))
             await started.wait()
             await mgr.aclose()
             with pytest.raises(ManagerClosedError):
@@ -629,11 +630,7 @@ async def test_closing_the_manager_ends_a_download(
 async def test_unsafe_paths_are_refused_before_anything_is_sent(
     server_cert: trustme.LeafCert, mgr_factory: Callable[..., ConnectionManager]
 ) -> None:
-    def script(ctl: Control) -> None:
-        ctl.login()
-        ctl.serve_rest()
-
-    async with scripted(script, server_cert) as server:
+    async with scripted(accepting_all, server_cert) as server:
         async with mgr_factory() as mgr, mgr.ftp("localhost", server.port, timeout=5) as ftp:
             before = len(server.record.received)
             for call in (
@@ -677,11 +674,7 @@ async def test_epsv_refused_falls_back_to_pasv_once(
 async def test_pooled_sessions_say_quit_when_closed(
     server_cert: trustme.LeafCert, mgr_factory: Callable[..., ConnectionManager]
 ) -> None:
-    def script(ctl: Control) -> None:
-        ctl.login()
-        ctl.serve_rest()
-
-    async with scripted(script, server_cert) as server:
+    async with scripted(accepting_all, server_cert) as server:
         async with mgr_factory() as mgr:
             sp = mgr.find_service_point(f"ftp://localhost:{server.port}")
             async with mgr.ftp("localhost", server.port, timeout=5):
