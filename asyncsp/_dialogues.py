@@ -30,6 +30,7 @@ __all__ = [
     "SmtpTranscript",
     "ehlo_name",
     "ftp_auth_tls",
+    "name_as",
     "protocol_address",
     "smtp_starttls",
     "upgrade",
@@ -157,6 +158,15 @@ def protocol_address(stream: Stream, scheme: str) -> str:
     """How errors name the server: by the protocol spoken (``smtp://h:25``), not the raw
     ``tcp://`` service point the dialogue's stream belongs to."""
     return f"{scheme}://{stream.service_point.endpoint.netloc}"
+
+
+def name_as(exc: AsyncspError, address: str) -> None:
+    """Let *exc* name the server as *address* (``smtp://h:25``, what the user asked for) where
+    it names the raw ``tcp://`` service point of the command's stream; then re-raise it."""
+    raw = exc.endpoint
+    if raw and raw != address:
+        exc.args = tuple(a.replace(raw, address) if isinstance(a, str) else a for a in exc.args)
+        exc.endpoint = address
 
 
 def ehlo_name(stream: Stream) -> str:

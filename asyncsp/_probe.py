@@ -257,15 +257,15 @@ async def _attempt(
         try:
             return await _handshake(target, policy, timeout)
         except CertificateVerificationError as exc:
-            untrusted = explain_untrusted(exc)
+            untrusted = explain_untrusted(exc, target.address)
         except AsyncspError as exc:
-            return _failed(exc)
+            return _failed(exc, target)
         # The certificate was refused, so the server did negotiate this version: look again
         # without verification to learn the suite and the certificate it presents.
         try:
             seen = await _handshake(target, dataclasses.replace(policy, verify=False), timeout)
         except AsyncspError as exc:
-            return dataclasses.replace(_failed(exc), untrusted=untrusted)
+            return dataclasses.replace(_failed(exc, target), untrusted=untrusted)
         return dataclasses.replace(seen, untrusted=untrusted)
 
 
@@ -293,22 +293,26 @@ async def _handshake(target: Target, policy: TlsPolicy, timeout: float) -> Hands
         )
 
 
-def _failed(exc: AsyncspError) -> Handshake:
+def _failed(exc: AsyncspError, target: Target) -> Handshake:
     unreachable = isinstance(exc, ConnectError | StartTlsUnavailableError | SmtpError | FtpError)
-    return Handshake(tried=True, error=explain(exc), unreachable=unreachable)
+    return Handshake(tried=True, error=explain(exc, target.address), unreachable=unreachable)
 
 
-def explain_untrusted(exc: CertificateVerificationError) -> str:
+def explain_untrusted(exc: CertificateVerificationError, address: str | None = None) -> str:
     """Why the certificate was refused, in OpenSSL's words, with the command line's remedy."""
     cause = exc.__cause__
     if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message:
         hint = "" if "mismatch" in cause.verify_message.lower() else " (--cafile trusts a CA)"
         return f"{cause.verify_message}{hint}"
-    return explain(exc)
+    return explain(exc, address)
 
 
-def explain(exc: AsyncspError) -> str:
-    """A short reason: OpenSSL's reason code for a refused handshake, else the message."""
+def explain(exc: AsyncspError, address: str | None = None) -> str:
+    """A short reason: OpenSSL's reason code for a refused handshake, else the message.
+
+    The server is named by *address* (``smtp://h:25``, what the user asked for) where the
+    message names the raw service point the command's stream used (``tcp://h:25``).
+    """
     cause = exc.__cause__
     if not isinstance(exc, CertificateVerificationError) and isinstance(exc, TlsError):
         if isinstance(cause, ssl.SSLError) and cause.reason:
@@ -316,8 +320,11 @@ def explain(exc: AsyncspError) -> str:
         if isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError):
             return f"the server closed the connection in the handshake ({type(cause).__name__})"
     text = str(exc)
-    if exc.endpoint and text.startswith(f"{exc.endpoint}: "):
-        text = text[len(exc.endpoint) + 2 :]
+    if exc.endpoint:
+        shown = address or exc.endpoint
+        text = text.replace(exc.endpoint, shown)
+        if text.startswith(f"{shown}: "):
+            text = text[len(shown) + 2 :]
     return text
 
 

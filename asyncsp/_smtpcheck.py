@@ -6,8 +6,9 @@ import urllib.parse
 from typing import TextIO
 
 from ._certinfo import certificate_findings, describe_certificate
-from ._dialogues import SmtpTranscript, protocol_address, smtp_starttls
-from ._errors import CertificateVerificationError, StartTlsUnavailableError, TlsError
+from ._dialogues import SmtpTranscript, name_as, smtp_starttls
+from ._endpoint import Endpoint, normalise_host
+from ._errors import AsyncspError, CertificateVerificationError, StartTlsUnavailableError, TlsError
 from ._manager import ConnectionManager
 from ._output import Output
 from ._policy import TlsPolicy
@@ -50,20 +51,25 @@ async def run_smtp_check(
     transcript = SmtpTranscript()
     findings: list[str] = []
     certificate: bytes | None = None
+    address = Endpoint("smtps" if implicit else "smtp", normalise_host(host), port).address
     async with ConnectionManager(policy=policy) as mgr:
-        async with mgr.open_stream(
-            host, port, tls=implicit, server_hostname=host, timeout=timeout
-        ) as stream:
-            try:
-                await smtp_starttls(stream, host, transcript, name=ehlo, implicit=implicit)
-            except StartTlsUnavailableError as exc:
-                findings.append(str(exc))
-            except CertificateVerificationError as exc:
-                findings.append(f"certificate not trusted: {explain_untrusted(exc)}")
-            except TlsError as exc:
-                findings.append(f"TLS failed: {explain(exc)}")
-            certificate = stream.service_point.certificate
-        address = protocol_address(stream, "smtps" if implicit else "smtp")
+        try:
+            async with mgr.open_stream(
+                host, port, tls=implicit, server_hostname=host, timeout=timeout
+            ) as stream:
+                try:
+                    await smtp_starttls(stream, host, transcript, name=ehlo, implicit=implicit)
+                except StartTlsUnavailableError as exc:
+                    findings.append(str(exc))
+                except CertificateVerificationError as exc:
+                    untrusted = explain_untrusted(exc, address)
+                    findings.append(f"certificate not trusted: {untrusted}")
+                except TlsError as exc:
+                    findings.append(f"TLS failed: {explain(exc, address)}")
+                certificate = stream.service_point.certificate
+        except AsyncspError as exc:
+            name_as(exc, address)
+            raise
     _report(out, address, transcript, implicit)
     auth_before = (transcript.before or {}).get("AUTH")
     if auth_before is not None:

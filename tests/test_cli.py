@@ -185,6 +185,16 @@ def test_probe_unreachable_target_exits_1() -> None:
     assert result.returncode == 1
 
 
+@pytest.mark.parametrize("command", ["probe", "smtp-check"])
+def test_a_refused_server_is_named_as_asked_not_as_the_raw_stream(command: str) -> None:
+    port = closed_port()
+    target = f"smtp://127.0.0.1:{port}" if command == "probe" else f"127.0.0.1:{port}"
+    result = run(command, target, "--timeout", "5")
+    assert result.returncode == 1
+    assert f"cannot connect to smtp://127.0.0.1:{port}" in result.stdout + result.stderr
+    assert "tcp://" not in result.stdout + result.stderr
+
+
 def test_probe_protocol_option_limits_the_versions(
     tls12_server: ThreadedServer, cafile: str
 ) -> None:
