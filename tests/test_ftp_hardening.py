@@ -13,7 +13,7 @@ import asyncsp._ftp
 from asyncsp import ConnectionManager, FtpReplyError, StartTlsUnavailableError
 from asyncsp._errors import FtpArgumentError
 
-LOCAL = "127.0.0.1"
+from .servers import LOCAL, LineServer
 
 
 class Peer:
@@ -22,7 +22,6 @@ class Peer:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.lines: list[bytes] = []
-        self.closed = asyncio.Event()  # set once the client's side has gone
 
     async def line(self) -> bytes:
         """The next command line, or b"" once the client has gone."""
@@ -42,41 +41,19 @@ class Peer:
 Script = Callable[[Peer], Awaitable[None]]
 
 
-class ScriptedFtp:
-    """An asyncio server running *script* for each connection, then reading until EOF."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.peers: list[Peer] = []
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = Peer(reader, writer)
-        self.peers.append(peer)
-        try:
-            with contextlib.suppress(ConnectionError):
-                await self.script(peer)
-                while await peer.line():
-                    pass
-        finally:
-            peer.closed.set()
-            writer.close()
+class ScriptedFtp(LineServer[Peer]):
+    """A scripted server in the test's loop: each connection runs a `Script`."""
 
     @property
     def received(self) -> list[bytes]:
+        """Every command line the clients sent."""
         return [line for peer in self.peers for line in peer.lines]
 
 
 @contextlib.asynccontextmanager
 async def scripted(script: Script) -> AsyncIterator[tuple[ScriptedFtp, int]]:
-    server = ScriptedFtp(script)
-    listener = await asyncio.start_server(server.serve, LOCAL, 0)
-    try:
-        yield server, listener.sockets[0].getsockname()[1]
-    finally:
-        listener.close()
-        for peer in server.peers:
-            peer.writer.close()
-        await listener.wait_closed()
+    async with ScriptedFtp(Peer, script) as server:
+        yield server, server.port
 
 
 # -- closing a session ----------------------------------------------------------------------
@@ -108,7 +85,7 @@ async def test_cancelled_quit_closes_the_socket_and_frees_the_slot() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert sp.current_connections == 0
-        await asyncio.wait_for(server.peers[0].closed.wait(), 10)  # the server saw it close
+        await server.sockets.wait_closed(10)  # the server saw it close
         # The slot is free: a second session gets a connection (and the same refusal).
         with pytest.raises(FtpReplyError, match="530"):
             async with asyncio.timeout(10):
@@ -137,7 +114,7 @@ async def test_no_quit_in_clear_when_tls_never_started(
         with pytest.raises(error):
             async with mgr.ftp(LOCAL, port, timeout=10):
                 pass
-        await asyncio.wait_for(server.peers[0].closed.wait(), 10)
+        await server.sockets.wait_closed(10)
         assert mgr.find_service_point(f"ftp://{LOCAL}:{port}").current_connections == 0
     assert server.received == sent  # no USER, no password, not even QUIT
 

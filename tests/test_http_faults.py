@@ -4,7 +4,6 @@ stale pooled connections, cancellation, closing the manager, and leaked descript
 from __future__ import annotations
 
 import asyncio
-import collections.abc
 import gc
 import socket
 import warnings
@@ -22,34 +21,18 @@ from asyncsp import (
     TimeoutError,
     TlsPolicy,
 )
-from asyncsp._http_pool import HttpEndpoint, HttpLayer
+from asyncsp._http_pool import HttpLayer
 
-from .servers import fd_baseline, server_context
-from .test_http_support import LOCAL, ScriptedServer, WebServer, reset
+from .servers import LOCAL, RawServer, fd_baseline, reset, server_context
+from .test_http_support import Trusted, WebServer, endpoint_of, settled
 
-Trusted = collections.abc.Callable[..., TlsPolicy]
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
-
-
-def endpoint_of(mgr: ConnectionManager, url: str) -> HttpEndpoint:
-    state = mgr.find_service_point(url).layer_state["http"]
-    assert isinstance(state, HttpEndpoint)
-    return state
-
-
-async def settled(endpoint: HttpEndpoint) -> None:
-    """Wait (bounded) until the endpoint holds no gate slot and no socket."""
-    for _ in range(200):
-        if endpoint.held == 0 and endpoint.sp.current_connections == 0:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"held={endpoint.held} sockets={endpoint.sp.current_connections}")
 
 
 # -- malformed, truncated and oversized responses ------------------------------------------
 
 
-def answering(response: bytes, *, then_reset: bool = False) -> ScriptedServer:
+def answering(response: bytes, *, then_reset: bool = False) -> RawServer:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
         await server.read_head(reader)
         writer.write(response)
@@ -57,7 +40,7 @@ def answering(response: bytes, *, then_reset: bool = False) -> ScriptedServer:
         if then_reset:
             reset(writer)
 
-    server = ScriptedServer(script)
+    server = RawServer(script)
     return server
 
 
@@ -82,7 +65,7 @@ async def test_bad_responses_are_http_errors(name: str, response: bytes, then_re
             await mgr.get(server.url())
         assert caught.value.endpoint == f"http://{LOCAL}:{server.port}"
         assert f"{LOCAL}:{server.port}" in str(caught.value)
-        await settled(endpoint_of(mgr, server.url()))
+        await settled(mgr, server.url())
 
 
 async def test_truncation_while_streaming_content_is_an_http_error() -> None:
@@ -93,7 +76,7 @@ async def test_truncation_while_streaming_content_is_an_http_error() -> None:
                 with pytest.raises(HttpError, match=r"lost|incomplete"):
                     while await response.content.read(4096):
                         pass
-            await settled(endpoint_of(mgr, server.url()))
+            await settled(mgr, server.url())
 
 
 async def test_truncated_tls_body_is_an_http_error(
@@ -107,7 +90,7 @@ async def test_truncated_tls_body_is_an_http_error(
         await writer.drain()
         reset(writer)
 
-    server = ScriptedServer(script, server_context(server_cert))
+    server = RawServer(script, server_context(server_cert))
     async with server, ConnectionManager(policy=trusted()) as mgr:
         with pytest.raises(HttpError):
             await mgr.get(server.url())
@@ -142,17 +125,17 @@ async def test_announced_length_over_the_limit_fails_before_reading() -> None:
         await writer.drain()
         await reader.read()  # hold the connection open: only the client can end this
 
-    server = ScriptedServer(script)
+    server = RawServer(script)
     async with server, ConnectionManager(max_body_size=1000) as mgr:
         with pytest.raises(BodyTooLargeError):
             await asyncio.wait_for(mgr.get(server.url()), 5)
-        await settled(endpoint_of(mgr, server.url()))
+        await settled(mgr, server.url())
 
 
 # -- stale pooled connections ------------------------------------------------------------------
 
 
-async def read_request(server: ScriptedServer, reader: asyncio.StreamReader) -> None:
+async def read_request(server: RawServer, reader: asyncio.StreamReader) -> None:
     """One request: its head, and its body when it announces a Content-Length."""
     head = await server.read_head(reader)
     for line in head.split(b"\r\n"):
@@ -161,7 +144,7 @@ async def read_request(server: ScriptedServer, reader: asyncio.StreamReader) -> 
             await reader.readexactly(int(value))
 
 
-def closing_after_first_response() -> ScriptedServer:
+def closing_after_first_response() -> RawServer:
     """Connection 0 answers once, then takes the next request and closes without a word."""
 
     async def script(
@@ -174,7 +157,7 @@ def closing_after_first_response() -> ScriptedServer:
             writer.write(OK_HEAD % 2 + b"ok")
             await writer.drain()
 
-    server = ScriptedServer(script)
+    server = RawServer(script)
     return server
 
 
@@ -232,7 +215,7 @@ async def test_manager_close_fails_a_streamed_body() -> None:
         await writer.drain()
         await reader.read()
 
-    server = ScriptedServer(script)
+    server = RawServer(script)
     async with server:
         mgr = ConnectionManager()
         async with mgr.request("GET", server.url()) as response:
@@ -255,7 +238,7 @@ async def test_descriptors_return_after_failed_handshakes_and_timeouts(
     with fd_baseline():
         async with (
             WebServer(server_context(server_cert)) as tls_server,
-            ScriptedServer(stall) as stalled,
+            RawServer(stall) as stalled,
         ):
             # The same silent server, spoken to in TLS: a handshake that never completes.
             stalled_handshake = f"https://{LOCAL}:{stalled.port}/"
@@ -276,7 +259,7 @@ async def test_descriptors_return_after_failed_handshakes_and_timeouts(
                 )
                 assert all(isinstance(r, TimeoutError) for r in stuck), stuck[:3]
                 for url in (tls_server.url(), stalled.url(), stalled_handshake):
-                    await settled(endpoint_of(mgr, url))
+                    await settled(mgr, url)
             assert tls_server.seen.requests == 0
 
 
@@ -309,7 +292,7 @@ async def test_manager_close_interrupts_a_stalled_handshake() -> None:
         await reader.read()
 
     with fd_baseline():
-        async with ScriptedServer(stall) as silent:
+        async with RawServer(stall) as silent:
             mgr = ConnectionManager()
             url = f"https://{LOCAL}:{silent.port}/"  # TLS to a server that never answers
             pending = [asyncio.create_task(mgr.get(url, timeout=30)) for _ in range(3)]

@@ -37,9 +37,8 @@ from asyncsp import (
 )
 from asyncsp._errors import ProxyError
 
-from .servers import fd_baseline, server_context
-from .stress._peers import RawServer
-from .test_http_support import LOCAL, Trusted, WebServer
+from .servers import LOCAL, RawServer, fd_baseline, server_context
+from .test_http_support import Trusted, WebServer, settled
 
 TEMPLATE = pathlib.Path(__file__).with_name("tinyproxy") / "tinyproxy.conf.template"
 TINYPROXY = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
@@ -69,16 +68,6 @@ def shown(exc: BaseException) -> str:
 def assert_no_credentials(exc: BaseException) -> None:
     text = shown(exc)
     assert PASSWORD not in text and TOKEN not in text, text
-
-
-async def settled(sp: asyncsp.ServicePoint) -> None:
-    """Wait (bounded) until the service point's sockets are closed: a failed connection's
-    socket is closed by the event loop a turn or two after the error is raised."""
-    for _ in range(200):
-        if sp.current_connections == 0:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{sp!r} still has {sp.current_connections} socket(s)")
 
 
 # -- tinyproxy -------------------------------------------------------------------------------
@@ -406,7 +395,7 @@ async def test_connect_answered_without_2xx_is_a_proxy_error(
             async with ConnectionManager(policy=trusted(), proxy=proxy.url(credentials)) as mgr:
                 with pytest.raises(ProxyError) as caught:
                     await mgr.get(https.url(), timeout=5)
-                await settled(mgr.find_service_point(https.url()))
+                await settled(mgr, https.url())
     error = caught.value
     assert error.status == status and error.proxy == proxy.url()
     assert f"{status}" in str(error) and proxy.url() in str(error) and https.url("") in str(error)
@@ -426,7 +415,7 @@ async def test_bytes_after_the_200_are_refused(https: WebServer, trusted: Truste
                 with pytest.raises(ProxyError, match="after its 200") as caught:
                     await mgr.get(https.url(), timeout=5)
                 assert caught.value.status == 200
-                await settled(mgr.find_service_point(https.url()))
+                await settled(mgr, https.url())
     assert https.seen.requests == 0
 
 
@@ -473,7 +462,7 @@ async def test_a_stalled_proxy_times_out(https: WebServer, trusted: Trusted) -> 
                 step = aiohttp.ClientTimeout(total=5, sock_connect=0.3)
                 with pytest.raises(asyncsp.TimeoutError, match="did not answer CONNECT"):
                     await mgr.get(https.url(), timeout=step)
-                await settled(mgr.find_service_point(https.url()))
+                await settled(mgr, https.url())
             assert len(proxy.heads) == 2
 
 
@@ -486,7 +475,7 @@ async def test_unreachable_proxy_is_a_proxy_error(
             with pytest.raises(ProxyError, match="cannot connect to the proxy") as caught:
                 await mgr.get(url, timeout=5)
             assert_no_credentials(caught.value)
-            await settled(mgr.find_service_point(url))
+            await settled(mgr, url)
 
 
 async def test_http_errors_through_a_proxy_never_show_its_credentials() -> None:

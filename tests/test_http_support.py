@@ -2,8 +2,7 @@
 
 `WebServer` is a real aiohttp web server (TLS when given a context) that counts what it
 sees: connections, the most open at once, requests in flight, the headers of each request.
-`ScriptedServer` is the raw asyncio server of the stress tests (`RawServer`), whose every
-connection runs a script, for the responses a real server would never send.
+For the responses a real server would never send, the tests script a `tests.servers.RawServer`.
 """
 
 from __future__ import annotations
@@ -20,18 +19,7 @@ from aiohttp import web
 from asyncsp import ConnectionManager, TlsPolicy
 from asyncsp._http_pool import HttpEndpoint
 
-from .stress._peers import LOCAL, reset
-from .stress._peers import RawServer as ScriptedServer
-
-__all__ = [
-    "LOCAL",
-    "ScriptedServer",
-    "Seen",
-    "Trusted",
-    "WebServer",
-    "endpoint_of",
-    "reset",
-]
+from .servers import LOCAL, wait_until
 
 Trusted = collections.abc.Callable[..., TlsPolicy]
 """The type of the ``trusted`` fixture: makes a policy that trusts the test CA."""
@@ -42,6 +30,16 @@ def endpoint_of(mgr: ConnectionManager, url: str) -> HttpEndpoint:
     state = mgr.find_service_point(url).layer_state["http"]
     assert isinstance(state, HttpEndpoint)
     return state
+
+
+async def settled(mgr: ConnectionManager, url: str) -> None:
+    """Wait (bounded) until the endpoint for *url* holds no request slot, no orphan and no
+    socket: the event loop closes a socket a turn or two after the error that ends it."""
+    endpoint = endpoint_of(mgr, url)
+    sp = endpoint.sp
+    await wait_until(
+        lambda: endpoint.held == 0 and endpoint.orphans == 0 and sp.current_connections == 0
+    )
 
 
 @dataclasses.dataclass

@@ -19,16 +19,13 @@ from OpenSSL import SSL
 
 import asyncsp
 from asyncsp import CertificateVerificationError, ConnectionManager, TlsInfo, TlsPolicy
-from asyncsp._http_pool import HttpEndpoint
 
-from .servers import server_context
+from .servers import LOCAL, server_context
 from .test_ftp import PAYLOAD, PyFtpd
 from .test_http_proxy import ScriptedProxy, tunnel
-from .test_http_support import LOCAL, WebServer
+from .test_http_support import Trusted, WebServer, endpoint_of
 from .test_revocation_and_sockets import write_crl
 from .test_smtp import mail_server, message
-
-Trusted = Callable[..., TlsPolicy]
 
 
 def der_of(cert: trustme.LeafCert) -> bytes:
@@ -210,8 +207,8 @@ async def test_validator_over_ftp_control_and_data_connections(
 
 
 def http_sockets(mgr: ConnectionManager, url: str) -> list[socket.socket]:
-    state = mgr.find_service_point(url).layer_state["http"]
-    assert isinstance(state, HttpEndpoint) and state.current is not None
+    state = endpoint_of(mgr, url)
+    assert state.current is not None
     sockets = [ticket.socket() for ticket in state.current._tickets.values()]
     return [s for s in sockets if s is not None]
 

@@ -35,10 +35,9 @@ from asyncsp import (
 from asyncsp._errors import SmtpArgumentError
 from asyncsp._smtp import serialise_message
 
-from .servers import fd_baseline
+from .servers import LOCAL, LineServer, fd_baseline
 
 USER, PASSWORD, TOKEN = "alice", "s3cret-Pa55word", "ya29.token-value"
-LOCAL = "127.0.0.1"
 
 # -- aiosmtpd on loopback -----------------------------------------------------------------
 
@@ -254,45 +253,19 @@ class Peer:
 Script = Callable[[Peer], Awaitable[None]]
 
 
-class ScriptedServer:
-    """An asyncio server in the test's loop running *script* for each connection."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.peers: list[Peer] = []
-        self.done = asyncio.Event()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = Peer(reader, writer)
-        self.peers.append(peer)
-        try:
-            await self.script(peer)
-            # Then read until the client goes, so what it sends last is recorded too.
-            with contextlib.suppress(ConnectionError):
-                while await peer.line():
-                    pass
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.done.set()
-            writer.close()
+class ScriptedSmtp(LineServer[Peer]):
+    """A scripted server in the test's loop: each connection runs a `Script`."""
 
     @property
     def received(self) -> bytes:
+        """Everything the clients sent, as it arrived."""
         return b"".join(c for p in self.peers for c in p.chunks)
 
 
 @contextlib.asynccontextmanager
-async def scripted(script: Script) -> AsyncIterator[tuple[ScriptedServer, int]]:
-    server = ScriptedServer(script)
-    listener = await asyncio.start_server(server._serve, LOCAL, 0)
-    try:
-        yield server, listener.sockets[0].getsockname()[1]
-    finally:
-        listener.close()
-        for peer in server.peers:
-            peer.writer.close()
-        await listener.wait_closed()
+async def scripted(script: Script) -> AsyncIterator[tuple[ScriptedSmtp, int]]:
+    async with ScriptedSmtp(Peer, script) as server:
+        yield server, server.port
 
 
 def ehlo_reply(*extensions: str) -> bytes:
@@ -637,7 +610,7 @@ async def test_no_starttls_offered_sends_nothing_else() -> None:
                 async with mgr.smtp(LOCAL, port, username=USER, password=PASSWORD, timeout=5):
                     pass
             assert isinstance(info.value, asyncsp.TlsError)
-            await asyncio.wait_for(server.done.wait(), 5)
+            await server.sockets.wait_closed(5)
     assert server.received == b"EHLO [127.0.0.1]\r\n"
 
 
@@ -648,7 +621,7 @@ async def test_454_to_starttls_is_an_error() -> None:
             with pytest.raises(StartTlsUnavailableError, match="454"):
                 async with mgr.smtp(LOCAL, port, username=USER, password=PASSWORD, timeout=5):
                     pass
-            await asyncio.wait_for(server.done.wait(), 5)
+            await server.sockets.wait_closed(5)
     assert server.received == b"EHLO [127.0.0.1]\r\nSTARTTLS\r\n"
 
 
@@ -661,7 +634,7 @@ async def test_bytes_injected_after_the_220_to_starttls() -> None:
                 async with mgr.smtp(LOCAL, port, username=USER, password=PASSWORD, timeout=5):
                     pass
             assert mgr.find_service_point(f"smtp://{LOCAL}:{port}").current_connections == 0
-            await asyncio.wait_for(server.done.wait(), 5)
+            await server.sockets.wait_closed(5)
     assert server.received == b"EHLO [127.0.0.1]\r\nSTARTTLS\r\n"
 
 
@@ -722,7 +695,7 @@ async def test_silent_server_times_out_and_closes() -> None:
                     pass
             assert isinstance(info.value, TimeoutError)
             assert mgr.find_service_point(f"smtp://{LOCAL}:{port}").current_connections == 0
-            await asyncio.wait_for(server.done.wait(), 5)  # the server saw the close
+            await server.sockets.wait_closed(5)  # the server saw the close
 
 
 async def test_trickling_reply_still_ends_by_the_timeout() -> None:
@@ -977,7 +950,7 @@ async def test_session_closed_by_the_server_while_pooled_is_not_reused() -> None
             idle = sp._pool._idle[0].conn
             assert idle.is_reusable()
             pooled.set()
-            await asyncio.wait_for(server.done.wait(), 5)
+            await server.sockets.wait_closed(5)
             for _ in range(500):  # no event tells when the loop has read the server's FIN
                 if not idle.is_reusable():
                     break

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Callable
 
 import pytest
 import trustme
@@ -24,35 +23,27 @@ from asyncsp import (
     TlsError,
     TlsPolicy,
 )
-from asyncsp._http_pool import HttpEndpoint
 
-from ..servers import fd_baseline, server_context, wait_until
-from ._peers import RawServer, WebApp, read_request, reset, truncate_tls
+from ..servers import (
+    RawServer,
+    fd_baseline,
+    read_request,
+    reset,
+    server_context,
+    truncate_tls,
+    wait_until,
+)
+from ..test_http_support import Trusted, endpoint_of, settled
+from ._peers import WebApp
 
 pytestmark = pytest.mark.stress
 
-Trusted = Callable[..., TlsPolicy]
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
 TRICKLE_INTERVAL = 0.3
 TRICKLE_BYTES = 100  # 30 s of trickling: far past any timeout below
 TIMEOUT = 1.0
 PROMPTLY = 10.0
 """An upper bound no correct run comes near: the failure it guards against is a hang."""
-
-
-def endpoint_of(mgr: ConnectionManager, url: str) -> HttpEndpoint:
-    state = mgr.find_service_point(url).layer_state["http"]
-    assert isinstance(state, HttpEndpoint)
-    return state
-
-
-async def settled(mgr: ConnectionManager, url: str) -> None:
-    """Wait (bounded) until the endpoint holds no request slot, no orphan and no socket."""
-    endpoint = endpoint_of(mgr, url)
-    sp = endpoint.sp
-    await wait_until(
-        lambda: endpoint.held == 0 and endpoint.orphans == 0 and sp.current_connections == 0
-    )
 
 
 # -- resets, idle closes, truncation, trickles -------------------------------------------------

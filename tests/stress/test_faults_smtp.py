@@ -20,9 +20,8 @@ from asyncsp import (
     TlsPolicy,
 )
 
-from ..servers import fd_baseline, server_context, wait_until
+from ..servers import LOCAL, RawServer, fd_baseline, reset, server_context, truncate_tls, wait_until
 from ..test_smtp import mail_server
-from ._peers import LOCAL, RawServer, reset, truncate_tls
 
 pytestmark = pytest.mark.stress
 

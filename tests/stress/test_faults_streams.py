@@ -4,7 +4,6 @@ timeout, never a hang, never a leaked socket. Misbehaving peers are scripted raw
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 import trustme
@@ -19,12 +18,11 @@ from asyncsp import (
     TlsPolicy,
 )
 
-from ..servers import fd_baseline, server_context, wait_until
-from ._peers import LOCAL, RawServer, reset, truncate_tls
+from ..servers import LOCAL, RawServer, fd_baseline, reset, server_context, truncate_tls, wait_until
+from ..test_http_support import Trusted
 
 pytestmark = pytest.mark.stress
 
-Trusted = Callable[..., TlsPolicy]
 TRICKLE_INTERVAL = 0.3
 TRICKLE_BYTES = 100  # 30 s of trickling: far past the timeout
 TIMEOUT = 1.0

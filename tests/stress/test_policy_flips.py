@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
 
 import pytest
 import trustme
 from aiohttp import web
 
-from asyncsp import AsyncspError, ConnectionManager, SecurityProtocol, TlsPolicy
+from asyncsp import AsyncspError, ConnectionManager, SecurityProtocol
 
-from ..servers import fd_baseline, server_context
-from ._peers import CountedSocket, WebApp
-from .test_faults_http import endpoint_of
+from ..servers import CountedSocket, fd_baseline, server_context
+from ..test_http_support import Trusted, endpoint_of
+from ._peers import WebApp
 
 pytestmark = pytest.mark.stress
 
@@ -59,7 +58,7 @@ class Call:
 
 @pytest.mark.parametrize("limit", [WIDE_LIMIT, SMALL_LIMIT])
 async def test_flips_under_load_never_mix_policies_and_never_fail(
-    server_cert: trustme.LeafCert, trusted: Callable[..., TlsPolicy], limit: int
+    server_cert: trustme.LeafCert, trusted: Trusted, limit: int
 ) -> None:
     flips = 0
     policies = [TLS12]  # policies[n]: in force after n flips
@@ -151,7 +150,7 @@ async def test_flips_under_load_never_mix_policies_and_never_fail(
 
 
 async def test_a_connection_opened_after_a_flip_uses_the_policy_then_in_force(
-    server_cert: trustme.LeafCert, trusted: Callable[..., TlsPolicy]
+    server_cert: trustme.LeafCert, trusted: Trusted
 ) -> None:
     """A request that waits for closing sockets chooses its connector after the wait."""
     async with (
@@ -177,7 +176,7 @@ async def test_a_connection_opened_after_a_flip_uses_the_policy_then_in_force(
 
 
 async def test_flips_every_few_milliseconds_while_requests_wait_never_fail_a_request(
-    server_cert: trustme.LeafCert, trusted: Callable[..., TlsPolicy]
+    server_cert: trustme.LeafCert, trusted: Trusted
 ) -> None:
     """Flips paced by the clock, faster than connections close: a request that waited for a
     slot or for closing sockets never runs on a connector retired (and closed) meanwhile."""
