@@ -376,20 +376,21 @@ class Connector:
     def _new_attempt(self) -> ConnectAttempt:
         return self.endpoint.sp.dialer.attempt(self.policy, self.endpoint.sp.host, self.context)
 
-    def _idle_protocols(self) -> list[ResponseHandler]:
+    def _idle(self) -> list[tuple[ResponseHandler, float]]:
+        """Each idle connection and when it was pooled (``time.monotonic``), oldest first."""
         # aiohttp has no public way to close only its idle connections; its pool is a dict of
         # deques of (protocol, released_at) in 3.12-3.14 (pinned in pyproject, tested).
         pool = getattr(self.aiohttp_connector, "_conns", None)
         if not isinstance(pool, dict):
             return []
-        return [entry[0] for entries in pool.values() for entry in entries]
+        return [entry for entries in pool.values() for entry in entries]
 
     def close_idle(self, *, only_expired: bool = False, count: int | None = None) -> None:
         """Close idle connections now: those past their lease only, if asked; at most the
         *count* oldest, if given."""
         if count is not None and count <= 0:
             return
-        for protocol in self._idle_protocols():  # oldest first, the order aiohttp reuses them
+        for protocol, _ in self._idle():  # oldest first, the order aiohttp reuses them
             if not protocol.is_connected():
                 continue
             state = self.states.get(protocol)
@@ -399,11 +400,35 @@ class Connector:
                 if count == 0:
                     return
                 count -= 1
-            ticket = state.ticket if state is not None else None
-            if ticket is not None and not ticket.done and not ticket.orphan:
-                ticket.orphan = True
-                self.endpoint.orphans += 1
-            protocol.close()
+            self._close_orphan(protocol)
+
+    def close_kept_too_long(self, keepalive: float | None) -> None:
+        """Close the idle connections pooled longer than *keepalive*, which aiohttp's own
+        keep-alive cleanup is about to close uncounted (see `_close_orphan`)."""
+        if keepalive is None:
+            return
+        deadline = time.monotonic() - keepalive
+        for protocol, pooled_at in self._idle():
+            if protocol.is_connected() and pooled_at < deadline:
+                self._close_orphan(protocol)
+
+    def _close_orphan(self, protocol: ResponseHandler) -> None:
+        """Close an idle connection; the gate counts its socket (an orphan) until it is gone.
+
+        Under TLS our close_notify goes out at once, and then the socket is shut down: asyncio
+        would otherwise wait up to 30 s for the peer's close_notify (which RFC 8446 §6.1 does
+        not require us to await), and the requests waiting for room with it.
+        """
+        state = self.states.get(protocol)
+        ticket = state.ticket if state is not None else None
+        if ticket is not None and not ticket.done and not ticket.orphan:
+            ticket.orphan = True
+            self.endpoint.orphans += 1
+        protocol.close()
+        sock = ticket.socket() if ticket is not None and self.context is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def retire(self) -> None:
         """No new requests: idle connections close now, the rest after their last request."""
@@ -432,18 +457,31 @@ class Connector:
 
 
 class _PoolConnector(aiohttp.TCPConnector):
-    """aiohttp's connector, telling each request's `RequestClaim` which connection it took.
+    """aiohttp's connector, with its pool answering to the gate.
 
-    ``_get`` (the pool lookup, async with this signature in every aiohttp version pyproject
-    allows)
-    is where a request reuses a connection; a new one is noted by `Connector._make_socket`.
+    It tells each request's `RequestClaim` which pooled connection it took (a new one is
+    noted by `Connector._make_socket`), and the idle connections aiohttp's keep-alive expiry
+    would close uncounted are closed first as orphans. The hooks are aiohttp's pool lookup
+    ``_get``, its ``_cleanup`` and its pool ``_conns``, alike in every aiohttp version
+    pyproject allows.
     """
 
     def __init__(self, owner: Connector, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.asyncsp_owner = owner
 
+    def _cleanup(self) -> None:
+        # aiohttp's keep-alive cleanup (present in every aiohttp version pyproject allows):
+        # the connections it is about to close are closed first, as orphans the gate counts.
+        self.asyncsp_owner.close_kept_too_long(self._keepalive_timeout)
+        super()._cleanup()
+
     async def _get(self, key: Any, traces: list[Any]) -> aiohttp.connector.Connection | None:
+        pooled = self._conns.get(key)
+        keepalive = self._keepalive_timeout
+        if pooled and keepalive is not None and time.monotonic() - pooled[0][1] > keepalive:
+            # aiohttp closes the expired ones it meets here: they are closed first, counted.
+            self.asyncsp_owner.close_kept_too_long(keepalive)
         claim = CLAIM.get()
         if claim is None:
             return await super()._get(key, traces)

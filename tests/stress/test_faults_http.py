@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import threading
 import uuid
 
 import pytest
@@ -26,6 +28,8 @@ from asyncsp import (
 
 from ..servers import (
     RawServer,
+    ServerRecord,
+    ThreadedServer,
     fd_baseline,
     read_request,
     reset,
@@ -501,6 +505,58 @@ async def test_a_manager_closed_while_a_request_chooses_its_connector_makes_none
             await request
         assert endpoint.current is None  # no connector made after the close
         assert app.sockets.accepted == 0
+
+
+@pytest.mark.parametrize("closed_by", ["keep-alive expiry", "policy change"])
+async def test_idle_tls_connections_we_close_leave_at_once_and_are_counted_until_then(
+    server_cert: trustme.LeafCert, trusted: Trusted, closed_by: str
+) -> None:
+    """A peer that never answers our close_notify: its socket must neither linger (asyncio
+    waits 30 s for the answer) nor be left out of the count while it closes."""
+    test_over = threading.Event()
+
+    def silent_after_close_notify(conn: socket.socket, record: ServerRecord) -> None:
+        pending = b""
+        while True:  # bounded: the client closes, or the test ends
+            try:
+                chunk = conn.recv(65536)
+            except OSError:
+                return
+            if not chunk:  # the client's close_notify: never answered
+                test_over.wait(PROMPTLY)
+                return
+            pending += chunk
+            while b"\r\n\r\n" in pending:
+                _, pending = pending.split(b"\r\n\r\n", 1)
+                conn.sendall(OK_HEAD % 2 + b"ok")
+
+    context = server_context(server_cert, "TLSv1.2", "TLSv1.3")
+    with ThreadedServer(context, silent_after_close_notify) as server:
+        url = f"https://127.0.0.1:{server.port}/"
+        try:
+            async with ConnectionManager(policy=trusted(), default_connection_limit=1) as mgr:
+                sp = mgr.find_service_point(url)
+                sp.max_idle_time = 0.3
+                assert (await mgr.get(url, timeout=PROMPTLY)).status == 200
+                connector = endpoint_of(mgr, url).current
+                assert connector is not None
+                if closed_by == "policy change":
+                    mgr.security_protocol = SecurityProtocol.TLS12
+                else:  # aiohttp's keep-alive cleanup closes it
+                    await wait_until(lambda: not connector._idle(), PROMPTLY)
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                second = asyncio.create_task(mgr.get(url, timeout=PROMPTLY))
+                peak = 0
+                while not second.done():  # bounded: the request ends within its timeout
+                    peak = max(peak, sp.current_connections)
+                    await asyncio.sleep(0)
+                assert (await second).status == 200
+                assert loop.time() - started < 5  # not asyncio's 30 s TLS shutdown wait
+                assert peak <= 1, f"{peak} sockets open at once with connection_limit=1"
+                assert server.record.connections == 2
+        finally:
+            test_over.set()
 
 
 async def test_cancellation_storm_then_the_pool_serves_at_full_limit(
