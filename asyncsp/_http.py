@@ -246,7 +246,7 @@ async def _begin_waiting(
     except builtins.TimeoutError:
         address = endpoint.sp.address
         raise TimeoutError(
-            f"{address}: {method} {url.raw_path} found no free connection within {total} s "
+            f"{address}: {method} {url.raw_path}: no connection became free within {total} s "
             f"(connection_limit={endpoint.sp.connection_limit})",
             endpoint=address,
         ) from None

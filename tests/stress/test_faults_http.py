@@ -452,7 +452,7 @@ async def test_a_request_waiting_for_a_free_connection_ends_at_its_timeout(
         await wait_until(lambda: app.holding == 1)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        with pytest.raises(TimeoutError, match=r"no free connection within 0\.5 s"):
+        with pytest.raises(TimeoutError, match=r"no connection became free within 0\.5 s"):
             await mgr.get(app.url("/hello"), timeout=0.5)
         assert loop.time() - started < PROMPTLY
         app.release.set()
