@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -87,7 +88,7 @@ _REFUSED = {
 _DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=5 * 60, sock_connect=30)
 """aiohttp's default, which a session uses when a call gives no ``timeout``."""
 _MIN_LEFT = 0.001
-"""Seconds aiohttp gets when waiting for a slot used up (almost) all of the total timeout."""
+"""Seconds aiohttp gets when what came before (a slot wait, a stale attempt) used up the total."""
 # Headers that describe a request body: dropped with the body when a redirect turns into GET.
 _BODY_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Transfer-Encoding")
 # Credentials that must not follow a redirect to another origin (RFC 9110 §15.4, last para).
@@ -192,6 +193,7 @@ async def _send(
     if connector is None:
         connector, options = await _begin_waiting(endpoint, method, url, options)
     claim = RequestClaim(fresh=not retry)
+    started = time.monotonic()
     try:
         # What `_tls.connect_attempt` does, without its generator machinery (this is the hot
         # path): a connection aiohttp opens in this task offers the service point's session
@@ -211,8 +213,10 @@ async def _send(
             raise
         if retry and _may_retry(layer, method, options, exc):
             # A pooled connection the server had closed (RFC 9112 §9.3.1): once, on a new
-            # one (the pool may hold more that are stale; the oldest are closed for room).
-            return await _send(layer, call, method, url, options, retry=False)
+            # one (the pool may hold more that are stale; the oldest are closed for room),
+            # within what is left of the same timeout.
+            left = _time_taken(options, time.monotonic() - started)
+            return await _send(layer, call, method, url, left, retry=False)
         error = translate_http_error(
             exc,
             endpoint=endpoint.sp.address,
@@ -238,8 +242,7 @@ async def _begin_waiting(
     total = timeout.total
     if total is None:
         return await endpoint.begin(), options
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    started = time.monotonic()
     try:
         async with asyncio.timeout(total):
             connector = await endpoint.begin()
@@ -250,8 +253,17 @@ async def _begin_waiting(
             f"(connection_limit={endpoint.sp.connection_limit})",
             endpoint=address,
         ) from None
-    left = total - (loop.time() - started)
-    return connector, {**options, "timeout": _with_total(timeout, max(left, _MIN_LEFT))}
+    return connector, _time_taken(options, time.monotonic() - started)
+
+
+def _time_taken(options: dict[str, Any], spent: float) -> dict[str, Any]:
+    """*options* with *spent* seconds taken off their total timeout: one deadline for a
+    request's wait for a slot, its attempt and its retry."""
+    timeout: aiohttp.ClientTimeout = options.get("timeout") or _DEFAULT_TIMEOUT
+    if timeout.total is None:
+        return options
+    left = max(timeout.total - spent, _MIN_LEFT)
+    return {**options, "timeout": _with_total(timeout, left)}
 
 
 def _with_total(timeout: aiohttp.ClientTimeout, total: float) -> aiohttp.ClientTimeout:

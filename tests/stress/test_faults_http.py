@@ -173,6 +173,27 @@ async def test_the_retry_after_a_stale_connection_takes_a_new_one() -> None:
         await settled(mgr, server.url())
 
 
+async def test_the_retry_runs_within_what_is_left_of_the_timeout() -> None:
+    """A GET the server drops after a while is retried once; both fit in one timeout."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        if n == 0:
+            await asyncio.sleep(0.6)  # the server's behaviour: a long think, then it drops it
+            return
+        await reader.read()  # the retry: never answered
+
+    async with RawServer(script) as server, ConnectionManager() as mgr:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await mgr.get(server.url(), timeout=1.0)
+        assert server.connections == 2  # retried once
+        assert loop.time() - started < 1.4  # not 0.6 s and then a whole second timeout
+        await mgr.aclose()
+        await settled(mgr, server.url())
+
+
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_idle_close_seen_before_the_next_request_costs_nothing(method: str) -> None:
     """A close the client has read is never a failure: the request takes a new connection."""
