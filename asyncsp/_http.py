@@ -108,7 +108,7 @@ class _Call:
     max_redirects: int = MAX_REDIRECTS
     allow_insecure: bool = False
     max_body_size: int | None = None
-    total: float | None = None  # the total timeout, for messages and redirect deadlines
+    total: float | None = None  # the total timeout given, for messages
 
 
 def _prepare(
@@ -237,40 +237,48 @@ async def _send(
 async def _begin_waiting(
     endpoint: HttpEndpoint, method: str, url: URL, options: dict[str, Any]
 ) -> tuple[Connector, dict[str, Any]]:
-    """Wait for a gate slot within the request's total timeout; aiohttp gets the time left."""
+    """Wait for a gate slot within the request's total and connect timeouts (aiohttp counts
+    the wait for a pooled connection in both); aiohttp gets what is left of them."""
     timeout: aiohttp.ClientTimeout = options.get("timeout") or _DEFAULT_TIMEOUT
-    total = timeout.total
-    if total is None:
+    bounds = [t for t in (timeout.total, timeout.connect) if t is not None]
+    if not bounds:
         return await endpoint.begin(), options
+    limit = min(bounds)
     started = time.monotonic()
     try:
-        async with asyncio.timeout(total):
+        async with asyncio.timeout(limit):
             connector = await endpoint.begin()
     except builtins.TimeoutError:
         address = endpoint.sp.address
         raise TimeoutError(
-            f"{address}: {method} {url.raw_path}: no connection became free within {total} s "
+            f"{address}: {method} {url.raw_path}: no connection became free within {limit} s "
             f"(connection_limit={endpoint.sp.connection_limit})",
             endpoint=address,
         ) from None
-    return connector, _time_taken(options, time.monotonic() - started)
+    return connector, _time_taken(options, time.monotonic() - started, connect=True)
 
 
-def _time_taken(options: dict[str, Any], spent: float) -> dict[str, Any]:
-    """*options* with *spent* seconds taken off their total timeout: one deadline for a
-    request's wait for a slot, its attempt and its retry."""
+def _time_taken(options: dict[str, Any], spent: float, *, connect: bool = False) -> dict[str, Any]:
+    """*options* with *spent* seconds taken off their total timeout (and off the connect
+    timeout, when they were spent getting a connection): one deadline for a request's wait
+    for a slot, its attempt and its retry."""
     timeout: aiohttp.ClientTimeout = options.get("timeout") or _DEFAULT_TIMEOUT
-    if timeout.total is None:
+    if timeout.total is None and (not connect or timeout.connect is None):
         return options
-    left = max(timeout.total - spent, _MIN_LEFT)
-    return {**options, "timeout": _with_total(timeout, left)}
+    total = None if timeout.total is None else max(timeout.total - spent, _MIN_LEFT)
+    connect_left = timeout.connect
+    if connect and connect_left is not None:
+        connect_left = max(connect_left - spent, _MIN_LEFT)
+    return {**options, "timeout": _retimed(timeout, total=total, connect=connect_left)}
 
 
-def _with_total(timeout: aiohttp.ClientTimeout, total: float) -> aiohttp.ClientTimeout:
-    """*timeout* with another total: what is left of a deadline."""
+def _retimed(
+    timeout: aiohttp.ClientTimeout, *, total: float | None, connect: float | None
+) -> aiohttp.ClientTimeout:
+    """*timeout* with another total and connect timeout."""
     return aiohttp.ClientTimeout(
         total=total,
-        connect=timeout.connect,
+        connect=connect,
         sock_read=timeout.sock_read,
         sock_connect=timeout.sock_connect,
         ceil_threshold=timeout.ceil_threshold,
@@ -297,17 +305,18 @@ def _same_origin(a: URL, b: URL) -> bool:
 
 async def _exchange(layer: HttpLayer, call: _Call) -> Response:
     """Send *call*, following redirects hop by hop when asked; the final response."""
+    started = time.monotonic()
     response = await _send(layer, call, call.method, call.url, call.options)
     if call.follow and response.status in _REDIRECTS:
-        return await _follow(layer, call, response)
+        return await _follow(layer, call, response, started)
     return response
 
 
-async def _follow(layer: HttpLayer, call: _Call, response: Response) -> Response:
-    """Follow the redirect *response* and those after it; the final response."""
+async def _follow(layer: HttpLayer, call: _Call, response: Response, started: float) -> Response:
+    """Follow the redirect *response* and those after it, all within the total timeout of the
+    exchange that *started* (``time.monotonic``) with the first request; the final response."""
     method, url, options = call.method, call.url, call.options
-    loop = asyncio.get_running_loop()
-    deadline = None if call.total is None else loop.time() + call.total
+    total = (options.get("timeout") or _DEFAULT_TIMEOUT).total
     history: list[Response] = []
     try:
         while call.follow and response.status in _REDIRECTS:
@@ -319,16 +328,18 @@ async def _follow(layer: HttpLayer, call: _Call, response: Response) -> Response
             history.append(response)
             method, options = _next_request(response.status, method, url, target, options)
             url = target
-            if deadline is not None:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+            if total is not None:
+                spent = time.monotonic() - started
+                if spent >= total:
                     raise TimeoutError(
                         f"{response.service_point.address}: {call.method} with redirects did "
-                        f"not finish within {call.total} s",
+                        f"not finish within {total} s",
                         endpoint=response.service_point.address,
                     )
                 previous: aiohttp.ClientTimeout = options.get("timeout") or _DEFAULT_TIMEOUT
-                options["timeout"] = _with_total(previous, remaining)
+                options["timeout"] = _retimed(
+                    previous, total=total - spent, connect=previous.connect
+                )
             response = await _send(layer, call, method, url, options)
     except BaseException:
         response.close()
@@ -420,10 +431,11 @@ async def fetch(manager: ConnectionManager, method: str, url: str | URL, **kwarg
     """Send a request, read its body (at most ``max_body_size``) and free the connection."""
     call = _prepare(manager, method, url, kwargs)
     layer = HttpLayer.of(manager)
+    started = time.monotonic()
     try:
         response = await _send(layer, call, call.method, call.url, call.options)
         if call.follow and response.status in _REDIRECTS:
-            response = await _follow(layer, call, response)
+            response = await _follow(layer, call, response, started)
         if not response._read_buffered():
             await response.read()
     except asyncio.CancelledError:

@@ -40,6 +40,10 @@ __all__ = [
     "TrackedResponse",
 ]
 
+_EXPIRY_SLACK = 0.1
+"""Seconds before keep-alive expiry from which a pool lookup watches what aiohttp expires (its
+check reads the clock a little later than ours)."""
+
 LEASE_JITTER = 0.1
 """Up to this fraction of the lease timeout is added per connection, so a fleet of clients
 does not reconnect in lock-step."""
@@ -402,18 +406,25 @@ class Connector:
                 count -= 1
             self._close_orphan(protocol)
 
-    def close_kept_too_long(self, keepalive: float | None) -> None:
-        """Close the idle connections pooled longer than *keepalive*, which aiohttp's own
-        keep-alive cleanup is about to close uncounted (see `_close_orphan`)."""
-        if keepalive is None:
-            return
-        deadline = time.monotonic() - keepalive
-        for protocol, pooled_at in self._idle():
-            if protocol.is_connected() and pooled_at < deadline:
+    def idle_open(self) -> list[ResponseHandler]:
+        """The idle connections still open: taken before aiohttp's keep-alive expiry runs,
+        for `count_expired` after it."""
+        return [protocol for protocol, _ in self._idle() if protocol.is_connected()]
+
+    def count_expired(self, idle: list[ResponseHandler]) -> None:
+        """Of *idle* (`idle_open` just before aiohttp's keep-alive expiry), count those it
+        closed as orphans, and let them go at once (see `_close_orphan`).
+
+        Comparing before and after, rather than predicting what aiohttp will expire, is exact:
+        its expiry reads its own clock, and nothing runs in between.
+        """
+        for protocol in idle:
+            if not protocol.is_connected():
                 self._close_orphan(protocol)
 
     def _close_orphan(self, protocol: ResponseHandler) -> None:
-        """Close an idle connection; the gate counts its socket (an orphan) until it is gone.
+        """Close an idle connection (if aiohttp has not); the gate counts its socket (an
+        orphan) until it is gone.
 
         Under TLS our close_notify goes out at once, and then the socket is shut down: asyncio
         would otherwise wait up to 30 s for the peer's close_notify (which RFC 8446 §6.1 does
@@ -421,11 +432,13 @@ class Connector:
         """
         state = self.states.get(protocol)
         ticket = state.ticket if state is not None else None
-        if ticket is not None and not ticket.done and not ticket.orphan:
+        protocol.close()
+        if ticket is None or ticket.done:
+            return
+        if not ticket.orphan:
             ticket.orphan = True
             self.endpoint.orphans += 1
-        protocol.close()
-        sock = ticket.socket() if ticket is not None and self.context is not None else None
+        sock = ticket.socket() if self.context is not None else None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -471,26 +484,33 @@ class _PoolConnector(aiohttp.TCPConnector):
         self.asyncsp_owner = owner
 
     def _cleanup(self) -> None:
-        # aiohttp's keep-alive cleanup (present in every aiohttp version pyproject allows):
-        # the connections it is about to close are closed first, as orphans the gate counts.
-        self.asyncsp_owner.close_kept_too_long(self._keepalive_timeout)
+        # aiohttp's periodic keep-alive expiry: what it closes is counted right after.
+        idle = self.asyncsp_owner.idle_open()
         super()._cleanup()
+        self.asyncsp_owner.count_expired(idle)
 
     async def _get(self, key: Any, traces: list[Any]) -> aiohttp.connector.Connection | None:
+        owner = self.asyncsp_owner
         pooled = self._conns.get(key)
         keepalive = self._keepalive_timeout
-        if pooled and keepalive is not None and time.monotonic() - pooled[0][1] > keepalive:
-            # aiohttp closes the expired ones it meets here: they are closed first, counted.
-            self.asyncsp_owner.close_kept_too_long(keepalive)
+        expiring = None
+        if (
+            pooled
+            and keepalive is not None
+            and time.monotonic() - pooled[0][1] > keepalive - _EXPIRY_SLACK
+        ):
+            expiring = owner.idle_open()  # aiohttp expires the oldest here: counted after
         claim = CLAIM.get()
-        if claim is None:
-            return await super()._get(key, traces)
-        if claim.fresh:  # the retry after a stale connection: a new one, never the pool's
-            await self.asyncsp_owner.endpoint.room_for_new_socket(self.asyncsp_owner)
-            return None
-        connection = await super()._get(key, traces)
-        if connection is not None:
-            claim.protocol = connection.protocol
+        if claim is not None and claim.fresh:
+            # The retry after a stale connection: a new one, never the pool's.
+            await owner.endpoint.room_for_new_socket(owner)
+            connection = None
+        else:
+            connection = await super()._get(key, traces)
+            if connection is not None and claim is not None:
+                claim.protocol = connection.protocol
+        if expiring:
+            owner.count_expired(expiring)
         return connection
 
 

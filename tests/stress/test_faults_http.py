@@ -8,7 +8,9 @@ import random
 import socket
 import threading
 import uuid
+from typing import Any
 
+import aiohttp
 import pytest
 import trustme
 
@@ -190,6 +192,28 @@ async def test_the_retry_runs_within_what_is_left_of_the_timeout() -> None:
             await mgr.get(server.url(), timeout=1.0)
         assert server.connections == 2  # retried once
         assert loop.time() - started < 1.4  # not 0.6 s and then a whole second timeout
+        await mgr.aclose()
+        await settled(mgr, server.url())
+
+
+async def test_redirects_run_within_one_timeout_from_the_first_request() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while True:  # bounded: the client closes, and read_request fails
+            head = await read_request(reader)
+            await asyncio.sleep(0.7)  # the server's behaviour: each answer takes a while
+            if head.startswith(b"GET /a "):
+                writer.write(b"HTTP/1.1 302 Found\r\nLocation: /b\r\nContent-Length: 0\r\n\r\n")
+            else:
+                writer.write(OK_HEAD % 2 + b"ok")
+            await writer.drain()
+
+    async with RawServer(script) as server, ConnectionManager() as mgr:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await mgr.get(server.url("/a"), timeout=1.0)
+        assert loop.time() - started < 1.4  # not 0.7 s for /a and a whole second for /b
+        assert (await mgr.get(server.url("/a"), timeout=PROMPTLY)).status == 200
         await mgr.aclose()
         await settled(mgr, server.url())
 
@@ -475,7 +499,12 @@ async def test_a_request_waiting_for_a_free_connection_ends_at_its_timeout(
         started = loop.time()
         with pytest.raises(TimeoutError, match=r"no connection became free within 0\.5 s"):
             await mgr.get(app.url("/hello"), timeout=0.5)
-        assert loop.time() - started < PROMPTLY
+        assert 0.5 <= loop.time() - started < PROMPTLY
+        started = loop.time()
+        connect_only = aiohttp.ClientTimeout(total=None, connect=0.5)  # aiohttp counts it too
+        with pytest.raises(TimeoutError, match=r"no connection became free within 0\.5 s"):
+            await mgr.get(app.url("/hello"), timeout=connect_only)
+        assert 0.5 <= loop.time() - started < PROMPTLY
         app.release.set()
         assert (await holder).status == 200
         assert (await mgr.get(app.url("/hello"), timeout=PROMPTLY)).status == 200  # no slot lost
@@ -578,6 +607,35 @@ async def test_idle_tls_connections_we_close_leave_at_once_and_are_counted_until
                 assert server.record.connections == 2
         finally:
             test_over.set()
+
+
+async def test_every_connection_aiohttp_expires_is_counted_until_it_is_gone(
+    server_cert: trustme.LeafCert, trusted: Trusted
+) -> None:
+    """aiohttp's keep-alive expiry closes idle connections itself; each must be an orphan the
+    gate counts while it closes, whatever the moment it was pooled."""
+    closed_counted: list[bool] = []
+    async with (
+        WebApp(server_context(server_cert)) as app,
+        ConnectionManager(policy=trusted(), default_connection_limit=20) as mgr,
+    ):
+        sp = mgr.find_service_point(app.url())
+        sp.max_idle_time = 0.2
+        assert (await mgr.get(app.url("/hello"), timeout=PROMPTLY)).status == 200
+        endpoint = endpoint_of(mgr, app.url())
+        socket_closed = endpoint.socket_closed
+
+        def noting(ticket: Any) -> None:
+            closed_counted.append(ticket.orphan)
+            socket_closed(ticket)
+
+        endpoint.socket_closed = noting  # type: ignore[method-assign]
+        for _ in range(3):  # bursts pooled at moments spread around the expiry ticks
+            await asyncio.gather(*(mgr.get(app.url("/work"), timeout=PROMPTLY) for _ in range(20)))
+            await wait_until(lambda: sp.current_connections == 0, PROMPTLY)
+        assert len(closed_counted) >= 20
+        assert all(closed_counted), f"{closed_counted.count(False)} closed uncounted"
+        assert endpoint.orphans == 0 and endpoint.held == 0
 
 
 async def test_cancellation_storm_then_the_pool_serves_at_full_limit(
