@@ -380,6 +380,12 @@ class RawServer:
         self.heads.append(head)
         return head
 
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        """One request (`read_request`), its head kept in `heads`."""
+        head = await self.read_head(reader)
+        await _read_body(reader, head)
+        return head
+
 
 class Dialogue(Protocol):
     """The server's side of one connection, as a `LineServer` dialogue talks through it."""
@@ -423,11 +429,15 @@ class LineServer(RawServer, Generic[PeerT]):
 async def read_request(reader: asyncio.StreamReader) -> bytes:
     """One HTTP request head, and its body when it announces a Content-Length."""
     head = await reader.readuntil(b"\r\n\r\n")
+    await _read_body(reader, head)
+    return head
+
+
+async def _read_body(reader: asyncio.StreamReader, head: bytes) -> None:
     for line in head.split(b"\r\n"):
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             await reader.readexactly(int(value))
-    return head
 
 
 def reset(writer: asyncio.StreamWriter) -> None:

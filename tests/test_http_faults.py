@@ -135,15 +135,6 @@ async def test_announced_length_over_the_limit_fails_before_reading() -> None:
 # -- stale pooled connections ------------------------------------------------------------------
 
 
-async def read_request(server: RawServer, reader: asyncio.StreamReader) -> None:
-    """One request: its head, and its body when it announces a Content-Length."""
-    head = await server.read_head(reader)
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            await reader.readexactly(int(value))
-
-
 def closing_after_first_response() -> RawServer:
     """Connection 0 answers once, then takes the next request and closes without a word."""
 
@@ -151,7 +142,7 @@ def closing_after_first_response() -> RawServer:
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
     ) -> None:
         while True:
-            await read_request(server, reader)
+            await server.read_request(reader)
             if index == 0 and len(server.heads) > 1:
                 return  # closes: the request on the pooled connection gets no answer
             writer.write(OK_HEAD % 2 + b"ok")
