@@ -34,11 +34,11 @@ from ._ftp_protocol import (
     parse_feat,
     parse_pasv,
 )
+from ._streams import OnStream
 
 if TYPE_CHECKING:
     import ssl
 
-    from ._policy import TlsPolicy
     from ._servicepoint import ServicePoint
     from ._streams import Stream
 
@@ -54,7 +54,7 @@ _NOT_UNDERSTOOD = frozenset({500, 501, 502, 504})
 """Replies meaning "command not implemented": EPSV falls back to PASV, FEAT to none."""
 
 
-class FtpSession:
+class FtpSession(OnStream):
     """One logged-in control connection: what the service point pools.
 
     *security* is ``"starttls"`` (explicit ``AUTH TLS``), ``"tls"`` (the stream already runs
@@ -70,14 +70,6 @@ class FtpSession:
         self.epsv = True  # until the server says it does not implement EPSV
         self.home: str | None = None  # the login directory, once cwd() moved away from it
         self.broken = False
-
-    @property
-    def policy(self) -> TlsPolicy:
-        return self.stream.policy
-
-    @property
-    def opened_at(self) -> float:
-        return self.stream.opened_at
 
     @property
     def endpoint(self) -> str:

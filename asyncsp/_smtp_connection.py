@@ -39,9 +39,9 @@ from ._smtp_protocol import (
     check_address,
     encode_data,
 )
+from ._streams import OnStream
 
 if TYPE_CHECKING:
-    from ._policy import TlsPolicy
     from ._servicepoint import ServicePoint
     from ._streams import Stream
 
@@ -66,7 +66,7 @@ DRAIN_AFTER = 64 * 1024
 """Writes at least this big wait for the transport's buffer to drain (flow control)."""
 
 
-class SmtpConnection:
+class SmtpConnection(OnStream):
     """One SMTP session on one stream: what the service point pools and hands out again."""
 
     def __init__(
@@ -87,14 +87,6 @@ class SmtpConnection:
         self._broken = False
 
     # -- what the pool asks ------------------------------------------------------------
-
-    @property
-    def policy(self) -> TlsPolicy:
-        return self.stream.policy
-
-    @property
-    def opened_at(self) -> float:
-        return self.stream.opened_at
 
     @property
     def endpoint(self) -> str:
