@@ -5,7 +5,10 @@ faster than any of the clients can ask, so what is measured is the client's cost
 Every client gets the same connection limit and concurrency, reads each body, and reuses its
 connections; the clients take turns within each round (in a rotating order) so that load from
 elsewhere on the machine hits them alike. Prints requests/s per round, the median, the spread,
-and the ratios asyncsp/aiohttp and asyncsp/httpx (goal: >= 0.95 and >= 1.5).
+and the ratios asyncsp/aiohttp and asyncsp/httpx (goal: >= 0.95 and >= 1.5). The client's own
+CPU time per request (this process's user and system time; the server is another process) is
+printed too, with its ratio to aiohttp's (lower is cheaper): a second view of the same cost,
+which on a small shared machine swings between rounds much as throughput does.
 
     python benchmarks/http_client.py [--rounds 5] [--requests 4000] [--concurrency 10]
 """
@@ -110,8 +113,9 @@ async def httpx_client(ca_pem: str, limit: int) -> AsyncIterator[Client]:
 CLIENTS = {"asyncsp": asyncsp_client, "aiohttp": aiohttp_client, "httpx": httpx_client}
 
 
-async def measure(get: Client, url: str, requests: int, concurrency: int) -> float:
-    """Requests per second for *requests* GETs spread over *concurrency* tasks."""
+async def measure(get: Client, url: str, requests: int, concurrency: int) -> tuple[float, float]:
+    """Requests per second, and this process's CPU µs per request, for *requests* GETs spread
+    over *concurrency* tasks."""
     await asyncio.gather(*(get(url) for _ in range(concurrency)))  # warm: open the connections
     share = requests // concurrency
 
@@ -119,32 +123,36 @@ async def measure(get: Client, url: str, requests: int, concurrency: int) -> flo
         for _ in range(share):
             await get(url)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return share * concurrency / (time.perf_counter() - start)
+    done = share * concurrency
+    return done / (time.perf_counter() - start), (time.process_time() - cpu) / done * 1e6
 
 
 async def run_scheme(
     scheme: str, port: int, ca_pem: str, args: argparse.Namespace
-) -> dict[str, list[float]]:
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Requests/s and CPU µs per request of each client, one entry per round."""
     url = f"{scheme}://127.0.0.1:{port}/"
     results: dict[str, list[float]] = {name: [] for name in CLIENTS}
+    cpu: dict[str, list[float]] = {name: [] for name in CLIENTS}
     names = list(CLIENTS)
     for round_no in range(args.rounds):
         order = names[round_no % len(names) :] + names[: round_no % len(names)]
         for name in order:
             async with CLIENTS[name](ca_pem, args.concurrency) as get:
-                rate = await measure(get, url, args.requests, args.concurrency)
+                rate, cost = await measure(get, url, args.requests, args.concurrency)
             results[name].append(rate)
+            cpu[name].append(cost)
         print(
             f"  {scheme:5} round {round_no + 1}: "
             + "  ".join(f"{n} {results[n][-1]:8.0f}/s" for n in names),
             flush=True,
         )
-    return results
+    return results, cpu
 
 
-def report(scheme: str, results: dict[str, list[float]]) -> None:
+def report(scheme: str, results: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
     median = {name: statistics.median(rates) for name, rates in results.items()}
     print(f"\n{scheme.upper()} keep-alive GETs (requests/s; median, min-max over rounds)")
     for name, rates in results.items():
@@ -159,6 +167,16 @@ def report(scheme: str, results: dict[str, list[float]]) -> None:
     print(
         f"  asyncsp/httpx   {median['asyncsp'] / median['httpx']:.3f} "
         f"(per round {min(vs_httpx):.3f}-{max(vs_httpx):.3f}; goal >= 1.5)"
+    )
+    cost = {name: statistics.median(values) for name, values in cpu.items()}
+    print(
+        "  client CPU per request (µs; median over rounds): "
+        + ", ".join(f"{name} {cost[name]:.1f}" for name in cpu)
+    )
+    cost_ratios = [a / b for a, b in zip(cpu["asyncsp"], cpu["aiohttp"], strict=True)]
+    print(
+        f"  asyncsp/aiohttp CPU {cost['asyncsp'] / cost['aiohttp']:.3f} "
+        f"(per round {min(cost_ratios):.3f}-{max(cost_ratios):.3f}; lower is cheaper)"
     )
 
 
@@ -181,8 +199,8 @@ def main() -> None:
             tls = (str(cert), str(key)) if scheme == "https" else None
             with server(tls) as port:
                 print(f"{scheme}: server on 127.0.0.1:{port} (separate process)", flush=True)
-                results = asyncio.run(run_scheme(scheme, port, ca_pem, args))
-            report(scheme, results)
+                results, cpu = asyncio.run(run_scheme(scheme, port, ca_pem, args))
+            report(scheme, results, cpu)
 
 
 if __name__ == "__main__":
