@@ -20,10 +20,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ._errors import HttpError, ManagerClosedError, TimeoutError
-from ._http_connector import CLAIM, RequestClaim
 from ._http_errors import cause_for, translate_http_error
 from ._http_pool import HttpLayer
 from ._http_response import Response, ResponseContent
+from ._http_sockets import CLAIM, RequestClaim
 from ._tls import _ATTEMPT
 
 if TYPE_CHECKING:

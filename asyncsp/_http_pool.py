@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ._endpoint import Endpoint
 from ._errors import ManagerClosedError
-from ._http_connector import Connector, RequestClaim, SocketTicket, TrackedResponse
+from ._http_connector import Connector, TrackedResponse
+from ._http_sockets import RequestClaim, SocketTicket
 from ._tls import context_for_async
 
 if TYPE_CHECKING:

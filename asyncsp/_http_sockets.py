@@ -1,0 +1,134 @@
+"""The sockets an HTTP connector opens, each counted, and the connection each request takes.
+
+A `SocketTicket` follows one socket from its creation by the connector's factory until it is
+closed (or detached, or collected), so ``current_connections`` and the request gate stay exact.
+A `RequestClaim` tells which of them a request took, so a request that ends early keeps its
+gate slot until aiohttp has closed its connection.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import socket
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aiohttp.client_proto import ResponseHandler
+
+    from ._http_connector import Connector
+
+__all__ = ["CLAIM", "NagleSocket", "RequestClaim", "SocketTicket", "TrackedSocket"]
+
+
+class SocketTicket:
+    """One socket a connector opened: counted from creation until it is closed or detached."""
+
+    __slots__ = (
+        "connector",
+        "done",
+        "fd",
+        "held_slots",
+        "opened_at",
+        "orphan",
+        "protocol",
+        "socket",
+    )
+
+    def __init__(self, connector: Connector, sock: socket.socket) -> None:
+        self.connector = connector
+        self.protocol: ResponseHandler | None = None  # known from its first response on
+        self.socket = weakref.ref(sock)
+        self.fd = sock.fileno()
+        self.opened_at = time.monotonic()
+        self.done = False
+        self.held_slots = 0  # gate slots of finished requests that wait for this close
+        self.orphan = False  # closed by us while idle; counted by the gate until gone
+
+    def closed(self) -> None:
+        """The socket is gone (idempotent: close, detach and the GC backstop all land here)."""
+        if self.done:
+            return
+        self.done = True
+        self.connector._socket_gone(self)
+
+
+class RequestClaim:
+    """The connection one request took from its connector, learned while aiohttp connects.
+
+    A request that fails or is cancelled before its response arrives leaves aiohttp closing
+    that connection; the request's gate slot stays taken until the socket is gone, so a waiter
+    never opens a socket beside one still closing. *fresh*: take no pooled connection (the
+    retry after a stale one).
+    """
+
+    __slots__ = ("fresh", "protocol", "ticket")
+
+    def __init__(self, *, fresh: bool = False) -> None:
+        self.fresh = fresh
+        self.ticket: SocketTicket | None = None  # a socket opened for this request
+        self.protocol: ResponseHandler | None = None  # a pooled connection it reused
+
+    def closing_ticket(self, connector: Connector) -> SocketTicket | None:
+        """The ticket of the request's socket if aiohttp is closing it, else None."""
+        protocol = self.protocol
+        if protocol is not None:
+            state = connector.states.get(protocol)
+            ticket = state.ticket if state is not None else None
+        else:
+            ticket = self.ticket
+            protocol = ticket.protocol if ticket is not None else None
+        if ticket is None or ticket.done or ticket.orphan:
+            return None
+        if protocol is not None and protocol.is_connected():
+            return None  # pooled (or in use again): its slot is free now
+        return ticket
+
+
+CLAIM: contextvars.ContextVar[RequestClaim | None] = contextvars.ContextVar(
+    "asyncsp_http_claim", default=None
+)
+"""The claim of the request running in this task (set around aiohttp's request call)."""
+
+
+class TrackedSocket(socket.socket):
+    """A socket that reports its close, so ``current_connections`` and the gate stay exact."""
+
+    __slots__ = ("ticket",)
+    ticket: SocketTicket | None
+
+    def close(self) -> None:
+        ticket, self.ticket = getattr(self, "ticket", None), None
+        if ticket is not None:
+            ticket.closed()
+        super().close()
+
+    def detach(self) -> int:
+        ticket, self.ticket = getattr(self, "ticket", None), None
+        if ticket is not None:
+            ticket.closed()
+        return super().detach()
+
+    def __del__(self) -> None:
+        # A backstop: a socket collected without close() still leaves the counts (cheaper per
+        # connection than a weakref.finalize, which registers every socket in a global table).
+        ticket, self.ticket = getattr(self, "ticket", None), None
+        if ticket is not None:
+            ticket.closed()
+        # The socket module's own (in C, not in typeshed): warns about and closes an open socket.
+        super().__del__()  # type: ignore[misc]
+
+
+class NagleSocket(TrackedSocket):
+    """A tracked socket that keeps the manager's ``tcp_nodelay=False``.
+
+    aiohttp turns TCP_NODELAY on for every connection it makes, which would silently undo it.
+    """
+
+    __slots__ = ()
+
+    def setsockopt(self, level: int, option: int, value: Any, *args: Any) -> None:
+        if level == socket.IPPROTO_TCP and option == socket.TCP_NODELAY and not args:
+            value = 0
+        super().setsockopt(level, option, value, *args)
