@@ -34,7 +34,7 @@ from ._ftp_protocol import (
     parse_feat,
     parse_pasv,
 )
-from ._streams import OnStream
+from ._pool import OnStream
 
 if TYPE_CHECKING:
     import ssl

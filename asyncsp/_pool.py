@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from ._policy import TlsPolicy
+    from ._streams import Stream
 
-__all__ = ["Poolable", "SlotPool"]
+__all__ = ["OnStream", "Poolable", "SlotPool"]
 
 
 class Poolable(Protocol):
@@ -45,6 +46,21 @@ class Poolable(Protocol):
     async def aclose(self) -> None:
         """Close the connection and free its slot."""
         ...
+
+
+class OnStream:
+    """A pooled session over one `Stream` (SMTP, FTP): what the pool asks of it that the
+    stream answers."""
+
+    stream: Stream
+
+    @property
+    def policy(self) -> TlsPolicy:
+        return self.stream.policy
+
+    @property
+    def opened_at(self) -> float:
+        return self.stream.opened_at
 
 
 C = TypeVar("C", bound=Poolable)

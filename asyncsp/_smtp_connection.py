@@ -28,6 +28,7 @@ from ._errors import (
     StartTlsUnavailableError,
     TimeoutError,
 )
+from ._pool import OnStream
 from ._smtp_protocol import (
     SERVICE_CLOSING,
     Command,
@@ -39,7 +40,6 @@ from ._smtp_protocol import (
     check_address,
     encode_data,
 )
-from ._streams import OnStream
 
 if TYPE_CHECKING:
     from ._servicepoint import ServicePoint

@@ -32,7 +32,7 @@ from ._tls import TlsInfo, established_info, received_close_notify
 if TYPE_CHECKING:
     from ._servicepoint import ServicePoint
 
-__all__ = ["DEFAULT_LINE_LIMIT", "OnStream", "Stream", "StreamProtocol"]
+__all__ = ["DEFAULT_LINE_LIMIT", "Stream", "StreamProtocol"]
 
 DEFAULT_LINE_LIMIT = 64 * 1024
 """Longest line `Stream.readline`/`readuntil` accept, separator included."""
@@ -496,18 +496,3 @@ class Stream:
             raise ConnectionClosedError(
                 f"connection to {self.endpoint} failed: {exc}", endpoint=self.endpoint
             ) from exc
-
-
-class OnStream:
-    """A pooled session over one `Stream` (SMTP, FTP): what the pool asks of it that the
-    stream answers."""
-
-    stream: Stream
-
-    @property
-    def policy(self) -> TlsPolicy:
-        return self.stream.policy
-
-    @property
-    def opened_at(self) -> float:
-        return self.stream.opened_at
