@@ -31,6 +31,7 @@ import ssl
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from ._endpoint import normalise_host
 from ._errors import ConnectError, ManagerClosedError, TlsError
 from ._policy import TlsPolicy
 from ._resolve import AddressCache, connect_socket, peer_address
@@ -111,7 +112,7 @@ class Dialer:
         async with self._interruptible("connecting to"):
             sp = self._sp
             loop = asyncio.get_running_loop()
-            hostname = server_hostname or sp.host
+            hostname = normalise_host(server_hostname) if server_hostname else sp.host
             context = await context_for_async(policy) if tls else None
             try:
                 async with asyncio.timeout(timeout):
@@ -160,6 +161,7 @@ class Dialer:
     async def upgrade(self, stream: Stream, server_hostname: str) -> TlsInfo:
         """STARTTLS: run a handshake on *stream* under its policy snapshot."""
         address = self._sp.address
+        server_hostname = normalise_host(server_hostname)
         loop = asyncio.get_running_loop()
         context = await context_for_async(stream.policy)
         # RFC 3207 §4.2: whatever arrived in clear after the peer's go-ahead is an injection.
@@ -218,6 +220,7 @@ class Dialer:
         return ConnectAttempt(
             endpoint=self._sp.address,
             session=offered,
+            session_hostname=hostname,
             session_required=session is not None,
             on_established=self._on_established,
         )
@@ -237,18 +240,20 @@ class Dialer:
         ssl_object = stream.get_extra_info("ssl_object")
         if ssl_object is None or not stream.policy.resume_sessions or stream.tls is None:
             return
-        self.remember_session(ssl_object, stream.policy, stream.server_hostname)
+        self.remember_session(ssl_object, stream.policy)
 
-    def remember_session(self, ssl_object: Any, policy: TlsPolicy, hostname: str) -> bool:
+    def remember_session(self, ssl_object: Any, policy: TlsPolicy) -> bool:
         """Offer *ssl_object*'s session to later connections, when the cache needs it.
 
-        Call it at most once per connection, after the first reply was read (a TLS 1.3
-        ticket arrives after the handshake). Returns whether the session was read (what
-        the cache offers may have changed).
+        The session is kept under the name its handshake verified (``server_hostname``),
+        whichever name the connection was first opened with. Call it at most once per
+        connection, after the first reply was read (a TLS 1.3 ticket arrives after the
+        handshake). Returns whether the session was read (what the cache offers may have
+        changed).
         """
         attempt = getattr(ssl_object, "asyncsp_attempt", None)
         offered = attempt is not None and attempt.session is not None
-        return self._sessions.remember(ssl_object, policy, hostname, offered=offered)
+        return self._sessions.remember(ssl_object, policy, offered=offered)
 
 
 def _backstop(timeout: float | None) -> float | None:

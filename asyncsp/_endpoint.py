@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import urllib.parse
+
+import idna
+
+from ._errors import InvalidHostNameError
 
 __all__ = ["DEFAULT_PORTS", "Endpoint"]
 
@@ -69,18 +74,33 @@ class Endpoint:
 
 
 def normalise_host(host: str, context: str = "") -> str:
-    """Lower-case, bracket-free, IDNA-encoded host; `ValueError` if it cannot name a host."""
+    """Lower-case, bracket-free, IDNA-encoded host; `InvalidHostNameError` if it names none.
+
+    One encoding for every protocol (and ``NO_PROXY``), the one yarl gives HTTP URLs: IDNA 2008
+    with UTS #46 mapping, non-transitional (so ``faß.example`` stays ``xn--fa-hia.example``).
+    Python's ``"idna"`` codec is IDNA 2003, which maps it to ``fass.example``, another
+    registrable domain, and silently drops joiners such as U+200D.
+    """
     host = host.strip().strip("[]").rstrip(".").lower()
     if not host:
-        raise ValueError(f"{context or host!r}: no host name")
+        raise InvalidHostNameError(f"{context or host!r}: no host name")
     try:
         return ipaddress.ip_address(host).compressed
     except ValueError:
         pass
-    try:
-        encoded = host.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise ValueError(f"{context or host!r}: {host!r} is not a valid host name") from None
+    encoded = host if host.isascii() else _encode_idna(host, context)
     if any(c in encoded for c in "/\\@?#% \t\r\n\0"):
-        raise ValueError(f"{context or host!r}: {host!r} is not a valid host name")
+        raise InvalidHostNameError(f"{context or host!r}: {host!r} is not a valid host name")
     return encoded
+
+
+@functools.lru_cache(maxsize=1024)
+def _encode_idna(host: str, context: str) -> str:
+    try:
+        return idna.encode(host, uts46=True, transitional=False).decode("ascii")
+    except idna.IDNAError as exc:
+        # Refused before any lookup: a name that cannot be encoded must not reach the
+        # resolver (or a certificate check) in some other spelling.
+        raise InvalidHostNameError(
+            f"{context or host!r}: {host!r} is not a valid internationalised host name ({exc})"
+        ) from None

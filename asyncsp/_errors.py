@@ -25,6 +25,7 @@ __all__ = [
     "FtpReplyError",
     "HttpError",
     "InsecurePolicyWarning",
+    "InvalidHostNameError",
     "InvalidSecurityProtocolError",
     "ManagerClosedError",
     "PinMismatchError",
@@ -56,6 +57,11 @@ class AsyncspError(Exception):
 
 class InvalidSecurityProtocolError(AsyncspError, ValueError):
     """A `SecurityProtocol` value or spelling that names no valid set of versions."""
+
+
+class InvalidHostNameError(AsyncspError, ValueError):
+    """A host name that cannot be encoded (IDNA 2008, UTS #46) or names no host; refused before
+    any lookup."""
 
 
 class PolicyError(AsyncspError, ValueError):

@@ -254,7 +254,7 @@ class Connector:
         """
         ssl_object, state.ssl_object = state.ssl_object, None
         sp = self.endpoint.sp
-        if sp.dialer.remember_session(ssl_object, self.policy, sp.host):
+        if sp.dialer.remember_session(ssl_object, self.policy):
             self.attempt = self._new_attempt()  # the cache may offer another session now
 
     def _new_attempt(self) -> ConnectAttempt:

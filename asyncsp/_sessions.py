@@ -2,7 +2,10 @@
 
 Sessions are kept per (policy, server name), so a session is never offered to another
 endpoint, SNI name or policy (the service point is already one endpoint), and only with the
-context that made it (OpenSSL refuses a session from another context).
+context that made it (OpenSSL refuses a session from another context). The server name is the
+one the session's own handshake verified, read from the SSL object, never the name a caller
+first connected with: a resumed handshake checks no host name, so a session stored under a
+name its certificate was not checked against would let another certificate pass for it.
 
 CPython copies a session on every read of ``SSLObject.session`` and on every offer (about
 110 µs each here, a DER round trip that parses the peer's certificate again), so reads are
@@ -59,16 +62,19 @@ class SessionCache:
         self,
         ssl_object: Any,
         policy: TlsPolicy,
-        hostname: str,
         *,
         offered: bool,
         now: float | None = None,
     ) -> bool:
         """Take *ssl_object*'s session when the cache needs it; return whether it was read.
 
-        *offered* says whether the connection was offered the cached session: offered and
-        not resumed means the server will not take a session twice.
+        The session is kept under the server name its handshake verified. *offered* says
+        whether the connection was offered the cached session: offered and not resumed means
+        the server will not take a session twice.
         """
+        hostname = ssl_object.server_hostname
+        if not isinstance(hostname, str) or not hostname:
+            return False  # no name was verified: nothing to key a session by
         now = time.monotonic() if now is None else now
         key = (policy, hostname)
         entry = self._entries.get(key)

@@ -107,3 +107,34 @@ async def test_version_limit_holds_on_resumption(
             second = await _exchange(mgr, both.port)
             assert first.version == second.version == "TLSv1.2"
             assert second.session_reused
+
+
+@pytest.fixture(scope="module", params=["TLSv1.2", "TLSv1.3"])
+def other_name_server(request: pytest.FixtureRequest, ca: trustme.CA) -> Iterator[ThreadedServer]:
+    """A server whose certificate names ``other.example`` only, never ``localhost``."""
+    version = request.param
+    cert = ca.issue_cert("other.example")
+    with ThreadedServer(server_context(cert, version, version)) as running:
+        yield running
+
+
+async def _upgraded(mgr: ConnectionManager, port: int, name: str | None) -> asyncsp.TlsInfo:
+    async with mgr.open_stream("localhost", port, timeout=5) as s:
+        info = await s.start_tls(server_hostname=name)
+        s.write(b"x")
+        assert await s.readexactly(6) == b"echo:x"  # a TLS 1.3 ticket arrives by now
+        return info
+
+
+async def test_a_session_is_kept_under_the_name_its_handshake_verified(
+    other_name_server: ThreadedServer, trusted: Callable[..., TlsPolicy]
+) -> None:
+    port = other_name_server.port
+    async with ConnectionManager(policy=trusted()) as mgr:
+        assert not (await _upgraded(mgr, port, "other.example")).session_reused
+        # The stream was opened as "localhost"; its session was verified for other.example
+        # only. Offered to a handshake for "localhost" it would be resumed, and a resumed
+        # handshake checks no host name: the certificate must be checked, and refused.
+        with pytest.raises(asyncsp.CertificateVerificationError):
+            await _upgraded(mgr, port, None)
+        assert (await _upgraded(mgr, port, "other.example")).session_reused

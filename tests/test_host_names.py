@@ -1,0 +1,112 @@
+"""Host names: one encoding (IDNA 2008, UTS #46, non-transitional, as yarl does for URLs) for
+every protocol, ``NO_PROXY`` and the name a TLS handshake verifies; a name that cannot be
+encoded is refused before any lookup."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import trustme
+from yarl import URL
+
+import asyncsp
+from asyncsp import ConnectionManager, InvalidHostNameError, TlsPolicy
+from asyncsp._endpoint import normalise_host
+
+from .servers import ThreadedServer, server_context
+
+ESZETT = "faß.example"
+ESZETT_ACE = "xn--fa-hia.example"  # IDNA 2008; IDNA 2003 maps it to fass.example instead
+JOINER = "a\u200db.example"  # U+200D: disallowed here; IDNA 2003 silently drops it
+
+
+@pytest.mark.parametrize(
+    ("name", "encoded"),
+    [
+        (ESZETT, ESZETT_ACE),
+        ("Bücher.DE.", "xn--bcher-kva.de"),
+        ("Example.COM", "example.com"),
+        ("under_score.local", "under_score.local"),  # ASCII names pass as they are
+        ("[::1]", "::1"),
+    ],
+)
+def test_names_are_encoded_as_yarl_encodes_urls(name: str, encoded: str) -> None:
+    assert normalise_host(name) == encoded
+    if name.isascii() or "[" in name:
+        return
+    assert URL.build(scheme="https", host=name.rstrip(".")).raw_host == encoded
+
+
+async def test_every_protocol_names_the_same_host() -> None:
+    async with ConnectionManager() as mgr:
+        hosts = {
+            mgr.find_service_point(url, proxy=None).host
+            for url in (
+                f"https://{ESZETT}",
+                f"smtp://{ESZETT}",
+                f"ftps://{ESZETT}",
+                f"tcp://{ESZETT}:7",
+            )
+        }
+    assert hosts == {ESZETT_ACE}
+
+
+async def test_a_name_that_cannot_be_encoded_is_refused_before_any_lookup() -> None:
+    async with ConnectionManager() as mgr:
+        with pytest.raises(InvalidHostNameError) as caught:
+            mgr.find_service_point(f"tcp://{JOINER}:7")
+        assert isinstance(caught.value, ValueError)
+        assert isinstance(caught.value, asyncsp.AsyncspError)
+        with pytest.raises(InvalidHostNameError, match="U\\+200D"):
+            async with mgr.open_stream(JOINER, 7):
+                pass
+        with pytest.raises(InvalidHostNameError):
+            async with mgr.smtp(JOINER, 2525):
+                pass
+        with pytest.raises(InvalidHostNameError):
+            async with mgr.ftp(JOINER, 2121, security="none"):
+                pass
+        assert mgr.service_points == []  # nothing was made for it
+
+
+def test_no_proxy_exempts_the_host_its_name_encodes_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_PROXY", ESZETT)
+    monkeypatch.delenv("no_proxy", raising=False)
+    mgr = ConnectionManager(proxy="http://127.0.0.1:3128", trust_env=True)
+    assert mgr.find_service_point(f"https://{ESZETT}").proxy is None
+    # IDNA 2003 would have made the rule "fass.example": another domain, which stays proxied.
+    assert mgr.find_service_point("https://fass.example").proxy is not None
+
+
+@pytest.fixture(scope="module")
+def fass_server(ca: trustme.CA) -> Iterator[ThreadedServer]:
+    """A server whose certificate names fass.example, the IDNA 2003 spelling of faß.example."""
+    with ThreadedServer(server_context(ca.issue_cert("fass.example"))) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def eszett_server(ca: trustme.CA) -> Iterator[ThreadedServer]:
+    with ThreadedServer(server_context(ca.issue_cert(ESZETT_ACE))) as server:
+        yield server
+
+
+async def test_tls_verifies_the_name_in_its_idna_2008_spelling(
+    fass_server: ThreadedServer,
+    eszett_server: ThreadedServer,
+    trusted: Callable[..., TlsPolicy],
+) -> None:
+    async with ConnectionManager(policy=trusted()) as mgr:
+        async with mgr.open_stream("127.0.0.1", eszett_server.port, timeout=5) as stream:
+            await stream.start_tls(server_hostname=ESZETT)
+            stream.write(b"x")
+            assert await stream.readexactly(6) == b"echo:x"
+        # The certificate of another registrable domain must not pass for faß.example.
+        async with mgr.open_stream("127.0.0.1", fass_server.port, timeout=5) as stream:
+            with pytest.raises(asyncsp.CertificateVerificationError):
+                await stream.start_tls(server_hostname=ESZETT)
+        with pytest.raises(InvalidHostNameError):
+            async with mgr.open_stream("127.0.0.1", fass_server.port, timeout=5) as stream:
+                await stream.start_tls(server_hostname=JOINER)
+    assert fass_server.record.received == []
