@@ -180,6 +180,9 @@ class ConnectAttempt:
 
     endpoint: str
     session: ssl.SSLSession | None = None
+    session_hostname: str | None = None
+    """The server name ``session`` was verified for: it is offered to that name only (a
+    resumed handshake checks no host name)."""
     session_required: bool = False
     """Offer ``session`` even when the policy's ``resume_sessions`` is off (an FTP data channel
     must resume its control connection's session; it is not the cross-connection cache)."""
@@ -223,6 +226,16 @@ class _VerifyingSSLObject(ssl.SSLObject):
 
     def do_handshake(self) -> None:
         super().do_handshake()  # raises SSLWantReadError until the handshake is complete
+        self._check()
+
+    def write(self, data: Any) -> int:
+        # A caller that writes before the handshake would have OpenSSL run it implicitly,
+        # past the check; asyncio never does, so this is one attribute test per write.
+        if self.asyncsp_info is None:
+            self.do_handshake()
+        return super().write(data)
+
+    def _check(self) -> None:
         attempt = self.asyncsp_attempt
         endpoint = attempt.endpoint if attempt else f"tls://{self.server_hostname}"
         try:
@@ -232,6 +245,59 @@ class _VerifyingSSLObject(ssl.SSLObject):
         self.asyncsp_info, self.asyncsp_der = info, der
         if attempt is not None and attempt.on_established is not None:
             attempt.on_established(self, info, der)
+
+
+class _VerifyingSSLSocket(ssl.SSLSocket):
+    """The same check for a blocking library (``http.client``, ``smtplib``, requests) that was
+    handed the context: it wraps sockets with ``wrap_socket``, not ``wrap_bio``.
+
+    A refused handshake closes the socket and raises `HandshakeRefused` (an `ssl.SSLError`)
+    from ``wrap_socket``/``connect``. A socket wrapped with ``do_handshake_on_connect=False``
+    would otherwise let OpenSSL run the handshake implicitly inside the first write, past the
+    check, so every read and write finishes (and checks) the handshake first.
+    """
+
+    asyncsp_info: TlsInfo | None = None
+    asyncsp_der: bytes | None = None
+
+    def do_handshake(self, block: bool = False) -> None:
+        super().do_handshake(block)
+        context = self.context
+        assert isinstance(context, _PolicyContext)
+        try:
+            info, der = context.check.verify(self, f"tls://{self.server_hostname}")
+        except TlsError as exc:
+            self.close()  # nothing may be sent on it, whatever the caller does next
+            raise HandshakeRefused(exc) from exc
+        self.asyncsp_info, self.asyncsp_der = info, der
+
+    def _checked(self) -> None:
+        if self.asyncsp_info is None and self._connected:  # type: ignore[attr-defined]
+            self.do_handshake()
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        self._checked()
+        return super().send(data, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self._checked()
+        super().sendall(data, flags)
+
+    def write(self, data: Any) -> int:
+        self._checked()
+        return super().write(data)
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        self._checked()
+        return super().recv(buflen, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        self._checked()
+        return super().recv_into(buffer, nbytes, flags)
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        self._checked()
+        return super().read(len, buffer)
 
 
 class _PolicyContext(ssl.SSLContext):
@@ -253,6 +319,7 @@ class _PolicyContext(ssl.SSLContext):
             session is None
             and attempt is not None
             and (self.policy.resume_sessions or attempt.session_required)
+            and attempt.session_hostname == server_hostname
         ):
             session = attempt.session
         obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
@@ -289,11 +356,15 @@ def _build_context(policy: TlsPolicy) -> _PolicyContext:
     ctx.policy = policy
     ctx.check = _HandshakeCheck(policy)
     ctx.sslobject_class = _VerifyingSSLObject
+    ctx.sslsocket_class = _VerifyingSSLSocket
     # PROTOCOL_TLS_CLIENT starts with CERT_REQUIRED, check_hostname, TLS 1.2 at the least,
     # no compression and the security-level-2 cipher list of create_default_context().
     # A certificate must carry the host in its subjectAltName: no common-name fallback
     # (RFC 6125 §6.4.4; urllib3 2 does the same).
     ctx.hostname_checks_common_name = False
+    # Renegotiation re-runs the handshake mid-connection, after our check: a server could
+    # switch certificates or suites under it (and it was the vector of CVE-2009-3555).
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     try:
         if policy.cafile is not None or policy.cadata is not None:
             ctx.load_verify_locations(cafile=policy.cafile, cadata=policy.cadata)
@@ -301,6 +372,12 @@ def _build_context(policy: TlsPolicy) -> _PolicyContext:
             ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     except (ssl.SSLError, ValueError, OSError) as exc:
         raise PolicyError(f"TlsPolicy.cafile/cadata: cannot load CA certificates: {exc}") from exc
+    if policy.verify:
+        # What Python 3.13's create_default_context() checks, on every Python we run on:
+        # RFC 5280's rules on the certificates (X509_STRICT: e.g. a CA without basic
+        # constraints, a malformed key usage), and an intermediate or leaf the caller chose
+        # to trust ends the chain (PARTIAL_CHAIN) instead of needing its root.
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
     if policy.crlfile is not None:
         try:
             ctx.load_verify_locations(cafile=policy.crlfile)
