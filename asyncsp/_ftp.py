@@ -49,8 +49,9 @@ class FtpClient:
     """A logged-in FTP(S) session, lent by `ConnectionManager.ftp` for one ``async with``.
 
     One operation at a time. A failed or cancelled transfer closes the session; so does
-    any error that leaves the protocol state unknown. A refused command (`FtpReplyError`
-    from ``550`` and the like) leaves it usable.
+    any error that leaves the protocol state unknown, and a ``421`` (the server is closing
+    the control connection, RFC 959 §4.2). Any other refused command (`FtpReplyError` from
+    ``550`` and the like) leaves it usable.
     """
 
     def __init__(self, session: FtpSession, service_point: ServicePoint) -> None:
@@ -228,8 +229,8 @@ class FtpClient:
             raise FtpError("this FTP session was returned; use it inside `async with mgr.ftp()`")
         if session.broken or session.stream.closed:
             raise FtpError(
-                f"the FTP session to {session.endpoint} was closed after a failed operation; "
-                "open a new one",
+                f"the FTP session to {session.endpoint} was closed after a failed operation "
+                "or by the server; open a new one",
                 endpoint=session.endpoint,
             )
         return session
@@ -246,7 +247,7 @@ class FtpClient:
         try:
             return await operation(session)
         except (FtpReplyError, FtpArgumentError):
-            raise  # a complete exchange, or nothing sent: the session is intact
+            raise  # a complete exchange, or nothing sent: intact unless the session says not
         except BaseException:
             session.abort()
             raise

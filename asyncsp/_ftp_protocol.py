@@ -20,6 +20,7 @@ __all__ = [
     "DATA_CONNECTION_FAILURES",
     "MAX_REPLY_LINE",
     "MAX_REPLY_LINES",
+    "SESSION_ENDING",
     "FtpEntry",
     "FtpReply",
     "ReplyParser",
@@ -44,6 +45,9 @@ MAX_REPLY_LINES = 1000
 
 DATA_CONNECTION_FAILURES = frozenset({425, 426, 522})
 """Refusals about the data connection itself (RFC 959 §4.2, RFC 4217 §10.2): fatal to a session."""
+SESSION_ENDING = frozenset({221, 421})
+"""Replies after which the server closes the control connection (RFC 959 §4.2: ``221`` to
+QUIT, ``421`` to any command when the service shuts down): the session is over, never pooled."""
 _TRANSFER_DONE = frozenset({226, 250})
 _FORBIDDEN = frozenset("\r\n\0")
 _VERB = re.compile(r"[A-Za-z]{3,4}")

@@ -24,6 +24,7 @@ from ._errors import (
 )
 from ._ftp_protocol import (
     DATA_CONNECTION_FAILURES,
+    SESSION_ENDING,
     FtpReply,
     ReplyParser,
     announced_size,
@@ -114,7 +115,7 @@ class FtpSession(OnStream):
         """The next complete reply, within the stream's timeout for the whole reply."""
         reply = self.parser.next_reply()
         if reply is not None:
-            return reply
+            return self._received(reply)
         deadline = asyncio.timeout(self.stream.timeout)
         try:
             async with deadline:
@@ -138,6 +139,12 @@ class FtpSession(OnStream):
                 "(a reply trickled or flooded); the connection was closed",
                 endpoint=self.endpoint,
             ) from exc
+        return self._received(reply)
+
+    def _received(self, reply: FtpReply) -> FtpReply:
+        """Bookkeeping every reply passes through before its caller sees it."""
+        if reply.code in SESSION_ENDING:
+            self.broken = True  # the server is closing the control connection: never reuse it
         return reply
 
     async def command(self, verb: str, *args: str) -> FtpReply:
@@ -210,8 +217,8 @@ class FtpSession(OnStream):
         """Passive port, ``REST`` for an offset, then *line* with its data connection.
 
         A refusal of the command (`FtpReplyError`) leaves the session usable unless it was
-        about the data connection; any other failure leaves it in an unknown state: the
-        caller closes it.
+        about the data connection or ended the session (``421``); any other failure leaves it
+        in an unknown state: the caller closes it.
         """
         port = await self._passive_port()
         if offset:

@@ -200,3 +200,38 @@ async def test_pool_keys_hold_a_keyed_digest_of_the_password() -> None:
         async with mgr.ftp(LOCAL, port, security="none", password="other@example.org"):
             assert sp.stats.connections_opened == 2  # another password: another session
     assert len(server.peers) == 2
+
+
+# -- replies that end the session -------------------------------------------------------------
+
+
+async def test_a_421_closes_the_session_instead_of_pooling_it() -> None:
+    # RFC 959 §4.2: 421 may answer any command; the server is closing the control connection.
+    async def script(peer: Peer) -> None:
+        first = not server.peers[:-1]
+        await peer.send(b"220 ready\r\n")
+        for answer in (b"331 ok\r\n", b"230 in\r\n", b"200 binary\r\n", b"502 no FEAT\r\n"):
+            await peer.line()
+            await peer.send(answer)
+        while line := await peer.line():
+            if line.startswith(b"QUIT"):
+                await peer.send(b"221 bye\r\n")
+            elif first:
+                await peer.send(b"421 Timeout.\r\n")  # and keeps the socket open a while
+            else:
+                await peer.send(b'257 "/" is the directory\r\n')
+
+    async with ScriptedFtp(Peer, script) as server, ConnectionManager() as mgr:
+        sp = mgr.find_service_point(f"ftp://{LOCAL}:{server.port}")
+        async with mgr.ftp(LOCAL, server.port, security="none", timeout=10) as ftp:
+            with pytest.raises(FtpReplyError) as caught:
+                await ftp.delete("f")
+            assert caught.value.code == 421
+            with pytest.raises(asyncsp.FtpError, match="closed"):
+                await ftp.pwd()  # nothing more is sent on a session the server ended
+        assert sp.current_connections == 0  # closed, not pooled
+        async with mgr.ftp(LOCAL, server.port, security="none", timeout=10) as ftp:
+            assert await ftp.pwd() == "/"  # the next borrower gets a session of its own
+        assert sp.stats.connections_opened == 2
+    first_session = server.peers[0].lines
+    assert first_session[-1] == b"DELE f"  # no PWD and no QUIT after the 421
