@@ -130,10 +130,14 @@ class SmtpConnection(OnStream):
             return self.timeout
         return RFC_TIMEOUTS.get(command, DEFAULT_STEP_TIMEOUT)
 
-    async def _write(self, data: bytes, command: Command, *, secret: bool = False) -> None:
+    async def _write(self, data: bytes, command: Command, *, shown: str | None = None) -> None:
+        """Send *data* (for *command*); the log says *shown*, or the verb and the size.
+
+        Never the bytes: message content is the sender's (headers and body) and AUTH lines
+        carry credentials, so neither may reach a log record.
+        """
         if _log.isEnabledFor(logging.DEBUG):
-            shown = "<credentials hidden>" if secret else data[:200].decode("utf-8", "replace")
-            _log.debug("%s C: %r", self.endpoint, shown)
+            _log.debug("%s C: %s", self.endpoint, shown or f"{command.value}, {len(data)} bytes")
         if self.stream.buffered:
             # We only write once every awaited reply is in, so these bytes answer nothing.
             self.abort()
@@ -310,12 +314,15 @@ class SmtpConnection(OnStream):
             )
         args = (mechanism, _b64(initial)) if initial else (mechanism,)
         _log.debug("%s AUTH %s as %r", endpoint, mechanism, username)
-        await self._write(self.session.command(Command.AUTH, *args), Command.AUTH, secret=True)
+        hidden = f"AUTH {mechanism} (credentials hidden)"
+        await self._write(self.session.command(Command.AUTH, *args), Command.AUTH, shown=hidden)
         reply = (await self._replies(1))[0][1]
         while reply.code == 334:
             # An unexpected extra challenge is cancelled with "*" (RFC 4954 §4).
             line = responses.pop(0) if responses else "*"
-            await self._write(self.session.auth_response(line), Command.AUTH, secret=True)
+            await self._write(
+                self.session.auth_response(line), Command.AUTH, shown="AUTH response (hidden)"
+            )
             reply = (await self._replies(1))[0][1]
         if reply.code != 235:
             raise self._error(reply)
@@ -355,7 +362,8 @@ class SmtpConnection(OnStream):
             batch = session.mail(sender, *params, utf8=utf8)
             batch += b"".join(session.rcpt(r) for r in recipients)
             batch += session.command(Command.DATA)
-            await self._write(batch, Command.MAIL)
+            shown = f"MAIL, RCPT x{len(recipients)}, DATA, {len(batch)} bytes"
+            await self._write(batch, Command.MAIL, shown=shown)
             replies = [reply for _, reply in await self._replies(len(recipients) + 2)]
         else:
             replies = [await self._exchange_bytes(session.mail(sender, *params, utf8=utf8))]

@@ -580,10 +580,53 @@ async def test_secrets_never_show(
         sp = mgr.find_service_point(f"smtp://{LOCAL}:{starttls_server.port}")
         shown.append(repr(sp._pool._idle))
     shown.append(caplog.text)
-    assert "MAIL FROM" in caplog.text and "credentials hidden" in caplog.text
+    assert "MAIL" in caplog.text and "credentials hidden" in caplog.text
     for text in shown:
         for secret in secrets:
             assert secret not in text
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_logs_hold_no_message_content_and_no_credentials(
+    server_cert: trustme.LeafCert,
+    policy: TlsPolicy,
+    caplog: pytest.LogCaptureFixture,
+    pipelining: bool,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="asyncsp")
+    msg = message(Subject="subject-2c4e81")
+    msg["X-Private"] = "header-7f3a9c"
+    msg.set_content("body-e51d0b\n")
+    raw = b"Subject: raw-subject-91ab\r\n\r\nraw-body-38cd\r\n"
+    with mail_server(server_cert, pipelining=pipelining, exclude=("PLAIN",)) as server:
+        async with ConnectionManager(policy=policy) as mgr:
+            async with mgr.smtp(
+                LOCAL, server.port, username=USER, password=PASSWORD, timeout=5
+            ) as client:  # AUTH LOGIN: the user name and the password, each a line
+                await client.send_message(msg)
+                await client.sendmail("a@example.org", ["b@example.org"], raw)
+            async with mgr.smtp(LOCAL, server.port, timeout=5) as client:
+                await client.login(USER, oauth2_token=TOKEN)
+    assert server.box.auths == ["LOGIN", "XOAUTH2"] and len(server.box.messages) == 2
+    assert b"body-e51d0b" in server.box.messages[0][2]
+    logged = [record.getMessage() for record in caplog.records]
+    forbidden = [
+        "subject-2c4e81",
+        "header-7f3a9c",
+        "X-Private",
+        "body-e51d0b",
+        "raw-subject-91ab",
+        "raw-body-38cd",
+        PASSWORD,
+        base64.b64encode(PASSWORD.encode()).decode(),
+        TOKEN,
+        base64.b64encode(f"user={USER}\x01auth=Bearer {TOKEN}\x01\x01".encode()).decode(),
+    ]
+    for line in logged:
+        for text in forbidden:
+            assert text not in line, f"{text!r} logged: {line!r}"
+    assert any("message content" in line for line in logged)  # its size, never its bytes
+    assert any("RCPT" in line for line in logged)
 
 
 async def test_plain_text_refuses_credentials_before_connecting() -> None:
