@@ -1,7 +1,8 @@
 """One SMTP session on one stream: the I/O loop around the sans-I/O core.
 
 `SmtpConnection` writes what `SmtpSession` encodes and feeds it what the stream reads,
-bounding each step (each complete reply included) by its time limit. It is also what a
+bounding each step (each complete reply included) by its time limit, and a multi-step
+exchange (AUTH and its challenges) by one deadline as a whole. It is also what a
 service point pools: it has the ``policy``, ``opened_at``, ``is_reusable()``, ``aclose()``
 and ``stream`` the pool asks for. Any failure in the middle of an exchange (a timeout, a
 framing error, a cancellation) closes it, so a late reply can never meet a later command.
@@ -30,6 +31,7 @@ from ._errors import (
 )
 from ._pool import OnStream
 from ._smtp_protocol import (
+    AUTH_CANCEL_LINE,
     SERVICE_CLOSING,
     Command,
     EncodedContent,
@@ -158,8 +160,14 @@ class SmtpConnection(OnStream):
             self._broken = True
             raise
 
-    async def _replies(self, count: int) -> list[tuple[Command, SmtpReply]]:
-        """The next *count* replies; each must be complete within the step's time limit."""
+    async def _replies(
+        self, count: int, *, until: tuple[float, str] | None = None
+    ) -> list[tuple[Command, SmtpReply]]:
+        """The next *count* replies; each must be complete within the step's time limit.
+
+        *until* is ``(deadline, what)`` for a multi-step exchange: no reply may end after
+        the exchange's own deadline (loop time), and a timeout then names *what*.
+        """
         session = self.session
         results: list[tuple[Command, SmtpReply]] = []
         loop = asyncio.get_running_loop()
@@ -171,11 +179,14 @@ class SmtpConnection(OnStream):
                     command = session.pending[0] if session.pending else Command.NOOP
                     if deadline is None:
                         deadline = loop.time() + self._limit(command)
+                        if until is not None:
+                            deadline = min(deadline, until[0])
                     try:
                         async with asyncio.timeout_at(deadline):
                             data = await self.stream.read(READ_CHUNK)
                     except builtins.TimeoutError as exc:
-                        raise self._timed_out(command, _awaited(command)) from exc
+                        what = until[1] if until and deadline >= until[0] else _awaited(command)
+                        raise self._timed_out(command, what) from exc
                     if not data:
                         raise ConnectionClosedError(
                             f"{self.endpoint} closed the connection; "
@@ -314,16 +325,21 @@ class SmtpConnection(OnStream):
             )
         args = (mechanism, _b64(initial)) if initial else (mechanism,)
         _log.debug("%s AUTH %s as %r", endpoint, mechanism, username)
+        # One deadline for the whole exchange, not one per challenge: each reply coming
+        # just in time must not stretch it.
+        until = (asyncio.get_running_loop().time() + self._limit(Command.AUTH), "the AUTH exchange")
         hidden = f"AUTH {mechanism} (credentials hidden)"
         await self._write(self.session.command(Command.AUTH, *args), Command.AUTH, shown=hidden)
-        reply = (await self._replies(1))[0][1]
-        while reply.code == 334:
-            # An unexpected extra challenge is cancelled with "*" (RFC 4954 §4).
-            line = responses.pop(0) if responses else "*"
-            await self._write(
-                self.session.auth_response(line), Command.AUTH, shown="AUTH response (hidden)"
-            )
-            reply = (await self._replies(1))[0][1]
+        reply = (await self._replies(1, until=until))[0][1]
+        while reply.code == 334:  # at most len(responses) + 1 rounds
+            if responses:
+                line, shown = responses.pop(0), "AUTH response (hidden)"
+            else:
+                # An extra challenge is cancelled (RFC 4954 §4); the session core accepts
+                # only 501 after it, so the loop ends here.
+                line, shown = AUTH_CANCEL_LINE, "* (AUTH exchange cancelled)"
+            await self._write(self.session.auth_response(line), Command.AUTH, shown=shown)
+            reply = (await self._replies(1, until=until))[0][1]
         if reply.code != 235:
             raise self._error(reply)
         self.username = username

@@ -21,6 +21,7 @@ from typing import NewType
 from ._errors import SmtpArgumentError, SmtpProtocolError, SmtpReplyError
 
 __all__ = [
+    "AUTH_CANCEL_LINE",
     "MAX_REPLY_LINE",
     "MAX_REPLY_LINES",
     "Command",
@@ -277,6 +278,7 @@ class Command(enum.Enum):
     STARTTLS = "STARTTLS"
     AUTH = "AUTH"
     AUTH_RESPONSE = "AUTH response"
+    AUTH_CANCEL = "AUTH cancel"
     MAIL = "MAIL"
     RCPT = "RCPT"
     DATA = "DATA"
@@ -313,6 +315,7 @@ _TRANSITIONS: dict[tuple[State, Command, Outcome], State] = {
     (S.AUTH, C.AUTH_RESPONSE, R.POSITIVE): S.READY,
     (S.AUTH, C.AUTH_RESPONSE, R.INTERMEDIATE): S.AUTH,
     (S.AUTH, C.AUTH_RESPONSE, R.NEGATIVE): S.READY,
+    (S.AUTH, C.AUTH_CANCEL, R.NEGATIVE): S.READY,  # and only as 501 (`_REQUIRED_CODE`)
     (S.READY, C.MAIL, R.POSITIVE): S.MAIL,
     (S.READY, C.MAIL, R.NEGATIVE): S.READY,
     (S.MAIL, C.RCPT, R.POSITIVE): S.RCPT,
@@ -352,7 +355,7 @@ _SENDABLE: dict[State, frozenset[Command]] = {
             Command.QUIT,
         }
     ),
-    State.AUTH: frozenset({Command.AUTH_RESPONSE}),
+    State.AUTH: frozenset({Command.AUTH_RESPONSE, Command.AUTH_CANCEL}),
     State.STARTTLS: frozenset(),  # the TLS handshake, nothing else (RFC 3207 §4.2)
     State.MAIL: frozenset({Command.RCPT, Command.RSET, Command.NOOP, Command.QUIT}),
     State.RCPT: frozenset({Command.RCPT, Command.DATA, Command.RSET, Command.NOOP, Command.QUIT}),
@@ -362,8 +365,14 @@ _SENDABLE: dict[State, frozenset[Command]] = {
 """What the client may send in each state (RFC 5321 §4.1.4 command order)."""
 _PIPELINABLE = frozenset({Command.MAIL, Command.RCPT, Command.RSET})
 """Commands that may be followed by more in one batch; the others end a batch (RFC 2920 §3.1)."""
-_EXPECTED = {Command.DATA: Outcome.INTERMEDIATE}
+_EXPECTED = {Command.DATA: Outcome.INTERMEDIATE, Command.AUTH_CANCEL: Outcome.NEGATIVE}
 """The reply class a command is sent hoping for, when it is not POSITIVE."""
+_REQUIRED_CODE = {Command.AUTH_CANCEL: 501}
+"""The one reply code a command may get. RFC 4954 §4: a server receiving ``*`` MUST reject
+the AUTH command with 501; another challenge would have the client cancel forever, and
+success would be a login the client called off."""
+AUTH_CANCEL_LINE = "*"
+"""The line that cancels an AUTH exchange (RFC 4954 §4)."""
 SERVICE_CLOSING = 421
 """RFC 5321 §3.8: the server is shutting the channel down, whatever the command was."""
 
@@ -425,10 +434,14 @@ class SmtpSession:
         return self.command(Command.RCPT, f"TO:<{recipient}>", *params)
 
     def auth_response(self, line: str) -> bytes:
-        """A line answering an AUTH challenge (base64, or ``*`` to cancel; RFC 4954 §4)."""
-        self._check_can_send(Command.AUTH_RESPONSE)
+        """A line answering an AUTH challenge (base64, or ``*`` to cancel; RFC 4954 §4).
+
+        After a cancel the only valid reply is 501; anything else is `SmtpProtocolError`.
+        """
+        command = Command.AUTH_CANCEL if line == AUTH_CANCEL_LINE else Command.AUTH_RESPONSE
+        self._check_can_send(command)
         check_argument(line, "AUTH response")
-        self.pending.append(Command.AUTH_RESPONSE)
+        self.pending.append(command)
         return line.encode("ascii") + b"\r\n"
 
     def content(self, data: EncodedContent) -> bytes:
@@ -486,6 +499,14 @@ class SmtpSession:
             self.state = State.CLOSED
             return command, reply
         after = _TRANSITIONS.get((self.state, command, Outcome.of(reply.code)))
+        required = _REQUIRED_CODE.get(command)
+        if required is not None and reply.code != required:
+            self.state = State.CLOSED
+            raise SmtpProtocolError(
+                f"{self.endpoint} answered {command.value} with {str(reply)[:80]!r}; only "
+                f"{required} may answer it",
+                endpoint=self.endpoint,
+            )
         if after is None:
             where = self.state.value
             self.state = State.CLOSED

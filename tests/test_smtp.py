@@ -35,7 +35,7 @@ from asyncsp import (
 from asyncsp._errors import SmtpArgumentError
 from asyncsp._smtp import serialise_message
 
-from .servers import LOCAL, LineServer, fd_baseline
+from .servers import LOCAL, LineServer, fd_baseline, server_context
 
 USER, PASSWORD, TOKEN = "alice", "s3cret-Pa55word", "ya29.token-value"
 
@@ -263,8 +263,13 @@ class ScriptedSmtp(LineServer[Peer]):
 
 
 @contextlib.asynccontextmanager
-async def scripted(script: Script) -> AsyncIterator[tuple[ScriptedSmtp, int]]:
-    async with ScriptedSmtp(Peer, script) as server:
+async def scripted(
+    script: Script, context: ssl.SSLContext | None = None
+) -> AsyncIterator[tuple[ScriptedSmtp, int]]:
+    """A scripted server; with *context* it speaks TLS from the first byte (implicit TLS)."""
+    server = ScriptedSmtp(Peer, script)
+    server.context = context
+    async with server:
         yield server, server.port
 
 
@@ -644,6 +649,100 @@ async def test_plain_text_refuses_credentials_before_connecting() -> None:
 
 
 # -- against scripted servers -------------------------------------------------------------
+
+
+def auth_script(after_cancel: bytes, *, max_lines: int = 200) -> Script:
+    """Implicit TLS offering AUTH PLAIN, challenging AUTH once more than PLAIN answers, and
+    answering each ``*`` cancel with *after_cancel*; otherwise a plain responder."""
+
+    async def script(peer: Peer) -> None:
+        await peer.send(b"220 mx.test ESMTP\r\n")
+        for _ in range(max_lines):
+            line = await peer.line()
+            if line.startswith(b"EHLO"):
+                await peer.send(ehlo_reply("AUTH PLAIN"))
+            elif line.startswith(b"AUTH"):
+                await peer.send(b"334 \r\n")  # a challenge PLAIN has no answer for
+            elif line == b"*\r\n":
+                await peer.send(after_cancel)
+            elif line.startswith(b"QUIT"):
+                await peer.send(b"221 bye\r\n")
+                return
+            else:
+                await peer.send(b"250 ok\r\n")
+
+    return script
+
+
+@pytest.mark.parametrize(
+    "after_cancel",
+    [b"334 \r\n", b"334 more\r\n334 and more\r\n", b"235 2.7.0 ok anyway\r\n", b"535 no\r\n"],
+    ids=["challenged-again", "two-challenges", "accepted", "not-501"],
+)
+@pytest.mark.parametrize("how", ["on-open", "login"])
+async def test_a_cancelled_auth_exchange_must_end_in_501(
+    server_cert: trustme.LeafCert, policy: TlsPolicy, after_cancel: bytes, how: str
+) -> None:
+    # RFC 4954 §4: the server MUST answer a "*" with 501. A server that challenges again
+    # would otherwise keep the client cancelling forever, each reply well within its timeout.
+    tls = {"security": "tls", "timeout": 3}
+    async with scripted(auth_script(after_cancel), server_context(server_cert)) as (server, port):
+        async with ConnectionManager(policy=policy) as mgr, asyncio.timeout(10):
+            with pytest.raises(SmtpProtocolError, match="501"):
+                if how == "on-open":
+                    async with mgr.smtp(LOCAL, port, username=USER, password=PASSWORD, **tls):
+                        pass
+                else:
+                    async with mgr.smtp(LOCAL, port, **tls) as client:
+                        await client.login(USER, PASSWORD)
+            sp = mgr.find_service_point(f"smtps://{LOCAL}:{port}")
+            assert sp.current_connections == 0  # closed, never pooled
+            await server.sockets.wait_closed(5)
+    assert server.received.count(b"*\r\n") == 1
+    assert server.received.endswith(b"*\r\n")  # nothing after it, not even QUIT
+
+
+async def test_a_cancelled_auth_exchange_answered_with_501_keeps_the_session(
+    server_cert: trustme.LeafCert, policy: TlsPolicy
+) -> None:
+    tls = {"security": "tls", "timeout": 3}
+    script = auth_script(b"501 5.7.0 cancelled\r\n")
+    async with scripted(script, server_context(server_cert)) as (server, port):
+        async with ConnectionManager(policy=policy) as mgr:
+            async with mgr.smtp(LOCAL, port, **tls) as client:
+                with pytest.raises(SmtpReplyError) as info:
+                    await client.login(USER, PASSWORD)
+                assert info.value.code == 501
+                assert (await client.noop()).code == 250
+            async with mgr.smtp(LOCAL, port, **tls) as client:
+                assert (await client.noop()).code == 250
+            assert mgr.find_service_point(f"smtps://{LOCAL}:{port}").stats.connections_opened == 1
+    assert server.received.count(b"*\r\n") == 1 and len(server.peers) == 1
+
+
+async def test_the_whole_auth_exchange_ends_by_the_timeout(
+    server_cert: trustme.LeafCert, policy: TlsPolicy
+) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.send(b"220 mx.test ESMTP\r\n")
+        await peer.line()
+        await peer.send(ehlo_reply("AUTH LOGIN"))
+        await peer.line()  # AUTH LOGIN
+        for reply in (b"334 VXNlcm5hbWU6\r\n", b"334 UGFzc3dvcmQ6\r\n", b"334 \r\n", b"501 no\r\n"):
+            await asyncio.sleep(0.6)  # each reply well within the timeout, all four far past it
+            await peer.send(reply)
+            await peer.line()
+
+    async with scripted(script, server_context(server_cert)) as (server, port):
+        async with ConnectionManager(policy=policy) as mgr:
+            with pytest.raises(asyncsp.TimeoutError, match="AUTH exchange"):
+                async with mgr.smtp(
+                    LOCAL, port, security="tls", username=USER, password=PASSWORD, timeout=1.0
+                ):
+                    pass
+            assert mgr.find_service_point(f"smtps://{LOCAL}:{port}").current_connections == 0
+            await server.sockets.wait_closed(5)
+    assert b"*\r\n" not in server.received  # the client gave up before its cancel was due
 
 
 async def test_no_starttls_offered_sends_nothing_else() -> None:

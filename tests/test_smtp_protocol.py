@@ -444,6 +444,34 @@ def test_auth_challenge_loop() -> None:
     assert session.state is State.READY
 
 
+def cancelled_auth_session() -> SmtpSession:
+    session = ready_session("AUTH PLAIN")
+    session.command(Command.AUTH, "PLAIN", "AGEAYg==")
+    assert feed(session, b"334 \r\n") == [(Command.AUTH, 334)]  # a challenge PLAIN cannot answer
+    assert session.auth_response("*") == b"*\r\n"
+    return session
+
+
+@pytest.mark.parametrize(
+    "reply", [b"334 \r\n", b"334 more\r\n334 more\r\n", b"235 ok\r\n", b"535 no\r\n", b"250 ok\r\n"]
+)
+def test_a_cancelled_auth_exchange_takes_only_501(reply: bytes) -> None:
+    # RFC 4954 §4: the server MUST reject a cancelled AUTH with 501.
+    session = cancelled_auth_session()
+    with pytest.raises(SmtpProtocolError, match="only 501"):
+        feed(session, reply)
+    assert session.state is State.CLOSED
+    with pytest.raises(SmtpProtocolError):  # nothing more goes out on this session
+        session.auth_response("*")
+
+
+def test_a_cancelled_auth_exchange_ends_with_its_501() -> None:
+    session = cancelled_auth_session()
+    assert feed(session, b"501 5.7.0 cancelled\r\n") == [(Command.AUTH_CANCEL, 501)]
+    assert session.state is State.READY
+    session.command(Command.NOOP)
+
+
 def test_utf8_is_per_transaction() -> None:
     session = ready_session("SMTPUTF8")
     with pytest.raises(SmtpArgumentError):
@@ -461,7 +489,7 @@ def test_utf8_is_per_transaction() -> None:
 
 def test_the_two_tables_agree() -> None:
     # Whatever may be sent in a state has somewhere to go when it succeeds.
-    hoped = {Command.DATA: Outcome.INTERMEDIATE}
+    hoped = {Command.DATA: Outcome.INTERMEDIATE, Command.AUTH_CANCEL: Outcome.NEGATIVE}
     for state, commands in _SENDABLE.items():
         for command in commands:
             outcome = hoped.get(command, Outcome.POSITIVE)
