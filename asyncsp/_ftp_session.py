@@ -1,6 +1,7 @@
 """One FTP control connection (`FtpSession`) and its data connections (`Transfer`).
 
-The session reads complete replies within the stream's timeout, logs in (``AUTH TLS`` first
+The session reads complete replies within the stream's timeout (one final reply per
+command: a reply nobody asked for closes it, as does a ``421``), logs in (``AUTH TLS`` first
 when explicit), and starts transfers: passive port (EPSV, else PASV), the command, and the
 data connection to the control connection's peer, made by the service point under the
 control connection's policy snapshot and offering its TLS session (RFC 4217 §10.2; vsftpd's
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._errors import (
     AsyncspError,
@@ -71,6 +72,7 @@ class FtpSession(OnStream):
         self.epsv = True  # until the server says it does not implement EPSV
         self.home: str | None = None  # the login directory, once cwd() moved away from it
         self.broken = False
+        self.ended_by: FtpReply | None = None  # the 421 (or 221) that ended the session
 
     @property
     def endpoint(self) -> str:
@@ -108,8 +110,41 @@ class FtpSession(OnStream):
     # -- one exchange ----------------------------------------------------------------------
 
     async def send(self, line: bytes) -> None:
+        """Write one command line, once every reply asked for so far has been read."""
+        if self.ended_by is not None:
+            raise FtpReplyError(self.ended_by.code, self.ended_by.message, endpoint=self.endpoint)
+        if self.parser.waiting or self.parser.buffered or self.stream.buffered:
+            await self._refuse_unasked()
         self.stream.write(line)
         await self.stream.drain()
+
+    async def _refuse_unasked(self) -> NoReturn:
+        """Close the session over a reply that arrived before any command asked for it.
+
+        RFC 959 pairs replies with commands by order alone: a stray reply would answer the
+        next command (a refused DELE read as done) and every later one would read the
+        previous command's answer. A ``421`` may come unasked (RFC 959 §4.2): it is the
+        server's own word that the session is over.
+        """
+        try:
+            if self.stream.buffered:
+                with contextlib.suppress(AsyncspError):  # read at once: the bytes are here
+                    self.parser.feed(await self.stream.read(self.stream.buffered))
+        finally:
+            self.abort()
+        stray = self.parser.next_reply()
+        if stray is not None and stray.code in SESSION_ENDING:
+            raise FtpReplyError(stray.code, stray.message, endpoint=self.endpoint)
+        raise self._unasked(stray, "before the next command")
+
+    def _unasked(self, stray: FtpReply | None, when: str) -> FtpProtocolError:
+        shown = "an incomplete reply" if stray is None else f"{stray.code} {stray.message[:80]!r}"
+        return FtpProtocolError(
+            f"{self.endpoint} sent a reply nobody asked for ({shown}) {when}; it would be "
+            "taken for the answer to another command (a confused server, or injection), so "
+            "the session was closed",
+            endpoint=self.endpoint,
+        )
 
     async def reply(self) -> FtpReply:
         """The next complete reply, within the stream's timeout for the whole reply."""
@@ -142,10 +177,25 @@ class FtpSession(OnStream):
         return self._received(reply)
 
     def _received(self, reply: FtpReply) -> FtpReply:
-        """Bookkeeping every reply passes through before its caller sees it."""
+        """Bookkeeping every reply passes through before its caller sees it.
+
+        A command has one final reply (after any ``1xx``): another complete reply already
+        behind it was asked for by nobody, and leaves the command's outcome in doubt.
+        """
         if reply.code in SESSION_ENDING:
-            self.broken = True  # the server is closing the control connection: never reuse it
+            self._ended(reply)
+        stray = self.parser.next_reply() if reply.kind != 1 else None
+        if stray is not None:
+            if stray.code not in SESSION_ENDING:
+                self.abort()
+                raise self._unasked(stray, f"after {reply.code}")
+            self._ended(stray)  # RFC 959 §4.2: 421 at any time; the answer before it stands
         return reply
+
+    def _ended(self, reply: FtpReply) -> None:
+        """The server is closing the control connection: nothing more is sent, never pooled."""
+        self.broken = True
+        self.ended_by = self.ended_by or reply
 
     async def command(self, verb: str, *args: str) -> FtpReply:
         """Send one command (refused before sending if unsafe) and read its reply."""

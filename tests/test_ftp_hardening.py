@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 import asyncsp._ftp
-from asyncsp import ConnectionManager, FtpReplyError, StartTlsUnavailableError
+from asyncsp import ConnectionManager, FtpProtocolError, FtpReplyError, StartTlsUnavailableError
 from asyncsp._errors import FtpArgumentError
 
-from .servers import LOCAL, LineServer
+from .servers import LOCAL, LineServer, wait_until
 
 
 class Peer:
@@ -235,3 +235,74 @@ async def test_a_421_closes_the_session_instead_of_pooling_it() -> None:
         assert sp.stats.connections_opened == 2
     first_session = server.peers[0].lines
     assert first_session[-1] == b"DELE f"  # no PWD and no QUIT after the 421
+
+
+# -- replies nobody asked for -----------------------------------------------------------------
+
+
+async def test_a_command_answered_twice_never_answers_the_next() -> None:
+    # RFC 959 pairs replies with commands only by order: a second answer to DELE a would be
+    # taken for the answer to DELE b, and a refused delete would report success.
+    async def script(peer: Peer) -> None:
+        await anonymous_greeting(peer)
+        while line := (await peer.line()).rstrip(b"\r\n"):
+            if line == b"DELE a":
+                await peer.send(b"250 deleted\r\n250 deleted\r\n")
+            elif line == b"DELE b":
+                await peer.send(b"550 permission denied\r\n")
+            else:
+                await peer.send(b"221 bye\r\n" if line.startswith(b"QUIT") else b"200 ok\r\n")
+
+    async with scripted(script) as (server, port), ConnectionManager() as mgr:
+        sp = mgr.find_service_point(f"ftp://{LOCAL}:{port}")
+        async with mgr.ftp(LOCAL, port, security="none", timeout=10) as ftp:
+            with pytest.raises(FtpProtocolError, match="nobody asked for") as caught:
+                await ftp.delete("a")
+                await ftp.delete("b")
+            assert caught.value.endpoint == f"ftp://{LOCAL}:{port}"
+        assert sp.current_connections == 0  # closed, not pooled
+        await server.sockets.wait_closed(10)  # every line the client sent has been read
+    assert b"DELE b" not in server.received
+
+
+@pytest.mark.parametrize(
+    ("stray", "error", "match"),
+    [
+        (b"250 stray\r\n", FtpProtocolError, "nobody asked for"),
+        (b"250-stray\r\n", FtpProtocolError, "nobody asked for"),  # not even complete
+        (b"421 Timeout.\r\n", FtpReplyError, "421"),  # the server ends an idle session
+    ],
+)
+async def test_a_reply_before_a_command_is_refused(
+    stray: bytes, error: type[Exception], match: str
+) -> None:
+    answered = asyncio.Event()
+
+    async def script(peer: Peer) -> None:
+        await anonymous_greeting(peer)
+        await peer.line()  # PWD
+        await peer.send(b'257 "/"\r\n')
+        await answered.wait()
+        await peer.send(stray)  # after the answer was read, before anything else is asked
+
+    async with scripted(script) as (server, port), ConnectionManager() as mgr:
+        sp = mgr.find_service_point(f"ftp://{LOCAL}:{port}")
+        async with mgr.ftp(LOCAL, port, security="none", timeout=5) as ftp:
+            assert await ftp.pwd() == "/"
+            answered.set()
+            session = ftp._session
+            assert session is not None
+            await wait_until(lambda: session.stream.buffered > 0)  # the stray reply is here
+            with pytest.raises(error, match=match):
+                await ftp.delete("b")
+        assert sp.current_connections == 0
+        await server.sockets.wait_closed(10)  # every line the client sent has been read
+    assert b"DELE b" not in server.received
+
+
+async def anonymous_greeting(peer: Peer) -> None:
+    """Greet and log in an anonymous client without TLS (no FEAT)."""
+    await peer.send(b"220 ready\r\n")
+    for answer in (b"331 any password\r\n", b"230 in\r\n", b"200 binary\r\n", b"502 no\r\n"):
+        await peer.line()
+        await peer.send(answer)
