@@ -165,7 +165,9 @@ def serve_aiosmtpd(port: int, tls: ssl.SSLContext | None) -> None:
             return f"250 2.0.0 ok messages={Counters.messages} recipients={Counters.recipients}"
 
     kwargs = {"tls_context": tls} if tls is not None else {}
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port, **kwargs)
+    controller = Controller(
+        Handler(), hostname="127.0.0.1", server_hostname="127.0.0.1", port=port, **kwargs
+    )
     controller.start()
     print("ready", flush=True)
     signal.sigwait({signal.SIGTERM})  # blocked in every thread, so it waits here

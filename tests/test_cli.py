@@ -358,6 +358,7 @@ def smtp_server(cert: trustme.LeafCert, *, starttls: bool = True, auth_require_t
     controller = Controller(
         Sink(),
         hostname="127.0.0.1",
+        server_hostname="127.0.0.1",
         port=closed_port(),
         tls_context=context if starttls else None,
         require_starttls=starttls,

@@ -192,6 +192,7 @@ def mail_server(
         box,
         Handler(box, pipelining=pipelining),
         hostname=LOCAL,
+        server_hostname=LOCAL,
         port=port,
         authenticator=authenticate(box, password),
         auth_exclude_mechanism=list(exclude),
@@ -311,6 +312,18 @@ PLAIN = {"security": "none", "timeout": 5}
 
 
 # -- against aiosmtpd ---------------------------------------------------------------------
+
+
+async def test_the_test_server_greets_by_a_given_name(starttls_server: MailServer) -> None:
+    # Without a name aiosmtpd calls socket.getfqdn() for every connection, which takes
+    # seconds on a machine whose own name is not in /etc/hosts.
+    reader, writer = await asyncio.open_connection(LOCAL, starttls_server.port)
+    try:
+        greeting = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert greeting.startswith(f"220 {LOCAL} ".encode())
 
 
 async def test_starttls_then_auth_then_send(starttls_server: MailServer, policy: TlsPolicy) -> None:
