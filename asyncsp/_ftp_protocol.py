@@ -258,9 +258,13 @@ def parse_size(reply: FtpReply) -> int:
 
 
 def announced_size(reply: FtpReply) -> int | None:
-    """The ``(N bytes)`` a ``150`` reply announces, if it does."""
-    match = _ANNOUNCED.search(reply.message)
-    return None if match is None else int(match.group(1))
+    """The ``(N bytes)`` a ``150`` reply announces, if it does.
+
+    The last one counts: servers write ``... for <name> (<size> bytes).`` (vsftpd, ProFTPD),
+    and a name such as ``photo (2 bytes).jpg`` holds a size-like text of its own.
+    """
+    sizes = _ANNOUNCED.findall(reply.message)
+    return int(sizes[-1]) if sizes else None
 
 
 def check_preliminary(reply: FtpReply, endpoint: str | None = None) -> None:

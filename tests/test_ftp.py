@@ -558,6 +558,46 @@ async def test_dishonest_transfer_ends_are_errors_and_close_the_session(
             assert sp.current_connections == 0  # the session was not pooled
 
 
+def named_retr_script(name: str, sent: bytes, *, tls: bool) -> Script:
+    """RETR as vsftpd answers it: ``150 ... for <name> (<size> bytes).``, the size of PAYLOAD;
+    then *sent* on the data connection, which ends cleanly."""
+
+    def script(ctl: Control) -> None:
+        ctl.login(auth=tls)
+        listener = ctl.passive()
+        opening = f"150 Opening BINARY mode data connection for {name} ({len(PAYLOAD)} bytes)."
+        ctl.expect("RETR", opening.encode() + b"\r\n")
+        data = ctl.accept(listener, tls=tls)
+        data.sendall(sent)
+        if isinstance(data, ssl.SSLSocket):
+            data = data.unwrap()
+        data.close()
+        ctl.send(b"226 Transfer complete.\r\n")
+        ctl.serve_rest()
+
+    return script
+
+
+async def test_the_announced_size_is_the_last_in_the_reply(
+    server_cert: trustme.LeafCert, mgr_factory: Callable[..., ConnectionManager]
+) -> None:
+    # A size-like "(N bytes)" in the file name comes before the size vsftpd announces.
+    async with scripted(
+        named_retr_script("photo (2 bytes).jpg", PAYLOAD, tls=True), server_cert
+    ) as server:
+        async with mgr_factory() as mgr, mgr.ftp("localhost", server.port, timeout=5) as ftp:
+            assert await ftp.retrieve("photo (2 bytes).jpg") == PAYLOAD
+    # Without TLS a clean end proves nothing: only the count can reveal a truncation.
+    truncated = named_retr_script("x (1000 bytes)", PAYLOAD[:1000], tls=False)
+    async with scripted(truncated, server_cert) as server:
+        async with mgr_factory() as mgr:
+            sp = mgr.find_service_point(f"ftp://localhost:{server.port}")
+            with pytest.raises(FtpProtocolError, match="announced 307200 bytes and sent 1000"):
+                async with mgr.ftp("localhost", server.port, security="none", timeout=5) as ftp:
+                    await ftp.retrieve("x (1000 bytes)")
+            assert sp.current_connections == 0
+
+
 def stall_script() -> Script:
     def script(ctl: Control) -> None:
         ctl.login()

@@ -265,6 +265,19 @@ def test_parse_size_and_announced_size() -> None:
     assert announced_size(reply("150 Here comes the directory listing.\r\n")) is None
 
 
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        # vsftpd: "for <name> (<size> bytes)."; the name may hold a size-like text of its own.
+        ("150 Opening BINARY mode data connection for photo (2 bytes).jpg (4096 bytes).", 4096),
+        ("150 Opening BINARY mode data connection for x (9999 bytes) (12 bytes).", 12),
+        ("150-for a (1 bytes)\r\n150 b (7 bytes)", 7),
+    ],
+)
+def test_announced_size_is_the_last_in_the_reply(text: str, size: int) -> None:
+    assert announced_size(reply(text + "\r\n")) == size
+
+
 # -- listings --------------------------------------------------------------------------------
 
 MLSD_CASES = [
