@@ -6,7 +6,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -120,7 +120,7 @@ class ConnectionManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
-        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
 
     # -- settings --------------------------------------------------------------------------
 
@@ -251,6 +251,8 @@ class ConnectionManager:
         )
 
     def _used(self, sp: ServicePoint) -> None:
+        if self._closed:  # nothing is evicted any more, and `aclose` walks the registry
+            return
         key = (sp.endpoint, sp.proxy)
         if self._service_points.get(key) is sp:
             self._service_points.move_to_end(key)
@@ -378,7 +380,7 @@ class ConnectionManager:
             timeout=timeout,
         )
 
-    def _add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
+    def _add_closer(self, closer: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run *closer* when the manager closes (a protocol layer's own pools)."""
         self._closers.append(closer)
 
@@ -396,26 +398,45 @@ class ConnectionManager:
         return task
 
     async def aclose(self) -> None:
-        """Close every connection; whatever still waits or runs fails with `ManagerClosedError`."""
+        """Close every connection; whatever still waits or runs fails with `ManagerClosedError`.
+
+        Idle connections get a grace period (2 s) to say goodbye (QUIT, close_notify); then
+        every stream still open is aborted and every close still running is cancelled. When
+        it returns, every socket the manager opened is closed and none of its tasks is left.
+        """
         if self._closing is not None:
             await asyncio.shield(self._closing)
             return
         self._closed = True
         self._closing = asyncio.get_running_loop().create_future()
         try:
+            service_points = list(self._service_points.values())
+            streams = {stream for sp in service_points for stream in sp._active}
             idle: list[Any] = []
-            for sp in list(self._service_points.values()):
+            for sp in service_points:
                 idle += sp._shutdown()
-            closers = [close_quietly(conn) for conn in idle] + [close() for close in self._closers]
-            if closers:
-                await asyncio.wait(
-                    [asyncio.ensure_future(c) for c in closers], timeout=_CLOSE_GRACE
-                )
-            for sp in self._service_points.values():
+            for conn in idle:
+                self._spawn(close_quietly(conn))
+            for close in self._closers:
+                self._spawn(close())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CLOSE_GRACE):
+                    while self._tasks:  # a close may spawn more (HTTP sessions do)
+                        await asyncio.wait(list(self._tasks))
+            for sp in service_points:
                 for stream in list(sp._active):
+                    streams.add(stream)
                     stream.abort(by_manager=True)
-            if self._tasks:
-                await asyncio.wait(list(self._tasks), timeout=_CLOSE_GRACE)
+            for task in self._tasks:
+                task.cancel()
+            # Bounded, for a close that ignores its cancellation.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CLOSE_GRACE):
+                    await asyncio.gather(
+                        *self._tasks,
+                        *(stream.wait_closed() for stream in streams),
+                        return_exceptions=True,
+                    )
         finally:
             self._closing.set_result(None)
 

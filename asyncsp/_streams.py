@@ -199,6 +199,10 @@ class Stream:
         self._closed = False
         self._broken = False
         self._closed_by_manager = False
+        # Done once the socket is closed: asyncio closes it a callback after an abort, and a
+        # close waits for the peer; either way the caller may need to know it is gone.
+        self._socket_closed: asyncio.Future[None] = protocol.lost.get_loop().create_future()
+        protocol.lost.add_done_callback(lambda _: self._socket_gone())
         self.timeout = timeout
         """Seconds each operation may take (``None``: unbounded)."""
         self.opened_at = time.monotonic()
@@ -411,8 +415,13 @@ class Stream:
     # -- closing ---------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Close the connection (with TLS close_notify when possible) and free its slot."""
+        """Close the connection (with TLS close_notify when possible) and free its slot.
+
+        Returns once the socket is closed, also when the stream was already aborted or is
+        being closed by another task.
+        """
         if self._closed:
+            await self.wait_closed()
             return
         self._closed = True
         transport = self._transport
@@ -424,22 +433,40 @@ class Stream:
             if not self._protocol.lost.done():
                 await asyncio.wait_for(asyncio.shield(self._protocol.lost), _CLOSE_TIMEOUT)
         except asyncio.CancelledError:
-            _abort(transport)
+            self._abort_transport()
             raise
         except Exception:  # the peer never acknowledged our close (a timeout included): abort
-            _abort(transport)
+            self._abort_transport()
         finally:
             self._on_close(self)
+        await self.wait_closed()
 
     def abort(self, *, by_manager: bool = False) -> None:
-        """Close at once, without waiting (no close_notify); free the slot."""
+        """Close at once, without waiting (no close_notify); free the slot.
+
+        The socket itself is closed by asyncio a loop callback later (see `wait_closed`).
+        """
         self._closed_by_manager |= by_manager
         self._broken = True
         if not self._transport.is_closing() or not self._protocol.lost.done():
-            _abort(self._transport)
+            self._abort_transport()
         if not self._closed:
             self._closed = True
             self._on_close(self)
+
+    async def wait_closed(self) -> None:
+        """Wait until the socket is closed, after `aclose` or `abort` (cancelling the wait
+        does not stop the close)."""
+        await asyncio.shield(self._socket_closed)
+
+    def _abort_transport(self) -> None:
+        _abort(self._transport)
+        # asyncio closes the socket in a callback the abort has just scheduled: after it.
+        self._socket_closed.get_loop().call_soon(self._socket_gone)
+
+    def _socket_gone(self) -> None:
+        if not self._socket_closed.done():
+            self._socket_closed.set_result(None)
 
     def mark_broken(self) -> None:
         """Never reuse this stream (its protocol state is unknown)."""

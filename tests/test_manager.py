@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -20,7 +22,8 @@ from asyncsp import (
     TlsPolicy,
 )
 
-from .servers import ThreadedServer
+from .servers import LOCAL, RawServer, ThreadedServer
+from .test_smtp import PLAIN, responder, scripted
 
 SP = SecurityProtocol
 
@@ -185,3 +188,63 @@ async def test_aclose_is_idempotent() -> None:
     assert mgr.closed
     with pytest.raises(asyncsp.ManagerClosedError):
         mgr.find_service_point("https://new.test")
+
+
+async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+    await reader.read()  # never a byte back; ends when the client goes
+
+
+def pending(tasks: set[asyncio.Task[object]]) -> list[asyncio.Task[object]]:
+    return [task for task in tasks if not task.done()]
+
+
+async def test_aclose_returns_with_the_sockets_of_aborted_streams_closed() -> None:
+    async with RawServer(silent) as server:
+        mgr = ConnectionManager()
+        opened = asyncio.Event()
+        sockets: list[socket.socket] = []
+
+        async def read_forever() -> None:
+            async with mgr.open_stream(LOCAL, server.port, timeout=30) as s:
+                sockets.append(s.get_extra_info("socket"))
+                opened.set()
+                await s.read(1)
+
+        user = asyncio.create_task(read_forever())
+        await opened.wait()
+        await mgr.aclose()
+        # Checked before anything else runs: the close is done when aclose returns.
+        assert [sock.fileno() for sock in sockets] == [-1]
+        assert server.sockets.connected() == 0
+        with pytest.raises(asyncsp.ManagerClosedError):
+            await user
+
+
+async def idle_session_that_never_answers_quit(mgr: ConnectionManager, port: int) -> socket.socket:
+    """Leave an SMTP session idle in *mgr*'s pool; its server never answers QUIT."""
+    async with mgr.smtp(LOCAL, port, **PLAIN) as client:
+        await client.noop()
+        sock: socket.socket = client._live().stream.get_extra_info("socket")
+    sp = mgr.find_service_point(f"smtp://{LOCAL}:{port}")
+    assert sp._pool.idle_count == 1
+    return sock
+
+
+@pytest.mark.parametrize("service_points", [1, 2])
+async def test_aclose_cuts_off_a_goodbye_that_outlasts_the_grace(
+    monkeypatch: pytest.MonkeyPatch, service_points: int
+) -> None:
+    monkeypatch.setattr("asyncsp._manager._CLOSE_GRACE", 0.2)  # QUIT waits 2 s for its reply
+    async with scripted(responder(answers={b"QUIT": b""})) as (server, port):
+        mgr = ConnectionManager()
+        sock = await idle_session_that_never_answers_quit(mgr, port)
+        if service_points == 2:
+            # A later (more recently used) service point: aborting the first one's stream
+            # must not reorder the registry while the close walks it.
+            mgr.find_service_point(f"tcp://{LOCAL}:9")
+        before = asyncio.all_tasks()
+        await mgr.aclose()
+        assert sock.fileno() == -1
+        assert pending(asyncio.all_tasks() - before) == []
+        assert server.sockets.connected() == 0
+        assert b"QUIT\r\n" in server.received
