@@ -45,6 +45,7 @@ from ._servicepoint import ServicePoint, ServicePointStats
 from ._smtp import SendResult, SmtpClient, SmtpReply
 from ._sockets import SocketOptions
 from ._streams import Stream
+from ._system import SystemTlsConfig, system_tls_config
 from ._tls import TlsInfo
 
 __version__ = "0.1.0"
@@ -91,10 +92,12 @@ __all__ = [
     "SocketOptions",
     "StartTlsUnavailableError",
     "Stream",
+    "SystemTlsConfig",
     "TimeoutError",
     "TlsError",
     "TlsInfo",
     "TlsPolicy",
     "__version__",
     "defaults",
+    "system_tls_config",
 ]

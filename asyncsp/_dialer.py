@@ -134,7 +134,9 @@ class Dialer:
             except BaseException as exc:
                 sock.close()
                 if isinstance(exc, Exception):
-                    raise_connect_error(exc, sp.address, during_tls=True, timeout=timeout)
+                    raise_connect_error(
+                        exc, sp.address, during_tls=True, timeout=timeout, policy=policy
+                    )
                 raise
             stream = Stream(
                 service_point=sp,
@@ -191,7 +193,9 @@ class Dialer:
                     endpoint=address,
                 ) from exc
             if isinstance(exc, Exception):
-                raise_connect_error(exc, address, during_tls=True, timeout=stream.timeout)
+                raise_connect_error(
+                    exc, address, during_tls=True, timeout=stream.timeout, policy=stream.policy
+                )
             raise
         if transport is None:  # pragma: no cover - start_tls returns None only when closing
             stream.abort()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ._errors import InvalidSecurityProtocolError, PolicyError
 from ._protocols import SecurityProtocol
+from ._system import SystemTlsConfig, system_tls_config, version_name
 
 if TYPE_CHECKING:
     from ._tls import TlsInfo
@@ -19,8 +20,15 @@ __all__ = ["TlsPolicy"]
 
 # Suites no policy with strong_crypto=True may ever offer, even with a custom cipher string.
 _WEAK_SUITES = "!aNULL:!eNULL:!EXPORT:!DES:!3DES:!RC4:!MD5:!PSK:!SRP"
-# OpenSSL 3 refuses TLS 1.0/1.1 (SHA-1 signatures) above security level 0.
-LEGACY_CIPHERS = "DEFAULT:@SECLEVEL=0"
+STRONG_CIPHERS = "ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
+"""The TLS 1.2 suites of strong crypto: CPython's own default list (3.10 and later), set
+explicitly because some builds (Debian's, ``--with-ssl-default-suites=openssl``) leave
+OpenSSL's much longer DEFAULT list, CBC with SHA-1 included, in its place."""
+STRONG_SECURITY_LEVEL = 2
+"""OpenSSL security level of strong crypto: 112-bit keys at the least, no SHA-1 signatures."""
+LEGACY_CIPHERS = "DEFAULT"
+"""The opt-out's suites; OpenSSL 3 refuses TLS 1.0/1.1 (SHA-1 signatures) above security
+level 0, so the opt-out runs at level 0 unless the system sets one."""
 _LEGACY_VERSIONS = SecurityProtocol.TLS | SecurityProtocol.TLS11
 _HEX = frozenset(string.hexdigits.lower())
 
@@ -122,6 +130,22 @@ class TlsPolicy:
 
         return context_for(self)
 
+    def offered_versions(self) -> SecurityProtocol:
+        """The versions a new connection under this policy offers on this machine.
+
+        The policy's set (TLS 1.2 and 1.3 for ``SYSTEM_DEFAULT``) less what the system's
+        OpenSSL configuration forbids; `PolicyError` when it forbids them all.
+        """
+        low, high = version_bounds(self, system_tls_config())
+        wanted = (
+            self.protocols if self.is_explicit else SecurityProtocol.TLS12 | SecurityProtocol.TLS13
+        )
+        offered = SecurityProtocol.SYSTEM_DEFAULT
+        for member in wanted.members:
+            if low <= member.tls_version and (high is None or member.tls_version <= high):
+                offered |= member
+        return offered
+
     @property
     def is_explicit(self) -> bool:
         """Whether `protocols` is an explicit set checked after every handshake."""
@@ -136,12 +160,62 @@ class TlsPolicy:
         return f"TlsPolicy({fields})"
 
 
-def cipher_string(policy: TlsPolicy) -> str:
-    """The cipher string for *policy*'s context, or "" to keep the secure default."""
-    if not policy.strong_crypto:
-        return policy.ciphers or LEGACY_CIPHERS
-    # The last @SECLEVEL wins: a custom string cannot lower the level under strong crypto.
-    return f"{policy.ciphers}:{_WEAK_SUITES}:@SECLEVEL=2" if policy.ciphers else ""
+def cipher_string(policy: TlsPolicy, system: SystemTlsConfig | None = None) -> str:
+    """The cipher string (TLS 1.2 and older) of *policy*'s context, with its security level.
+
+    The system's security level is a floor for strong crypto; the opt-out runs at level 0
+    unless the administrator's configuration names a level (then that one holds).
+    """
+    system_level = system.security_level if system is not None else None
+    if policy.strong_crypto:
+        base = f"{policy.ciphers}:{_WEAK_SUITES}" if policy.ciphers else STRONG_CIPHERS
+        level = max(STRONG_SECURITY_LEVEL, system_level or 0)
+    else:
+        base = policy.ciphers or LEGACY_CIPHERS
+        chosen = system is not None and system.sets_security_level
+        level = (system_level or 0) if chosen else 0
+    # The last @SECLEVEL wins: a custom string cannot change the level.
+    return f"{base}:@SECLEVEL={level}"
+
+
+def version_bounds(
+    policy: TlsPolicy, system: SystemTlsConfig
+) -> tuple[ssl.TLSVersion, ssl.TLSVersion | None]:
+    """The oldest and newest version a context of *policy* offers on this system.
+
+    asyncsp's own range (the explicit set's span; TLS 1.2 and up for ``SYSTEM_DEFAULT``)
+    narrowed by the system's ``MinProtocol``/``MaxProtocol``; ``None`` as the newest means the
+    newest the library supports. A range the system forbids entirely is a `PolicyError`.
+    """
+    if policy.is_explicit:
+        members = policy.protocols.members
+        low, high = members[0].tls_version, members[-1].tls_version
+    else:
+        low, high = ssl.TLSVersion.TLSv1_2, None
+    if system.min_version is not None and system.min_version > low:
+        low = system.min_version
+    if system.max_version is not None and (high is None or system.max_version < high):
+        high = system.max_version
+    if high is not None and low > high:
+        raise PolicyError(
+            f"TlsPolicy.protocols={policy.protocols!r}: the system's OpenSSL configuration "
+            f"allows none of these versions ({_system_bounds(system)}); ask for a version "
+            "it allows, or have the administrator change the configuration"
+        )
+    return low, high
+
+
+def _system_bounds(system: SystemTlsConfig) -> str:
+    said = []
+    if system.min_version is not None:
+        said.append(
+            f"{version_name(system.min_version)} at the oldest, {system.describe('MinProtocol')}"
+        )
+    if system.max_version is not None:
+        said.append(
+            f"{version_name(system.max_version)} at the newest, {system.describe('MaxProtocol')}"
+        )
+    return "; ".join(said)
 
 
 def _check_file(field: str, path: object) -> None:

@@ -32,8 +32,9 @@ from ._errors import (
     ProtocolNotAllowedError,
     TlsError,
 )
-from ._policy import TlsPolicy, cipher_string
+from ._policy import TlsPolicy, cipher_string, version_bounds
 from ._protocols import SecurityProtocol
+from ._system import SystemTlsConfig, system_tls_config
 
 __all__ = [
     "ConnectAttempt",
@@ -390,24 +391,53 @@ def _build_context(policy: TlsPolicy) -> _PolicyContext:
             ctx.load_cert_chain(certfile, keyfile)
         except (ssl.SSLError, OSError) as exc:
             raise PolicyError(f"TlsPolicy.client_cert: cannot load certificate/key: {exc}") from exc
-    ciphers = cipher_string(policy)
-    if ciphers:
-        ctx.set_ciphers(ciphers)
-    if policy.is_explicit:
-        # OpenSSL offers a contiguous range only; a version in a gap (TLS 1.1 in TLS|TLS12) is
-        # refused after the handshake by _HandshakeCheck.verify.
-        versions = policy.protocols.members
-        with warnings.catch_warnings():
-            # The ssl module deprecates TLS 1.0/1.1; reaching them is what the opt-out is for.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            ctx.minimum_version = versions[0].tls_version
-            ctx.maximum_version = versions[-1].tls_version
+    _set_versions_and_ciphers(ctx, policy, system_tls_config())
     if policy.alpn:
         ctx.set_alpn_protocols(list(policy.alpn))
     if not policy.verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def _set_versions_and_ciphers(
+    ctx: ssl.SSLContext, policy: TlsPolicy, system: SystemTlsConfig
+) -> None:
+    """asyncsp's versions, suites and security level, narrowed by the system's configuration.
+
+    Every one is set explicitly: CPython builds differ in what a new context holds (its own
+    minimum and suites, or OpenSSL's), and CPython overwrites the system's minimum and cipher
+    list with its own. Tighten, never loosen: the newer minimum, the older maximum, the higher
+    security level and only the suites both lists allow.
+    """
+    # OpenSSL offers a contiguous range only; a version in a gap (TLS 1.1 in TLS|TLS12) is
+    # refused after the handshake by _HandshakeCheck.verify.
+    low, high = version_bounds(policy, system)
+    with warnings.catch_warnings():
+        # The ssl module deprecates TLS 1.0/1.1; reaching them is what the opt-out is for.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = low
+        ctx.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED if high is None else high
+    ciphers = cipher_string(policy, system)
+    ctx.set_ciphers(ciphers)  # checked when the policy was made
+    if system.ciphers is None:
+        return
+    allowed = set(system.ciphers)
+    shared = [
+        suite["name"]
+        for suite in ctx.get_ciphers()
+        if suite["protocol"] != "TLSv1.3" and suite["name"] in allowed
+    ]
+    level = ciphers.rsplit("@SECLEVEL=", 1)[1]
+    if shared:
+        ctx.set_ciphers(":".join(shared) + f":@SECLEVEL={level}")
+    elif high is None or high >= ssl.TLSVersion.TLSv1_3:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # no older suite is left: 1.3 only
+    else:
+        raise PolicyError(
+            f"{policy!r}: no TLS 1.2-or-older suite of the policy is in the system's list "
+            f"({system.describe('CipherString')}), and the policy does not allow TLS 1.3"
+        )
 
 
 def insecure_settings(policy: TlsPolicy) -> list[str]:

@@ -10,10 +10,14 @@ from ._errors import (
     AsyncspError,
     CertificateVerificationError,
     ConnectError,
+    PolicyError,
     ProtocolNotAllowedError,
     TimeoutError,
     TlsError,
 )
+from ._policy import TlsPolicy
+from ._protocols import SecurityProtocol
+from ._system import system_tls_config, version_name
 from ._tls import HandshakeRefused
 
 __all__ = ["raise_connect_error", "translate_connect_error"]
@@ -32,9 +36,15 @@ _VERSION_REASONS = frozenset(
 
 
 def translate_connect_error(
-    exc: BaseException, endpoint: str, *, during_tls: bool, timeout: float | None = None
+    exc: BaseException,
+    endpoint: str,
+    *,
+    during_tls: bool,
+    timeout: float | None = None,
+    policy: TlsPolicy | None = None,
 ) -> AsyncspError:
-    """The asyncsp error for *exc*, raised while connecting to or handshaking with *endpoint*.
+    """The asyncsp error for *exc*, raised while connecting to or handshaking with *endpoint*
+    under *policy* (when known: a refusal then says whether the system's bounds are why).
 
     The caller raises the result ``from exc``.
     """
@@ -57,7 +67,7 @@ def translate_connect_error(
         if reason in _VERSION_REASONS:
             return ProtocolNotAllowedError(
                 f"{endpoint}: no TLS version that both the server and the policy allow "
-                f"({reason}); a legacy server may need an explicit opt-out",
+                f"({reason}){_system_bounds_note(policy)}",
                 endpoint=endpoint,
             )
         return TlsError(f"{endpoint}: TLS handshake failed: {reason or exc}", endpoint=endpoint)
@@ -77,14 +87,43 @@ def translate_connect_error(
     return AsyncspError(f"{endpoint}: {type(exc).__name__}: {exc}", endpoint=endpoint)
 
 
+def _system_bounds_note(policy: TlsPolicy | None) -> str:
+    """Why a version was refused when the system's bounds narrowed *policy*, else the hint."""
+    system = system_tls_config()
+    own = TlsPolicy() if policy is None else policy
+    wanted = own.protocols if own.is_explicit else SecurityProtocol.TLS12 | SecurityProtocol.TLS13
+    try:
+        narrowed = own.offered_versions() != wanted
+    except PolicyError:
+        narrowed = True
+    bounds = [
+        f"{version_name(version)} at the {side}, {system.describe(setting)}"
+        for version, side, setting in (
+            (system.min_version, "oldest", "MinProtocol"),
+            (system.max_version, "newest", "MaxProtocol"),
+        )
+        if version is not None
+    ]
+    if not narrowed or not bounds:
+        return "; a legacy server may need an explicit opt-out"
+    return "; the system's OpenSSL configuration allows " + " and ".join(bounds)
+
+
 def raise_connect_error(
-    exc: BaseException, endpoint: str, *, during_tls: bool, timeout: float | None = None
+    exc: BaseException,
+    endpoint: str,
+    *,
+    during_tls: bool,
+    timeout: float | None = None,
+    policy: TlsPolicy | None = None,
 ) -> NoReturn:
     """Raise `translate_connect_error`'s result, chained to *exc*.
 
     An error that already has a cause (a validator's exception) keeps it.
     """
-    error = translate_connect_error(exc, endpoint, during_tls=during_tls, timeout=timeout)
+    error = translate_connect_error(
+        exc, endpoint, during_tls=during_tls, timeout=timeout, policy=policy
+    )
     if error is exc:
         raise error
     raise error from (error.__cause__ or exc)

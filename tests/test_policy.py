@@ -13,6 +13,7 @@ import trustme
 
 import asyncsp
 from asyncsp import InsecurePolicyWarning, PolicyError, SecurityProtocol, TlsPolicy
+from asyncsp._policy import STRONG_CIPHERS
 from asyncsp._tls import CONTEXTS
 
 SP = SecurityProtocol
@@ -47,17 +48,23 @@ def test_equal_policies_share_one_context(ca_pem: str) -> None:
     assert CONTEXTS.builds == builds
 
 
-def test_strong_context_matches_create_default_context(ca_pem: str) -> None:
+def test_strong_context_is_the_same_on_every_build(ca_pem: str) -> None:
+    # CPython's own list (python.org and pyenv builds), set explicitly: a build that keeps
+    # OpenSSL's DEFAULT list instead (Debian's) must not change what strong crypto means.
     ctx = TlsPolicy(cadata=ca_pem).ssl_context()
-    reference = ssl.create_default_context()
+    reference = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    reference.set_ciphers(STRONG_CIPHERS)
     assert ctx.verify_mode == ssl.CERT_REQUIRED
     assert ctx.check_hostname
     assert ctx.hostname_checks_common_name is False
-    assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
+    if asyncsp.system_tls_config().min_version is None:
+        assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
     ours = {c["name"] for c in ctx.get_ciphers()}
     assert ours == {c["name"] for c in reference.get_ciphers()}
     for weak in ("RC4", "3DES", "DES-CBC", "NULL", "EXP", "MD5", "ADH", "AECDH"):
         assert not any(weak in name for name in ours), weak
+    # No CBC with SHA-1 and no finite-field DHE with SHA-1 (in OpenSSL's DEFAULT list).
+    assert not any(name.endswith("-SHA") for name in ours)
 
 
 def test_legacy_tls_needs_explicit_opt_out() -> None:
