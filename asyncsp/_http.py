@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
+from aiohttp.http import RawResponseMessage
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -192,7 +193,7 @@ async def _send(
     connector = endpoint.try_begin()
     if connector is None:
         connector, options = await _begin_waiting(endpoint, method, url, options)
-    claim = RequestClaim(fresh=not retry)
+    claim = RequestClaim(connector, fresh=not retry)
     started = time.monotonic()
     try:
         # What `_tls.connect_attempt` does, without its generator machinery (this is the hot
@@ -211,10 +212,9 @@ async def _send(
         endpoint.request_ended(connector, None, claim)
         if not isinstance(exc, Exception):
             raise
-        if retry and _may_retry(layer, method, options, exc):
-            # A pooled connection the server had closed (RFC 9112 §9.3.1): once, on a new
-            # one (the pool may hold more that are stale; the oldest are closed for room),
-            # within what is left of the same timeout.
+        if retry and _may_retry(layer, method, options, exc, claim):
+            # Once, on a new connection (the pool may hold more that are stale; the oldest
+            # are closed for room), within what is left of the same timeout.
             left = _time_taken(options, time.monotonic() - started)
             return await _send(layer, call, method, url, left, retry=False)
         error = translate_http_error(
@@ -285,15 +285,31 @@ def _retimed(
     )
 
 
-def _may_retry(layer: HttpLayer, method: str, options: dict[str, Any], exc: Exception) -> bool:
-    """Whether a request that failed before its response may be sent again, once."""
-    return (
-        method in _IDEMPOTENT
-        and not layer.closed
-        and isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
-        and not isinstance(exc, aiohttp.ClientConnectorError)  # connecting failed: no stale pool
-        and (options.get("data") is None or isinstance(options["data"], bytes | str))
-    )
+def _may_retry(
+    layer: HttpLayer, method: str, options: dict[str, Any], exc: Exception, claim: RequestClaim
+) -> bool:
+    """Whether a request that failed before its response may be sent again, once.
+
+    Only after a connection taken from the pool broke before a byte of the answer arrived: the
+    server may have closed it while idle, and never seen the request (RFC 9112 §9.3.1). A new
+    connection that breaks, or an answer cut short, means the server may have acted on it.
+    """
+    if (
+        claim.protocol is None
+        or method not in _IDEMPOTENT
+        or layer.closed
+        or not isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+        or isinstance(exc, aiohttp.ClientConnectorError)
+        or not (options.get("data") is None or isinstance(options["data"], bytes | str))
+    ):
+        return False
+    if isinstance(exc, aiohttp.ServerDisconnectedError) and isinstance(
+        exc.message, RawResponseMessage
+    ):
+        return False  # aiohttp's parser made the start of a response of what arrived
+    # Over plain text any byte read counts (a reset can follow a partial answer); under TLS
+    # the bytes read may be the close_notify of an idle close, so the parser's verdict decides.
+    return not claim.received_on_pooled()
 
 
 # -- redirects ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class SocketTicket:
         "opened_at",
         "orphan",
         "protocol",
+        "received",
         "socket",
     )
 
@@ -45,6 +46,7 @@ class SocketTicket:
         self.done = False
         self.held_slots = 0  # gate slots of finished requests that wait for this close
         self.orphan = False  # closed by us while idle; counted by the gate until gone
+        self.received = 0  # bytes read with recv (see TrackedSocket.recv)
 
     def closed(self) -> None:
         """The socket is gone (idempotent: close, detach and the GC backstop all land here)."""
@@ -63,16 +65,37 @@ class RequestClaim:
     retry after a stale one).
     """
 
-    __slots__ = ("fresh", "protocol", "ticket")
+    __slots__ = ("_protocol", "_received_before", "connector", "fresh", "pooled", "ticket")
 
-    def __init__(self, *, fresh: bool = False) -> None:
+    def __init__(self, connector: Connector, *, fresh: bool = False) -> None:
+        self.connector = connector
         self.fresh = fresh
         self.ticket: SocketTicket | None = None  # a socket opened for this request
-        self.protocol: ResponseHandler | None = None  # a pooled connection it reused
+        self.pooled: SocketTicket | None = None  # the socket of a pooled connection it reused
+        self._protocol: ResponseHandler | None = None
+        self._received_before = 0
+
+    @property
+    def protocol(self) -> ResponseHandler | None:
+        """A pooled connection the request reused (set by the connector as it takes one)."""
+        return self._protocol
+
+    @protocol.setter
+    def protocol(self, protocol: ResponseHandler | None) -> None:
+        self._protocol = protocol
+        state = self.connector.states.get(protocol) if protocol is not None else None
+        self.pooled = state.ticket if state is not None else None
+        if self.pooled is not None:
+            self._received_before = self.pooled.received
+
+    def received_on_pooled(self) -> bool:
+        """Whether `TrackedSocket.recv` read bytes on the reused pooled connection since the
+        request took it (plain text only)."""
+        return self.pooled is not None and self.pooled.received != self._received_before
 
     def closing_ticket(self, connector: Connector) -> SocketTicket | None:
         """The ticket of the request's socket if aiohttp is closing it, else None."""
-        protocol = self.protocol
+        protocol = self._protocol
         if protocol is not None:
             state = connector.states.get(protocol)
             ticket = state.ticket if state is not None else None
@@ -97,6 +120,17 @@ class TrackedSocket(socket.socket):
 
     __slots__ = ("ticket",)
     ticket: SocketTicket | None
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        # Counted, so a request that fails on a pooled plain-text connection can tell whether
+        # its answer had begun (then it is never sent again). asyncio's transports read plain
+        # text with recv; TLS goes through recv_into, uncounted (what arrives there may be the
+        # close_notify of an idle close, and the parser decides).
+        data = super().recv(bufsize, flags)
+        ticket = self.ticket
+        if ticket is not None:
+            ticket.received += len(data)
+        return data
 
     def close(self) -> None:
         ticket, self.ticket = getattr(self, "ticket", None), None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import ssl
 import warnings
 
 import pytest
@@ -135,7 +136,7 @@ async def test_announced_length_over_the_limit_fails_before_reading() -> None:
 # -- stale pooled connections ------------------------------------------------------------------
 
 
-def closing_after_first_response() -> RawServer:
+def closing_after_first_response(context: ssl.SSLContext | None = None) -> RawServer:
     """Connection 0 answers once, then takes the next request and closes without a word."""
 
     async def script(
@@ -148,7 +149,7 @@ def closing_after_first_response() -> RawServer:
             writer.write(OK_HEAD % 2 + b"ok")
             await writer.drain()
 
-    server = RawServer(script)
+    server = RawServer(script, context)
     return server
 
 
@@ -158,6 +159,61 @@ async def test_stale_connection_is_retried_once_for_get() -> None:
         assert await (await mgr.get(server.url())).read() == b"ok"
         assert server.connections == 2
         assert len(server.heads) == 3  # the second GET went out twice
+
+
+async def test_stale_tls_connection_is_retried_once(
+    server_cert: trustme.LeafCert, trusted: Trusted
+) -> None:
+    """The close_notify of the server's close arrives, but no byte of an answer."""
+    server = closing_after_first_response(server_context(server_cert))
+    async with server, ConnectionManager(policy=trusted()) as mgr:
+        assert await (await mgr.get(server.url())).read() == b"ok"
+        assert await (await mgr.get(server.url())).read() == b"ok"
+        assert server.connections == 2 and len(server.heads) == 3
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+@pytest.mark.parametrize("ending", ["close", "reset"])
+async def test_a_new_connection_dropped_after_the_request_is_never_retried(
+    method: str, ending: str
+) -> None:
+    """Only a connection that sat in the pool can be stale (RFC 9112 §9.3.1): a new one that
+    drops the request may have been acted on, and sending it again would repeat the action."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_request(reader)  # acted on, then the server goes away
+        if ending == "reset":
+            reset(writer)
+
+    server = RawServer(script)
+    async with server, ConnectionManager() as mgr:
+        with pytest.raises(HttpError, match=r"closed the connection|connection was lost"):
+            async with mgr.request(method, server.url()):
+                pass
+        assert len(server.heads) == 1 and server.connections == 1
+        await settled(mgr, server.url())
+
+
+@pytest.mark.parametrize("ending", ["close", "reset"])
+async def test_a_pooled_connection_that_began_its_answer_is_never_retried(ending: str) -> None:
+    """A response byte means the server took the request: it is not sent again."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_request(reader)
+        writer.write(OK_HEAD % 2 + b"ok")
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 20")  # the start of an answer, then the server goes away
+        await writer.drain()
+        if ending == "reset":
+            reset(writer)
+
+    server = RawServer(script)
+    async with server, ConnectionManager() as mgr:
+        assert await (await mgr.put(server.url(), data=b"one")).read() == b"ok"
+        with pytest.raises(HttpError):
+            await mgr.put(server.url(), data=b"two")
+        assert len(server.heads) == 2 and server.connections == 1
+        await settled(mgr, server.url())
 
 
 async def test_stale_connection_is_never_retried_for_post() -> None:
