@@ -92,8 +92,10 @@ _MIN_LEFT = 0.001
 """Seconds aiohttp gets when what came before (a slot wait, a stale attempt) used up the total."""
 # Headers that describe a request body: dropped with the body when a redirect turns into GET.
 _BODY_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Transfer-Encoding")
-# Credentials that must not follow a redirect to another origin (RFC 9110 §15.4, last para).
-_ORIGIN_HEADERS = ("Authorization", "Cookie")
+# Credentials that must not follow a redirect to another origin (RFC 9110 §15.4, last para);
+# another port is another origin. A caller's Proxy-Authorization goes too (as in requests):
+# the route to the new origin is not the one it was given for.
+_ORIGIN_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
 # Bodies we can send again unchanged after a 307/308.
 _REPLAYABLE = (bytes, bytearray, str, Mapping, list, tuple)
 

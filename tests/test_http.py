@@ -159,6 +159,27 @@ async def test_cross_origin_redirect_drops_credentials(
         assert mgr.find_service_point(origin.url()).stats.requests == 3
 
 
+async def test_a_redirect_to_another_port_drops_every_credential(plain: WebServer) -> None:
+    """Another port is another origin (RFC 6454 §4): Authorization, Cookie and a
+    Proxy-Authorization the caller set stay behind, as on a change of host."""
+    secret = {
+        "Authorization": "Bearer s3cret",
+        "Cookie": "session=abc",
+        "Proxy-Authorization": "Basic YWxpY2U6cHc=",
+        "X-Trace": "1",
+    }
+    async with WebServer() as other, ConnectionManager() as mgr:
+        assert other.port != plain.port
+        same = await mgr.get(redirect(plain, plain.url("/headers"), 307), headers=secret)
+        kept = await same.json()
+        assert {name: kept.get(name) for name in secret} == secret
+        crossed = await mgr.get(redirect(plain, other.url("/headers"), 307), headers=secret)
+        seen = await crossed.json()
+        assert not {"Authorization", "Cookie", "Proxy-Authorization"} & seen.keys()
+        assert seen["X-Trace"] == "1"
+        assert other.seen.requests == 1
+
+
 async def test_redirect_limits_and_allow_redirects_false(
     https: WebServer, mgr: ConnectionManager
 ) -> None:
