@@ -95,7 +95,8 @@ def system_tls_config() -> SystemTlsConfig:
     path = os.environ.get("OPENSSL_CONF") or None
     try:
         library = _Libssl.loaded()
-        path = path or library.default_config_file()
+        if path is None:
+            path = library.default_config_file() or None
         return dataclasses.replace(library.read(path), sources=_sources(path))
     except (OSError, AttributeError, ValueError) as exc:
         return SystemTlsConfig(

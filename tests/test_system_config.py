@@ -48,7 +48,7 @@ CLIENT = textwrap.dedent(
         }
         try:
             policy = TlsPolicy(
-                cafile=args["cafile"],
+                cafile=args.get("cafile"),
                 protocols=SecurityProtocol.parse(args.get("protocols", "SystemDefault")),
                 strong_crypto=args.get("strong", True),
             )
@@ -94,8 +94,15 @@ def config_file(tmp_path: pathlib.Path, *settings: str) -> str:
     return str(path)
 
 
-def run_client(config: str | None, cafile: str, **args: Any) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENSSL_", "ASYNCSP_"))}
+def run_client(
+    config: str | None, cafile: str | None, *, environ: dict[str, str] | None = None, **args: Any
+) -> dict[str, Any]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENSSL_", "ASYNCSP_", "SSL_CERT_"))
+    }
+    env.update(environ or {})
     if config is not None:
         env["OPENSSL_CONF"] = config
     done = subprocess.run(
@@ -261,3 +268,23 @@ def test_without_a_system_section_nothing_is_bounded() -> None:
         assert TlsPolicy().offered_versions() == SecurityProtocol.TLS12 | SecurityProtocol.TLS13
     assert isinstance(config.security_level, int)
     assert config.max_version in (None, *ssl.TLSVersion)
+
+
+@pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "SSL_CERT_DIR"])
+def test_the_system_trust_store_variables_are_honoured(
+    servers: dict[str, ThreadedServer], ca_file: str, tmp_path: pathlib.Path, variable: str
+) -> None:
+    port = servers["both"].port
+    refused = run_client(None, None, port=port)
+    assert refused["error"] == "CertificateVerificationError"
+    if variable == "SSL_CERT_FILE":
+        location = ca_file
+    else:  # a hashed directory, as c_rehash makes it
+        location = str(tmp_path)
+        digest = subprocess.run(
+            ["openssl", "x509", "-hash", "-noout", "-in", ca_file],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        (tmp_path / f"{digest}.0").write_text(pathlib.Path(ca_file).read_text())
+    trusted = run_client(None, None, environ={variable: location}, port=port)
+    assert trusted.get("version") in {"TLSv1.2", "TLSv1.3"}, trusted
