@@ -130,7 +130,11 @@ class FtpClient:
     # -- transfers -------------------------------------------------------------------------
 
     async def list(self, path: str = ".") -> list[FtpEntry]:
-        """The entries of *path*: MLSD when the server offers it (RFC 3659), else Unix LIST."""
+        """The entries of *path*: MLSD when the server offers it (RFC 3659), else Unix LIST.
+
+        Never ``.`` or ``..``; names are exactly what the server sent (see `FtpEntry.name`:
+        check one before making a local path of it).
+        """
         mlsd = "MLST" in self._features  # RFC 3659 §7.8: MLST in FEAT announces MLSD
         body = await self._read_all("MLSD" if mlsd else "LIST", path)
         # Names are bytes to the server: undecodable ones survive a round trip to a command.

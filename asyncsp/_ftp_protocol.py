@@ -57,11 +57,17 @@ _PASV = re.compile(r"([0-9]{1,3}),([0-9]{1,3}),([0-9]{1,3}),([0-9]{1,3}),([0-9]{
 _ANNOUNCED = re.compile(r"\(([0-9]{1,20}) bytes\)")
 _MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_abbr) if name}
 _UNIX_MODE = re.compile(r"[-bcdlps][-rwxsStTl]{9}[.+@]?")
+# Eight columns, then one separator, then the name as it is: `ls -l` and the servers that
+# imitate it (vsftpd, ProFTPD, pure-ftpd) end the date with a single space, so any further
+# spaces belong to the name.
+_UNIX_LINE = re.compile(r"\s*" + r"(\S+)\s+" * 7 + r"(\S+)\s(.+)")
 _UNIX_TIME = re.compile(r"([0-9]{1,2}):([0-9]{2})")
 _DOS_LINE = re.compile(
     r"([0-9]{2})-([0-9]{2})-([0-9]{2,4}) +([0-9]{1,2}):([0-9]{2})(AM|PM)? +(<DIR>|[0-9]+) +(.+)",
     re.IGNORECASE,
 )
+_DOT_NAMES = frozenset({".", ".."})
+"""The directory itself and its parent: never entries of a listing, whatever type is claimed."""
 _CLOCK_SKEW = datetime.timedelta(days=1)
 """How far in the future a ``Mon DD HH:MM`` date may lie before it is taken as last year's."""
 
@@ -318,7 +324,16 @@ class FtpEntry:
     """One directory entry of `FtpClient.list`."""
 
     name: str
-    """The entry's name (for a link, without its `` -> target``)."""
+    """The entry's name exactly as the server sent it (for a link, without its `` -> target``).
+
+    Never ``.`` or ``..``; leading and trailing spaces are part of the name (in the DOS/IIS
+    format, whose columns are padded, leading spaces cannot be told from the padding). The
+    server chooses it, so check it before building a local path from it: it may hold a path
+    separator (``a/b``, ``../../x``, ``/etc/x``; some servers answer ``LIST`` of a file with
+    its path), control characters, or a right-to-left override. A name is not refused for
+    that: one entry would then deny the whole listing, and only the caller knows which names
+    it can use. Escape control characters before printing one to a terminal.
+    """
     type: str
     """``"file"``, ``"dir"``, ``"link"`` or ``"other"``."""
     size: int | None = None
@@ -328,7 +343,8 @@ class FtpEntry:
 
 
 def parse_mlsd_line(line: str) -> FtpEntry | None:
-    """One MLSD line, ``fact=value;...; name`` (RFC 3659 §7); ``None`` for ``.``/``..``."""
+    """One MLSD line, ``fact=value;...; name`` (RFC 3659 §7.2); ``None`` for the directory
+    itself and its parent (``type=cdir``/``pdir``, or the names ``.`` and ``..``)."""
     facts_text, sep, name = line.partition(" ")
     if not sep or not name:
         raise FtpProtocolError(f"malformed MLSD line {line[:80]!r}")
@@ -338,7 +354,7 @@ def parse_mlsd_line(line: str) -> FtpEntry | None:
         if eq:
             facts[key.strip().lower()] = value
     kind = facts.get("type", "").lower()
-    if kind in ("cdir", "pdir"):
+    if kind in ("cdir", "pdir") or name in _DOT_NAMES:
         return None
     if kind == "file":
         entry_type = "file"
@@ -383,16 +399,16 @@ def parse_list_line(line: str, *, now: datetime.datetime) -> FtpEntry | None:
     """
     if not line.strip() or line.lower().startswith("total "):
         return None
-    fields = line.split(None, 8)
-    if len(fields) >= 9 and _UNIX_MODE.fullmatch(fields[0]):
-        return _unix_entry(fields, now)
-    match = _DOS_LINE.fullmatch(line.strip())
+    unix = _UNIX_LINE.fullmatch(line)
+    if unix is not None and _UNIX_MODE.fullmatch(unix[1]):
+        return _unix_entry(unix.groups(), now)
+    match = _DOS_LINE.fullmatch(line.lstrip())
     if match is not None:
         return _dos_entry(match)
     raise FtpProtocolError(f"unrecognised LIST line {line[:80]!r}")
 
 
-def _unix_entry(fields: list[str], now: datetime.datetime) -> FtpEntry | None:
+def _unix_entry(fields: tuple[str, ...], now: datetime.datetime) -> FtpEntry | None:
     mode, size_text, month, day, year_or_time, name = (
         fields[0],
         fields[4],
@@ -404,7 +420,7 @@ def _unix_entry(fields: list[str], now: datetime.datetime) -> FtpEntry | None:
     entry_type = {"-": "file", "d": "dir", "l": "link"}.get(mode[0], "other")
     if entry_type == "link":
         name = name.partition(" -> ")[0]
-    if name in (".", ".."):
+    if name in _DOT_NAMES:
         return None
     return FtpEntry(
         name=name,
@@ -439,8 +455,10 @@ def _unix_time(
         return None
 
 
-def _dos_entry(match: re.Match[str]) -> FtpEntry:
+def _dos_entry(match: re.Match[str]) -> FtpEntry | None:
     month, day, year, hour, minute, half, size, name = match.groups()
+    if name in _DOT_NAMES:
+        return None
     modified: datetime.datetime | None
     full_year = int(year)
     if len(year) == 2:  # IIS's two-digit years: 70-99 are 19xx, the rest 20xx

@@ -416,8 +416,8 @@ ESCAPES = "\x1b]0;owned-title\x07\x1b[2J\x1b[31m\x9b\u202e"
 
 
 @contextlib.asynccontextmanager
-async def hostile_smtp(*replies: bytes) -> AsyncIterator[int]:
-    """A plain SMTP server that answers each line with the next of *replies*."""
+async def hostile_server(*replies: bytes) -> AsyncIterator[int]:
+    """A plain line server (SMTP or FTP) that answers each line with the next of *replies*."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
@@ -443,7 +443,7 @@ def assert_no_controls(text: str) -> None:
 
 
 async def test_smtp_check_error_shows_control_characters_as_escapes() -> None:
-    async with hostile_smtp(f"554 {ESCAPES}go away\r\n".encode()) as port:
+    async with hostile_server(f"554 {ESCAPES}go away\r\n".encode()) as port:
         result = await arun("smtp-check", f"127.0.0.1:{port}", "--timeout", "5")
     assert result.returncode == 1
     assert result.stderr.startswith(
@@ -456,12 +456,21 @@ async def test_smtp_check_error_shows_control_characters_as_escapes() -> None:
 async def test_smtp_check_report_shows_control_characters_as_escapes() -> None:
     greeting = f"220 mx {ESCAPES}\r\n".encode()
     ehlo = f"250-mx\r\n250 X-NOTE {ESCAPES}\r\n".encode()
-    async with hostile_smtp(greeting, ehlo, b"221 bye\r\n") as port:
+    async with hostile_server(greeting, ehlo, b"221 bye\r\n") as port:
         result = await arun("smtp-check", f"127.0.0.1:{port}", "--timeout", "5")
     assert result.returncode == 1  # no STARTTLS: a finding
     assert f"smtp://127.0.0.1:{port} does not offer STARTTLS" in result.stdout
     assert_no_controls(result.stdout)
     assert result.stdout.count("owned-title") == 2  # the greeting and the EHLO keyword
+
+
+async def test_probe_ftp_shows_control_characters_as_escapes() -> None:
+    greeting = f"220 ftp {ESCAPES}\r\n".encode()
+    async with hostile_server(greeting, f"534 no TLS {ESCAPES}\r\n".encode()) as port:
+        result = await arun("probe", f"ftp://127.0.0.1:{port}", "--timeout", "5")
+    assert result.returncode == 1  # AUTH TLS refused: a finding
+    assert f"ftp://127.0.0.1:{port} refused AUTH TLS: 534 no TLS" in result.stdout
+    assert_no_controls(result.stdout + result.stderr)
 
 
 @pytest.mark.parametrize("styled", [False, True])

@@ -598,6 +598,56 @@ async def test_the_announced_size_is_the_last_in_the_reply(
             assert sp.current_connections == 0
 
 
+HOSTILE_NAMES = ["../../x", "/etc/passwd", "a\x1b]0;title\x07b", " lead", "trail "]
+
+
+def listing_script(verb: str, lines: list[str]) -> Script:
+    """A listing of *lines* in answer to *verb* (MLSD is announced in FEAT as MLST)."""
+    feat = FEAT.replace(b"211 End", b" MLST type*;size*;\r\n211 End") if verb == "MLSD" else FEAT
+
+    def script(ctl: Control) -> None:
+        ctl.login(feat=feat)
+        listener = ctl.passive()
+        ctl.expect(verb, b"150 Here comes the directory listing.\r\n")
+        data = ctl.accept(listener)
+        data.sendall("".join(line + "\r\n" for line in lines).encode())
+        data.unwrap().close()
+        ctl.send(b"226 Directory send OK.\r\n")
+        ctl.serve_rest()
+
+    return script
+
+
+@pytest.mark.parametrize(
+    ("verb", "lines"),
+    [
+        (
+            "MLSD",
+            ["type=cdir; /pub", "type=pdir; /", "type=file; ..", "type=dir; ."]
+            + [f"type=file;size=1; {name}" for name in HOSTILE_NAMES],
+        ),
+        (
+            "LIST",
+            ["total 5", "drwxr-xr-x 2 0 0 6 Jan 01  2020 .", "-rw-r--r-- 1 0 0 1 Jan 01  2020 .."]
+            + [f"-rw-r--r-- 1 0 0 1 Jan 01  2020 {name}" for name in HOSTILE_NAMES],
+        ),
+    ],
+)
+async def test_listings_hold_names_exactly_and_never_dot_entries(
+    server_cert: trustme.LeafCert,
+    mgr_factory: Callable[..., ConnectionManager],
+    verb: str,
+    lines: list[str],
+) -> None:
+    async with scripted(listing_script(verb, lines), server_cert) as server:
+        async with mgr_factory() as mgr, mgr.ftp("localhost", server.port, timeout=5) as ftp:
+            entries = await ftp.list()
+    # Names come back as the server sent them: the caller checks them before using one as a
+    # local path (see FtpEntry.name); the directory itself and its parent are never entries.
+    assert [(e.name, e.type, e.size) for e in entries] == [(n, "file", 1) for n in HOSTILE_NAMES]
+    assert f"{verb} .".encode() in server.record.received
+
+
 def stall_script() -> Script:
     def script(ctl: Control) -> None:
         ctl.login()

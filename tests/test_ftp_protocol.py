@@ -359,6 +359,65 @@ def test_parse_list_line_refuses_unknown_formats(line: str) -> None:
         parse_list_line(line, now=NOW)
 
 
+UNSAFE_NAMES = ["../../x", "/etc/x", "a/b", "a\x1b[2Jb\x07", "..\\up", "\u202egpj.exe"]
+
+
+@pytest.mark.parametrize(
+    ("line", "name"),
+    [
+        ("type=file;size=1;  lead", " lead"),  # RFC 3659 §7.2: one space, then the name
+        ("type=file;size=1; trail ", "trail "),
+        *((f"type=file;size=1; {name}", name) for name in UNSAFE_NAMES),
+    ],
+)
+def test_mlsd_names_are_exact(line: str, name: str) -> None:
+    entry = parse_mlsd_line(line)
+    assert entry is not None and entry.name == name
+
+
+@pytest.mark.parametrize(
+    ("line", "name"),
+    [
+        ("-rw-r--r-- 1 u g 1 Jan 01  2020  lead", " lead"),  # one space ends the date
+        ("-rw-r--r--    1 0   0     1 Jan 01 10:00    three", "   three"),
+        ("-rw-r--r-- 1 u g 1 Jan 01  2020 trail ", "trail "),
+        ("lrwxrwxrwx 1 u g 1 Jan 01  2020  ln -> target", " ln"),
+        *((f"-rw-r--r-- 1 u g 1 Jan 01  2020 {name}", name) for name in UNSAFE_NAMES),
+    ],
+)
+def test_list_names_are_exact(line: str, name: str) -> None:
+    entry = parse_list_line(line, now=NOW)
+    assert entry is not None and entry.name == name
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "type=file; ..",
+        "type=dir; .",
+        "type=OS.unix=slink:/; ..",
+        "size=0; .",
+        "type=cdir; /home/user",  # RFC 3659 §7.5.1: the listed directory, under any name
+        "type=pdir; /home",
+    ],
+)
+def test_mlsd_never_lists_the_directory_or_its_parent(line: str) -> None:
+    assert parse_mlsd_line(line) is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "-rw-r--r-- 1 u g 1 Jan 01  2020 ..",
+        "lrwxrwxrwx 1 u g 1 Jan 01  2020 . -> /",
+        "01-02-20  10:00AM       <DIR>          ..",
+        "01-02-20  10:00AM                    1 .",
+    ],
+)
+def test_list_never_lists_the_directory_or_its_parent(line: str) -> None:
+    assert parse_list_line(line, now=NOW) is None
+
+
 def test_parse_listing_skips_noise() -> None:
     lines = [
         "total 2",
@@ -432,3 +491,11 @@ def test_unix_list_lines_round_trip_name_and_size(
         return
     if entry is not None and kind != "l" and " " not in name:
         assert entry.name == name and entry.size == size
+
+
+@given(st.text(min_size=1, max_size=30).filter(lambda s: "\n" not in s and s not in (".", "..")))
+def test_unix_list_names_survive_exactly(name: str) -> None:
+    entry = parse_list_line(f"-rw-r--r-- 1 u g 7 Jan 01  2020 {name}", now=NOW)
+    assert entry is not None and entry.name == name and entry.size == 7
+    mlsd = parse_mlsd_line(f"type=file;size=7; {name}")
+    assert mlsd is not None and mlsd.name == name
