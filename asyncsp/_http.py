@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ._errors import HttpError, ManagerClosedError, TimeoutError
-from ._http_errors import cause_for, translate_http_error
+from ._http_errors import cause_for, raise_from, translate_http_error
 from ._http_pool import HttpLayer
 from ._http_response import Response, ResponseContent
 from ._http_sockets import CLAIM, RequestClaim
@@ -227,7 +227,7 @@ async def _send(
             manager_closed=layer.closed,
             route=endpoint.route,
         )
-        raise error from cause_for(error, exc, endpoint.route)
+        raise_from(error, cause_for(error, exc, endpoint.route))
     tracked = cast("TrackedResponse", aio)  # the session's response_class
     state = tracked.asyncsp_state
     if state is not None and state.ssl_object is not None:
@@ -252,11 +252,12 @@ async def _begin_waiting(
             connector = await endpoint.begin()
     except builtins.TimeoutError:
         address = endpoint.sp.address
-        raise TimeoutError(
+        error = TimeoutError(
             f"{address}: {method} {url.raw_path}: no connection became free within {limit} s "
             f"(connection_limit={endpoint.sp.connection_limit})",
             endpoint=address,
-        ) from None
+        )
+        raise_from(error, None)
     return connector, _time_taken(options, time.monotonic() - started, connect=True)
 
 
@@ -460,7 +461,7 @@ async def fetch(manager: ConnectionManager, method: str, url: str | URL, **kwarg
         error = _stopped_by_close(layer, call)
         if error is None:
             raise
-        raise error from None
+        raise_from(error, None)
     return response
 
 
@@ -482,7 +483,7 @@ class _RequestContext:
             error = _stopped_by_close(layer, self._call)
             if error is None:
                 raise
-            raise error from None
+            raise_from(error, None)
         return self._response
 
     async def __aexit__(

@@ -2,14 +2,16 @@
 
 One function, `translate_http_error`, decides; the HTTP modules call it wherever an aiohttp
 call can fail (sending, redirects, reading the body, streaming ``content``) and raise its
-result ``from`` the original. Connect-phase failures go on to `translate_connect_error`, the
-boundary streams, SMTP and FTP share, so a refused certificate reads the same everywhere.
+result with `raise_from`, from the cause `cause_for` chooses. Connect-phase failures go on to
+`translate_connect_error`, the boundary streams, SMTP and FTP share, so a refused certificate
+reads the same everywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+from typing import NoReturn
 
 import aiohttp
 
@@ -19,10 +21,11 @@ from ._proxy import ProxyRoute
 from ._tls import HandshakeRefused
 from ._translate import translate_connect_error
 
-__all__ = ["cause_for", "translate_http_error"]
+__all__ = ["cause_for", "raise_from", "translate_http_error"]
 
 _CHAIN_DEPTH = 8
-"""How far down ``__cause__``/``__context__`` we look for our handshake verdict."""
+"""How far down ``__cause__``/``__context__`` we look for our handshake verdict, or for
+credentials (a longer chain is not chained)."""
 
 
 def _handshake_verdict(exc: BaseException) -> HandshakeRefused | None:
@@ -44,40 +47,59 @@ def _handshake_verdict(exc: BaseException) -> HandshakeRefused | None:
     return None
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    """*exc* and what it chains (causes and contexts), at most `_CHAIN_DEPTH` of them."""
+def _chain(exc: BaseException) -> tuple[list[BaseException], bool]:
+    """*exc* and what it chains (causes and contexts), at most `_CHAIN_DEPTH` of them; and
+    whether that is all of them."""
     found: list[BaseException] = []
     pending: list[BaseException | None] = [exc]
-    while pending and len(found) < _CHAIN_DEPTH:
+    while pending:
         current = pending.pop()
         if current is None or any(current is seen for seen in found):
             continue
+        if len(found) == _CHAIN_DEPTH:
+            return found, False
         found.append(current)
         pending += [current.__cause__, current.__context__]
-    return found
+    return found, True
 
 
 def cause_for(
     error: AsyncspError, exc: BaseException, route: ProxyRoute | None
 ) -> BaseException | None:
-    """What to raise *error* (translated from *exc*) ``from``.
+    """What to raise *error* (translated from *exc*) ``from``, with `raise_from`.
 
     *exc* itself, except: an error that already has a cause keeps it (a handshake verdict
     whose cause is the validator's exception), as does one that came through whole; and a
-    cause that would show proxy credentials is withheld (``None``; the context stays
-    suppressed, so no traceback shows it). aiohttp's exceptions can quote a request's headers
-    (``repr`` of a ``ClientResponseError`` shows its ``request_info``), and over a proxy those
-    carry ``Proxy-Authorization``.
+    cause that could show proxy credentials is withheld (``None``). aiohttp's exceptions can
+    quote a request's headers (``repr`` of a ``ClientResponseError`` shows its
+    ``request_info``), and over a proxy those carry ``Proxy-Authorization``.
     """
     if error.__cause__ is not None or error is exc or isinstance(exc, TunnelFailed):
         return error.__cause__
     if route is None or not route.secrets:
         return exc
-    for link in _chain(exc):
-        shown = f"{link!s}\n{link!r}"
+    links, whole = _chain(exc)
+    if not whole:
+        return None  # too long to check
+    for link in links:
+        shown = f"{link!s}\n{link!r}\n{link.args!r}\n{vars(link)!r}"
         if any(secret in shown for secret in route.secrets):
             return None
     return exc
+
+
+def raise_from(error: AsyncspError, cause: BaseException | None) -> NoReturn:
+    """Raise *error* from *cause*, and chained to nothing else.
+
+    Raised while an exception is being handled, *error* would also get that one as its
+    ``__context__``: hidden from tracebacks by ``from``, but there for whatever walks or
+    serialises the chain (error trackers do), so a cause withheld for its credentials would
+    still be found. The chain is what *cause* says, wherever this is called from.
+    """
+    try:
+        raise error from cause
+    finally:
+        error.__context__ = None
 
 
 def translate_http_error(
@@ -93,7 +115,8 @@ def translate_http_error(
 
     *what* names the exchange without secrets (``"GET /path"``: no query, no credentials);
     *timeout* is the total limit in force, for the message; *route* the proxy the exchange
-    went through. The caller raises the result ``from cause_for(result, exc, route)``.
+    went through. The caller raises the result with
+    ``raise_from(result, cause_for(result, exc, route))``.
     """
     error = _translate(exc, endpoint, what, timeout, manager_closed, route)
     if route is not None and route.secrets:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import AsyncspError, BodyTooLargeError, HttpError
-from ._http_errors import cause_for, translate_http_error
+from ._http_errors import cause_for, raise_from, translate_http_error
 from ._tls import received_close_notify
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ class Response:
             raise
         except Exception as exc:
             error = self._failed(exc)
-            raise error from cause_for(error, exc, self._endpoint.route)
+            raise_from(error, cause_for(error, exc, self._endpoint.route))
         except BaseException:
             self.close()  # cancelled half-way: the connection cannot be reused
             raise
@@ -374,7 +374,7 @@ class ResponseContent:
             data = await operation
         except Exception as exc:
             error = response._failed(exc)
-            raise error from cause_for(error, exc, response._endpoint.route)
+            raise_from(error, cause_for(error, exc, response._endpoint.route))
         if response._aio.content.at_eof():
             response._check_whole()
             response._end()

@@ -53,15 +53,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+MAX_CHAIN = 100
+"""More exceptions than any chain asyncsp raises holds: a walk that reaches it is a failure."""
+
+
 def shown(exc: BaseException) -> str:
-    """Everything a traceback, a logger or a repr of the error and its causes would show."""
+    """Everything a traceback, a logger, or an error tracker that walks and serialises the
+    chain would show: the str, repr, args and attributes of the error and of every exception
+    it reaches, through causes and contexts alike (suppressed or not), args and attributes."""
     text = "".join(traceback.format_exception(exc))
-    link: BaseException | None = exc
-    for _ in range(8):
-        if link is None:
-            break
-        text += repr(link) + str(link)
-        link = link.__cause__
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        link = pending.pop()
+        if id(link) in seen:
+            continue
+        seen.add(id(link))
+        assert len(seen) < MAX_CHAIN, "the chain does not end"
+        attributes = vars(link)
+        text += f"{link!s}\n{link!r}\n{link.args!r}\n{attributes!r}\n"
+        linked = (link.__cause__, link.__context__, *link.args, *attributes.values())
+        pending += [other for other in linked if isinstance(other, BaseException)]
+        if isinstance(link, BaseExceptionGroup):
+            pending += link.exceptions
     return text
 
 
@@ -478,13 +492,28 @@ async def test_unreachable_proxy_is_a_proxy_error(
             await settled(mgr, url)
 
 
-async def test_http_errors_through_a_proxy_never_show_its_credentials() -> None:
+@pytest.mark.parametrize(
+    ("reply", "complaint"),
+    [
+        (b"HTTP/1.1 2x0 nonsense\r\n\r\n", "malformed"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "incomplete"),
+    ],
+    ids=["malformed head", "short body"],
+)
+@pytest.mark.parametrize("streamed", [False, True], ids=["read", "streamed"])
+async def test_http_errors_through_a_proxy_never_show_its_credentials(
+    reply: bytes, complaint: str, streamed: bool
+) -> None:
     # aiohttp's ClientResponseError quotes the request headers (Proxy-Authorization included)
-    # in its repr: such a cause is withheld, not chained.
-    async with ScriptedProxy(answer(b"HTTP/1.1 2x0 nonsense\r\n\r\n")) as proxy:
+    # in its repr: such a cause is withheld, from __cause__ and __context__ alike.
+    async with ScriptedProxy(answer(reply)) as proxy:
         async with ConnectionManager(proxy=proxy.url(f"{USER}:{PASSWORD}@")) as mgr:
-            with pytest.raises(HttpError, match="malformed") as caught:
-                await mgr.get("http://origin.test/", timeout=5)
+            with pytest.raises(HttpError, match=complaint) as caught:
+                if streamed:
+                    async with mgr.request("GET", "http://origin.test/", timeout=5) as response:
+                        await response.content.read()
+                else:
+                    await mgr.get("http://origin.test/", timeout=5)
     assert_no_credentials(caught.value)
     assert proxy.heads[0].startswith(b"GET http://origin.test/ HTTP/1.1\r\n")
     assert f"Proxy-Authorization: Basic {TOKEN}".encode() in proxy.heads[0]
