@@ -192,15 +192,15 @@ def encode_command(verb: str, *args: str) -> bytes:
 # -- reply payloads ------------------------------------------------------------------------
 
 
-def parse_epsv(reply: FtpReply) -> int:
+def parse_epsv(reply: FtpReply, endpoint: str | None = None) -> int:
     """The port of a ``229`` reply, ``(|||port|)`` with any delimiter (RFC 2428 §3)."""
     match = _EPSV.search(reply.message)
     if match is None:
-        raise FtpProtocolError(f"malformed EPSV reply {reply.message[:80]!r}")
-    return _check_port(int(match.group(2)), reply)
+        raise _passive_error(endpoint, f"its EPSV reply {reply.message[:80]!r} has no (|||port|)")
+    return _check_port(int(match.group(2)), reply, endpoint)
 
 
-def parse_pasv(reply: FtpReply) -> int:
+def parse_pasv(reply: FtpReply, endpoint: str | None = None) -> int:
     """The port of a ``227`` reply (RFC 959 §4.1.2).
 
     The host it names is ignored on purpose: data goes to the control connection's peer, so
@@ -208,17 +208,29 @@ def parse_pasv(reply: FtpReply) -> int:
     """
     match = _PASV.search(reply.message)
     if match is None:
-        raise FtpProtocolError(f"malformed PASV reply {reply.message[:80]!r}")
+        raise _passive_error(endpoint, f"its PASV reply {reply.message[:80]!r} has no h1,...,p2")
     numbers = [int(n) for n in match.groups()]
     if any(n > 255 for n in numbers):
-        raise FtpProtocolError(f"PASV reply has a number above 255: {reply.message[:80]!r}")
-    return _check_port(numbers[4] * 256 + numbers[5], reply)
+        raise _passive_error(
+            endpoint, f"its PASV reply {reply.message[:80]!r} has a number above 255"
+        )
+    return _check_port(numbers[4] * 256 + numbers[5], reply, endpoint)
 
 
-def _check_port(port: int, reply: FtpReply) -> int:
+def _check_port(port: int, reply: FtpReply, endpoint: str | None) -> int:
     if not 0 < port < 65536:
-        raise FtpProtocolError(f"passive port {port} is out of range in {reply.message[:80]!r}")
+        raise _passive_error(
+            endpoint, f"its passive port {port} in {reply.message[:80]!r} is out of range"
+        )
     return port
+
+
+def _passive_error(endpoint: str | None, what: str) -> FtpProtocolError:
+    return FtpProtocolError(
+        f"{endpoint or 'the server'}: {what}, so no data connection can be made; its "
+        "passive mode needs fixing: tell the server's operator",
+        endpoint=endpoint,
+    )
 
 
 def parse_feat(reply: FtpReply) -> dict[str, str]:

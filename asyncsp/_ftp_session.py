@@ -281,14 +281,14 @@ class FtpSession(OnStream):
         if self.epsv:
             reply = await self.command("EPSV")
             if reply.code == 229:
-                return parse_epsv(reply)
+                return parse_epsv(reply, self.endpoint)
             if reply.code not in _NOT_UNDERSTOOD:
                 raise FtpReplyError(reply.code, reply.message, endpoint=self.endpoint)
             self.epsv = False
         reply = await self.command("PASV")
         if reply.code != 227:
             raise FtpReplyError(reply.code, reply.message, endpoint=self.endpoint)
-        return parse_pasv(reply)
+        return parse_pasv(reply, self.endpoint)
 
     async def _open_data(self, sp: ServicePoint, port: int) -> Stream:
         """Connect to the control peer's *port*; under TLS offer the control session."""

@@ -306,3 +306,38 @@ async def anonymous_greeting(peer: Peer) -> None:
     for answer in (b"331 any password\r\n", b"230 in\r\n", b"200 binary\r\n", b"502 no\r\n"):
         await peer.line()
         await peer.send(answer)
+
+
+# -- passive replies --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("epsv", "pasv", "match"),
+    [
+        (b"229 Entering Extended Passive Mode (|||0|)\r\n", None, "port 0"),
+        (b"229 Entering Extended Passive Mode\r\n", None, "EPSV"),
+        (b"502 no EPSV\r\n", b"227 Entering Passive Mode (127,0,0,1,300,1)\r\n", "above 255"),
+        (b"502 no EPSV\r\n", b"227 Entering Passive Mode\r\n", "PASV"),
+    ],
+)
+async def test_a_malformed_passive_reply_names_the_server_and_what_to_do(
+    epsv: bytes, pasv: bytes | None, match: str
+) -> None:
+    async def script(peer: Peer) -> None:
+        await anonymous_greeting(peer)
+        await peer.line()
+        await peer.send(epsv)
+        if pasv is not None:
+            await peer.line()
+            await peer.send(pasv)
+
+    async with scripted(script) as (server, port), ConnectionManager() as mgr:
+        endpoint = f"ftp://{LOCAL}:{port}"
+        with pytest.raises(FtpProtocolError, match=match) as caught:
+            async with mgr.ftp(LOCAL, port, security="none", timeout=5) as ftp:
+                await ftp.retrieve("f")
+        assert caught.value.endpoint == endpoint
+        message = str(caught.value)
+        assert message.startswith(f"{endpoint}: ") and "operator" in message
+        assert mgr.find_service_point(endpoint).current_connections == 0
+    assert not any(line.startswith(b"RETR") for line in server.received)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -222,6 +223,20 @@ def test_parse_pasv_returns_only_the_port(text: str, port: int) -> None:
 def test_parse_pasv_refuses(text: str) -> None:
     with pytest.raises(FtpProtocolError):
         parse_pasv(reply(text + "\r\n"))
+
+
+@pytest.mark.parametrize(
+    ("parse", "text"),
+    [(parse_epsv, "229 (|||0|)"), (parse_epsv, "229 none"), (parse_pasv, "227 (1,2,3,4,256,0)")],
+)
+def test_passive_errors_name_the_endpoint_and_what_to_do(
+    parse: Callable[[FtpReply, str | None], int], text: str
+) -> None:
+    with pytest.raises(FtpProtocolError) as caught:
+        parse(reply(text + "\r\n"), "ftp://example.org:21")
+    assert caught.value.endpoint == "ftp://example.org:21"
+    assert str(caught.value).startswith("ftp://example.org:21: ")
+    assert "tell the server's operator" in str(caught.value)
 
 
 # -- other payloads --------------------------------------------------------------------------
