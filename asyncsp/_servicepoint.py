@@ -69,6 +69,7 @@ class ServicePoint:
         self._lease_timeout = manager.connection_lease_timeout
         self._pool: SlotPool[Any] = SlotPool(manager.default_connection_limit)
         self._active: set[Stream] = set()
+        self._aborted: set[Stream] = set()  # closed streams whose socket asyncio closes later
         self._extra_busy = 0  # exchanges in flight on connections not counted by the pool
         self._extra_connections = 0  # sockets owned by a protocol layer's own pool (HTTP)
         self._idle_since: datetime.datetime | None = _utcnow()
@@ -229,6 +230,7 @@ class ServicePoint:
         if conn is not None:
             return conn
         try:
+            await self._aborted_sockets_gone()
             stream = await self.dialer.open(
                 policy=policy,
                 tls=self._endpoint.implicit_tls if tls is None else tls,
@@ -339,8 +341,19 @@ class ServicePoint:
 
     def _stream_closed(self, stream: Stream) -> None:
         self._active.discard(stream)
+        self._aborted = {s for s in self._aborted if not s.socket_closed}  # a loop turn at most
+        if not stream.socket_closed:
+            self._aborted.add(stream)
         self._pool.release()
         self._touch()
+
+    async def _aborted_sockets_gone(self) -> None:
+        # An aborted stream's slot is free at once, but asyncio closes its socket a loop
+        # callback later: a new connection waits for that, so the endpoint never sees one
+        # socket more than the limit (a task already scheduled would connect first).
+        self._aborted = {s for s in self._aborted if not s.socket_closed}
+        for stream in list(self._aborted):
+            await stream.wait_closed()
 
     def _side_stream_closed(self, stream: Stream) -> None:
         self._active.discard(stream)

@@ -14,6 +14,7 @@ import collections
 import contextlib
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -40,19 +41,21 @@ _CLOSE_TIMEOUT = 2.0
 """How long a close waits for TLS close_notify to go out before the socket is aborted."""
 
 T = TypeVar("T")
+_LINGER_RESET = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on, zero seconds: closing the socket sends RST."""
 
 
 def _abort(transport: asyncio.Transport) -> None:
-    """Abort *transport* with its connection torn down now, not on the loop's next turn.
+    """Abort *transport*: its socket is closed with a TCP reset (RST), not an orderly FIN.
 
-    asyncio closes an aborted socket a turn later, yet the slot is handed on at once: a task
-    already scheduled could connect first, and the peer would see one socket more than the
-    limit. Shutting the socket down first ends the connection before that.
+    A peer that gets a FIN takes the stream for complete, and one blocked on our full receive
+    window keeps its socket and buffers until its FIN timeout; a zero linger time makes the
+    kernel reset the connection at the close instead (no FIN goes out first).
     """
     sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError, AttributeError, ValueError):
-            sock.shutdown(socket.SHUT_RDWR)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     transport.abort()
 
 
@@ -442,9 +445,10 @@ class Stream:
         await self.wait_closed()
 
     def abort(self, *, by_manager: bool = False) -> None:
-        """Close at once, without waiting (no close_notify); free the slot.
+        """Close at once, with a TCP reset (no close_notify, no FIN first); free the slot.
 
-        The socket itself is closed by asyncio a loop callback later (see `wait_closed`).
+        asyncio closes the socket a loop callback later (see `wait_closed`); the service
+        point holds its next connection back until then.
         """
         self._closed_by_manager |= by_manager
         self._broken = True
@@ -453,6 +457,11 @@ class Stream:
         if not self._closed:
             self._closed = True
             self._on_close(self)
+
+    @property
+    def socket_closed(self) -> bool:
+        """Whether the socket is closed (a loop callback after `abort`)."""
+        return self._socket_closed.done()
 
     async def wait_closed(self) -> None:
         """Wait until the socket is closed, after `aclose` or `abort` (cancelling the wait

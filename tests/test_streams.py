@@ -27,6 +27,8 @@ from asyncsp import (
 )
 
 from .servers import (
+    LOCAL,
+    RawServer,
     ServerRecord,
     ThreadedServer,
     echo_handler,
@@ -419,3 +421,61 @@ async def test_waiting_for_a_slot_is_bounded_by_the_timeout(plain_server: Thread
                     pass
         sp = mgr.find_service_point(f"tcp://127.0.0.1:{plain_server.port}")
         assert sp.current_connections == 0 and sp._pool.waiting == 0
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+@pytest.mark.parametrize(
+    ("ending", "seen"),
+    [
+        ("abort", "reset"),
+        ("timeout", "reset"),
+        ("manager closed", "reset"),
+        ("aclose", "end of stream"),
+    ],
+)
+async def test_an_interrupted_stream_is_reset_and_a_closed_one_ended(
+    server_cert: trustme.LeafCert,
+    trusted: Callable[..., TlsPolicy],
+    tls: bool,
+    ending: str,
+    seen: str,
+) -> None:
+    """An abort sends RST, never FIN first: a peer must not take a cut-off stream for a whole
+    one, nor hold its socket (blocked on a full window) for the FIN timeout."""
+    outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        writer.write(b"hello\n")
+        await writer.drain()
+        try:
+            await reader.read()
+        except ConnectionResetError:
+            outcome.set_result("reset")
+        else:
+            outcome.set_result("end of stream")
+
+    async with RawServer(script, server_context(server_cert) if tls else None) as server:
+        mgr = ConnectionManager(policy=trusted())
+        reading = asyncio.Event()
+
+        async def use() -> None:
+            async with mgr.open_stream(LOCAL, server.port, tls=tls, timeout=5) as s:
+                assert await s.readline() == b"hello\n"  # nothing left unread: no RST for that
+                if ending == "abort":
+                    s.abort()
+                elif ending == "timeout":
+                    s.timeout = 0.05
+                    with pytest.raises(asyncsp.TimeoutError):
+                        await s.readline()
+                elif ending == "manager closed":
+                    reading.set()
+                    with pytest.raises(ManagerClosedError):
+                        await s.readline()
+
+        user = asyncio.create_task(use())
+        if ending == "manager closed":
+            await reading.wait()
+            await mgr.aclose()
+        await user
+        await mgr.aclose()
+        assert await asyncio.wait_for(outcome, 5) == seen

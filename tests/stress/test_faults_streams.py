@@ -4,6 +4,8 @@ timeout, never a hang, never a leaked socket. Misbehaving peers are scripted raw
 from __future__ import annotations
 
 import asyncio
+import socket
+from typing import Any
 
 import pytest
 import trustme
@@ -17,6 +19,7 @@ from asyncsp import (
     TimeoutError,
     TlsPolicy,
 )
+from asyncsp._sockets import SocketOptions
 
 from ..servers import LOCAL, RawServer, fd_baseline, reset, server_context, truncate_tls, wait_until
 from ..test_http_support import Trusted
@@ -211,22 +214,43 @@ async def test_refused_ports_are_connect_errors_and_leave_nothing() -> None:
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
-async def test_an_aborted_stream_is_gone_before_its_slot_is_handed_on(
-    server_cert: trustme.LeafCert, trusted: Trusted, tls: bool
+async def test_an_aborted_stream_is_gone_before_the_next_connection_is_made(
+    server_cert: trustme.LeafCert, trusted: Trusted, tls: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """asyncio closes an aborted socket a loop turn later; the peer must not see it linger."""
+    """asyncio closes an aborted socket a loop callback later. Its slot is free at once, yet no
+    task (not even one already scheduled) connects again before it is gone: the peer never
+    sees one socket more than the limit."""
     context = server_context(server_cert) if tls else None
+    aborted: list[socket.socket] = []
+    still_open_at_connect: list[bool] = []
+    make_socket = SocketOptions.create_socket
+
+    def watched(self: SocketOptions, family: int, proto: int = 0, **kwargs: Any) -> socket.socket:
+        still_open_at_connect.extend(sock.fileno() != -1 for sock in aborted)
+        return make_socket(self, family, proto, **kwargs)
+
+    monkeypatch.setattr(SocketOptions, "create_socket", watched)
     async with RawServer(silent, context) as server:
         async with ConnectionManager(policy=trusted(), default_connection_limit=1) as mgr:
+
+            async def reopen() -> None:
+                async with mgr.open_stream(LOCAL, server.port, tls=tls, timeout=PROMPTLY):
+                    assert server.sockets.peak == 1
+
             for timed_out in (False, True):
                 async with mgr.open_stream(LOCAL, server.port, tls=tls, timeout=0.05) as s:
                     await wait_until(lambda: server.sockets.connected() == 1)
+                    aborted.append(s.get_extra_info("socket"))
                     if timed_out:
                         with pytest.raises(TimeoutError):
                             await s.readline()  # the timeout aborts the stream
+                        following = asyncio.create_task(reopen())
                     else:
+                        following = asyncio.create_task(reopen())  # scheduled before the close
                         s.abort()
-                    sp = s.service_point
-                    assert sp.current_connections == 0  # the slot is free at once...
-                    assert server.sockets.connected() == 0  # ...and the socket already gone
+                    assert s.service_point.current_connections == 0  # the slot is free at once
+                await following
+                assert still_open_at_connect == [False] * len(aborted)
+                aborted.clear()
+                still_open_at_connect.clear()
             await server.sockets.wait_closed()
