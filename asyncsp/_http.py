@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
+import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -45,6 +46,8 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # RFC 9110 §9.2.2; only these are sent again after a stale pooled connection (never POST).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _METHODS = {m: m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+# A method is a token (RFC 9110 §9.1, §5.6.2).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PASSED_TO_AIOHTTP = frozenset(
     {
         "params",
@@ -119,8 +122,11 @@ def _prepare(
 ) -> _Call:
     known = _METHODS.get(method)
     if known is None:
-        if not isinstance(method, str) or not method.isascii() or not method.isalpha():
-            raise ValueError(f"method must be an HTTP method such as 'GET', not {method!r}")
+        if not isinstance(method, str) or _TOKEN.fullmatch(method) is None:
+            raise ValueError(
+                f"method must be an HTTP method (a token: letters, digits and !#$%&'*+-.^_`|~) "
+                f"such as 'GET' or 'M-SEARCH', not {method!r}"
+            )
         known = method.upper()
     target = url if isinstance(url, URL) else URL(url)
     if target.scheme not in ("http", "https") or not target.raw_host:

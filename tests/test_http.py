@@ -27,7 +27,7 @@ from asyncsp import (
     TlsPolicy,
 )
 
-from .servers import server_context
+from .servers import RawServer, server_context
 from .test_http_support import Trusted, WebServer, endpoint_of
 
 TLS12, TLS13 = SecurityProtocol.TLS12, SecurityProtocol.TLS13
@@ -323,3 +323,47 @@ async def test_tls_settings_cannot_be_passed_per_request(
     with pytest.raises(ValueError, match="timeout"):
         await mgr.get(https.url(), timeout=-1)
     assert https.seen.requests == 0
+
+
+# -- what the caller gives: refused before anything is sent --------------------------------------
+
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def answering_every_request() -> RawServer:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while True:  # bounded: the client closes, and read_request fails
+            await server.read_request(reader)
+            writer.write(OK_HEAD)
+            await writer.drain()
+
+    server = RawServer(script)
+    return server
+
+
+async def test_any_token_is_a_method() -> None:
+    """RFC 9110 §9.1: a method is a token (§5.6.2), hyphens, dots and digits included."""
+    methods = ["M-SEARCH", "VERSION-CONTROL", "X.Y_Z~1", "BREW!"]
+    async with answering_every_request() as server, ConnectionManager() as mgr:
+        for method in methods:
+            async with mgr.request(method, server.url("/x")) as response:
+                assert response.status == 200 and await response.read() == b"ok"
+    assert [head.split(b"\r\n", 1)[0] for head in server.heads] == [
+        f"{method} /x HTTP/1.1".encode() for method in methods
+    ]
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["", "GET /x", "GE\r\nT", "GE\nT", "G\x00T", "G(T", "GET\t", "G\u00c9T", 42],
+    ids=["empty", "space", "crlf", "lf", "nul", "separator", "tab", "non-ascii", "not-str"],
+)
+async def test_a_method_that_is_no_token_is_refused_before_anything_is_sent(
+    method: object,
+) -> None:
+    async with answering_every_request() as server, ConnectionManager() as mgr:
+        with pytest.raises(ValueError, match="method") as caught:
+            async with mgr.request(method, server.url()):  # type: ignore[arg-type]
+                pass
+        assert not isinstance(caught.value, HttpError)
+    assert server.connections == 0
