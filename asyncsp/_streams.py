@@ -146,9 +146,12 @@ class StreamProtocol(asyncio.Protocol):
     def find(self, sep: bytes, start: int) -> int:
         return self._buffer.find(sep, start)
 
-    async def wait_data(self) -> None:
-        """Wait until more bytes, EOF or a lost connection arrive."""
-        assert self._waiter is None, "two tasks are reading the same stream"
+    async def wait_data(self, what: str = "this connection") -> None:
+        """Wait until more bytes, EOF or a lost connection arrive; one task at a time."""
+        if self._waiter is not None:
+            # Two readers would split the bytes between them at random: like asyncio's
+            # StreamReader, the second is refused and the first reads on.
+            raise RuntimeError(f"another task is reading {what}; only one task may read it")
         self._waiter = asyncio.get_running_loop().create_future()
         if self._reading_paused and self._transport is not None:
             self._reading_paused = False
@@ -322,7 +325,7 @@ class Stream:
             self._raise_if_lost()
             if self._protocol.eof:
                 return b""
-            await self._protocol.wait_data()
+            await self._protocol.wait_data(f"the stream to {self.endpoint}")
         return self._protocol.take(n)
 
     async def _read_all(self) -> bytes:
@@ -343,7 +346,7 @@ class Stream:
                     endpoint=self.endpoint,
                     partial=partial,
                 )
-            await self._protocol.wait_data()
+            await self._protocol.wait_data(f"the stream to {self.endpoint}")
         return self._protocol.take(n)
 
     async def _readuntil(self, separator: bytes) -> bytes:
@@ -366,7 +369,7 @@ class Stream:
                     endpoint=self.endpoint,
                     partial=partial,
                 )
-            await self._protocol.wait_data()
+            await self._protocol.wait_data(f"the stream to {self.endpoint}")
         self._broken = True
         raise ReadLimitError(
             f"{self.endpoint} sent more than {self._line_limit} bytes without {separator!r}",

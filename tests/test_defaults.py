@@ -21,11 +21,14 @@ from asyncsp import (
 SP = SecurityProtocol
 
 
-def run_python(code: str, *, check: bool, **environ: str) -> subprocess.CompletedProcess[str]:
-    """Run *code* in a new interpreter with *environ* added: the environment is read only
-    once per process, so only a fresh one shows what a variable does at import."""
+def run_python(
+    code: str, *, check: bool, options: tuple[str, ...] = (), **environ: str
+) -> subprocess.CompletedProcess[str]:
+    """Run *code* in a new interpreter (with command-line *options*, such as ``-O``) with
+    *environ* added: the environment is read only once per process, so only a fresh one
+    shows what a variable does at import."""
     return subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, *options, "-c", code],
         env=dict(os.environ, **environ),
         capture_output=True,
         text=True,

@@ -36,6 +36,7 @@ from .servers import (
     server_context,
     wait_until,
 )
+from .test_defaults import run_python
 
 SP = SecurityProtocol
 
@@ -479,3 +480,56 @@ async def test_an_interrupted_stream_is_reset_and_a_closed_one_ended(
         await user
         await mgr.aclose()
         assert await asyncio.wait_for(outcome, 5) == seen
+
+
+async def take_turns(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+    """Answer each line from the client with b"hello\n" (a cue; its own reads come after)."""
+    while await reader.readline():
+        writer.write(b"hello\n")
+        await writer.drain()
+
+
+async def test_a_second_reader_is_refused_and_the_first_reads_on() -> None:
+    async with RawServer(take_turns) as server, ConnectionManager() as mgr:
+        async with mgr.open_stream(LOCAL, server.port, timeout=5) as s:
+            first = asyncio.create_task(s.readline())
+            await asyncio.sleep(0)  # one turn: the first reader waits for data
+            for second in (s.read(1), s.readline(), s.readexactly(1), s.readuntil(b"o")):
+                with pytest.raises(RuntimeError, match=f"another task is reading.*{server.port}"):
+                    await second
+            assert not s.closed
+            s.write(b"go\n")
+            assert await first == b"hello\n"
+
+
+SECOND_READER = """
+import asyncio, asyncsp
+
+async def main():
+    async def serve(reader, writer):
+        await reader.readline()
+        writer.write(b"hello\\n")
+        await writer.drain()
+        await reader.read()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with asyncsp.ConnectionManager() as mgr:
+        async with mgr.open_stream("127.0.0.1", port, timeout=5) as s:
+            first = asyncio.create_task(s.readline())
+            await asyncio.sleep(0)
+            try:
+                await s.read(1)
+            except RuntimeError as exc:
+                print(type(exc).__name__)
+            s.write(b"go\\n")
+            print(await first)
+    server.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_second_reader_is_refused_under_python_optimised() -> None:
+    result = run_python(SECOND_READER, check=False, options=("-O",))
+    assert result.stdout.split() == ["RuntimeError", "b'hello\\n'"], result.stderr[-2000:]
