@@ -46,8 +46,12 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # RFC 9110 §9.2.2; only these are sent again after a stale pooled connection (never POST).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _METHODS = {m: m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
-# A method is a token (RFC 9110 §9.1, §5.6.2).
+# A method (RFC 9110 §9.1) and a field name (§5.1) are tokens (§5.6.2).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# CR, LF and NUL in a field value must be refused (RFC 9110 §5.5): they would end the field,
+# or the head, where the caller did not mean to (request splitting). Other controls but HTAB
+# are no field content either.
+_NOT_FIELD_CONTENT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _PASSED_TO_AIOHTTP = frozenset(
     {
         "params",
@@ -134,6 +138,9 @@ def _prepare(
             "HTTP requests need an absolute http:// or https:// URL with a host, not "
             f"{target.with_user(None).with_query(None)!s}"
         )
+    headers = kwargs.get("headers")
+    if headers is not None:
+        kwargs["headers"] = _checked_headers(headers)
     call = _Call(known, target, kwargs, max_body_size=manager.max_body_size)
     if kwargs.keys() <= _PASSED_TO_AIOHTTP:
         return call  # none of ours to take out (the common case: headers, params, data)
@@ -179,6 +186,29 @@ def _prepare(
                 f"timeout must be seconds > 0, an aiohttp.ClientTimeout or None, not {timeout!r}"
             )
     return call
+
+
+def _checked_headers(headers: Any) -> Any:
+    """*headers* (a mapping or pairs), refused before anything is sent if a field could not go
+    on the wire as given; pairs given as an iterator come back as a list."""
+    pairs = headers.items() if isinstance(headers, Mapping) else list(headers)
+    for name, value in pairs:
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(
+                f"header names and values must be str, not {type(name).__name__} and "
+                f"{type(value).__name__} (header {name!r})"
+            )
+        if _TOKEN.fullmatch(name) is None:
+            raise ValueError(
+                f"header name {name!r} is not a token (RFC 9110 §5.1); nothing was sent"
+            )
+        if _NOT_FIELD_CONTENT.search(value) is not None:
+            # The value is not quoted: it may be a credential.
+            raise ValueError(
+                f"header {name} has a control character (CR, LF, NUL...) in its value, which "
+                "would end the field early (RFC 9110 §5.5); nothing was sent"
+            )
+    return headers if isinstance(headers, Mapping) else pairs
 
 
 # -- one hop -----------------------------------------------------------------------------

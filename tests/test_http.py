@@ -367,3 +367,61 @@ async def test_a_method_that_is_no_token_is_refused_before_anything_is_sent(
                 pass
         assert not isinstance(caught.value, HttpError)
     assert server.connections == 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-A": "a\r\nX-Injected: 1"},
+        {"X-A": "a\nX-Injected: 1"},
+        {"X-A": "a\rb"},
+        {"X-A": "a\x00b"},
+        {"X-A\r\nX-Injected": "1"},
+        {"X-A\x00": "1"},
+        {"X A": "1"},
+        {"X-A:": "1"},
+        [("X-B", "fine"), ("X-A", "a\r\n\r\nGET /smuggled HTTP/1.1")],
+    ],
+    ids=[
+        "crlf-in-value",
+        "lf-in-value",
+        "cr-in-value",
+        "nul-in-value",
+        "crlf-in-name",
+        "nul-in-name",
+        "space-in-name",
+        "colon-in-name",
+        "split-in-a-list",
+    ],
+)
+async def test_a_header_that_could_split_the_request_is_refused_before_anything_is_sent(
+    headers: object,
+) -> None:
+    """RFC 9110 §5.5: CR, LF and NUL in a field must be refused; a field name is a token."""
+    async with answering_every_request() as server, ConnectionManager() as mgr:
+        with pytest.raises(ValueError, match="header") as caught:
+            await mgr.get(server.url(), headers=headers)
+        assert not isinstance(caught.value, HttpError)
+        message = str(caught.value)  # names the field, never quotes a value (it may be secret)
+        assert not {"\r", "\n", "\x00"} & set(message)
+        assert "X-Injected: 1" not in message and "smuggled" not in message
+        with pytest.raises(ValueError, match="header"):
+            async with mgr.request("POST", server.url(), headers=headers, data=b"x"):
+                pass
+    assert server.connections == 0 and server.heads == []
+
+
+async def test_a_tab_and_non_ascii_text_are_field_content() -> None:
+    async with answering_every_request() as server, ConnectionManager() as mgr:
+        headers = {"X-Tab": "a\tb", "X-Text": "caf\u00e9"}
+        assert (await mgr.get(server.url(), headers=headers)).status == 200
+    assert b"X-Tab: a\tb\r\n" in server.heads[0]
+    assert "X-Text: caf\u00e9\r\n".encode() in server.heads[0]
+
+
+async def test_a_header_that_is_not_text_is_refused_before_anything_is_sent() -> None:
+    async with answering_every_request() as server, ConnectionManager() as mgr:
+        for headers in ({"X-A": 1}, {"X-A": b"bytes"}, [(b"X-A", "1")]):
+            with pytest.raises(TypeError, match="must be str"):
+                await mgr.get(server.url(), headers=headers)
+    assert server.connections == 0
