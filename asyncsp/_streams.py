@@ -45,18 +45,17 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 """``SO_LINGER`` on, zero seconds: closing the socket sends RST."""
 
 
-def _abort(transport: asyncio.Transport) -> None:
-    """Abort *transport*: its socket is closed with a TCP reset (RST), not an orderly FIN.
-
-    A peer that gets a FIN takes the stream for complete, and one blocked on our full receive
-    window keeps its socket and buffers until its FIN timeout; a zero linger time makes the
-    kernel reset the connection at the close instead (no FIN goes out first).
+def _abort(transport: asyncio.Transport, protocol: StreamProtocol) -> None:
+    """Abort *transport* with a TCP reset (RST), never a FIN: a peer would take a FIN for a
+    whole stream, or sit blocked on our full window until its FIN timeout. asyncio closes the
+    socket a callback later; *protocol* counts it lost then (a cut handshake never tells it).
     """
     sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError, AttributeError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     transport.abort()
+    protocol.lost.get_loop().call_soon(protocol.mark_lost)
 
 
 class StreamProtocol(asyncio.Protocol):
@@ -112,6 +111,9 @@ class StreamProtocol(asyncio.Protocol):
         for waiter in self._drain_waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        self.mark_lost()
+
+    def mark_lost(self) -> None:
         if not self.lost.done():
             self.lost.set_result(None)
 
@@ -149,8 +151,7 @@ class StreamProtocol(asyncio.Protocol):
     async def wait_data(self, what: str = "this connection") -> None:
         """Wait until more bytes, EOF or a lost connection arrive; one task at a time."""
         if self._waiter is not None:
-            # Two readers would split the bytes between them at random: like asyncio's
-            # StreamReader, the second is refused and the first reads on.
+            # Two readers would split the bytes at random: as asyncio's StreamReader does.
             raise RuntimeError(f"another task is reading {what}; only one task may read it")
         self._waiter = asyncio.get_running_loop().create_future()
         if self._reading_paused and self._transport is not None:
@@ -205,10 +206,6 @@ class Stream:
         self._closed = False
         self._broken = False
         self._closed_by_manager = False
-        # Done once the socket is closed: asyncio closes it a callback after an abort, and a
-        # close waits for the peer; either way the caller may need to know it is gone.
-        self._socket_closed: asyncio.Future[None] = protocol.lost.get_loop().create_future()
-        protocol.lost.add_done_callback(lambda _: self._socket_gone())
         self.timeout = timeout
         """Seconds each operation may take (``None``: unbounded)."""
         self.opened_at = time.monotonic()
@@ -421,11 +418,8 @@ class Stream:
     # -- closing ---------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Close the connection (with TLS close_notify when possible) and free its slot.
-
-        Returns once the socket is closed, also when the stream was already aborted or is
-        being closed by another task.
-        """
+        """Close the connection (with TLS close_notify when possible) and free its slot;
+        return once the socket is closed (also when it was aborted or is closing already)."""
         if self._closed:
             await self.wait_closed()
             return
@@ -439,24 +433,21 @@ class Stream:
             if not self._protocol.lost.done():
                 await asyncio.wait_for(asyncio.shield(self._protocol.lost), _CLOSE_TIMEOUT)
         except asyncio.CancelledError:
-            self._abort_transport()
+            _abort(transport, self._protocol)
             raise
         except Exception:  # the peer never acknowledged our close (a timeout included): abort
-            self._abort_transport()
+            _abort(transport, self._protocol)
         finally:
             self._on_close(self)
         await self.wait_closed()
 
     def abort(self, *, by_manager: bool = False) -> None:
-        """Close at once, with a TCP reset (no close_notify, no FIN first); free the slot.
-
-        asyncio closes the socket a loop callback later (see `wait_closed`); the service
-        point holds its next connection back until then.
-        """
+        """Close at once with a TCP reset (no close_notify, no FIN); free the slot. The socket
+        goes a loop callback later (`wait_closed`); no new connection is made before that."""
         self._closed_by_manager |= by_manager
         self._broken = True
         if not self._transport.is_closing() or not self._protocol.lost.done():
-            self._abort_transport()
+            _abort(self._transport, self._protocol)
         if not self._closed:
             self._closed = True
             self._on_close(self)
@@ -464,21 +455,11 @@ class Stream:
     @property
     def socket_closed(self) -> bool:
         """Whether the socket is closed (a loop callback after `abort`)."""
-        return self._socket_closed.done()
+        return self._protocol.lost.done()
 
     async def wait_closed(self) -> None:
-        """Wait until the socket is closed, after `aclose` or `abort` (cancelling the wait
-        does not stop the close)."""
-        await asyncio.shield(self._socket_closed)
-
-    def _abort_transport(self) -> None:
-        _abort(self._transport)
-        # asyncio closes the socket in a callback the abort has just scheduled: after it.
-        self._socket_closed.get_loop().call_soon(self._socket_gone)
-
-    def _socket_gone(self) -> None:
-        if not self._socket_closed.done():
-            self._socket_closed.set_result(None)
+        """Wait until the socket is closed, after `aclose` or `abort`."""
+        await asyncio.shield(self._protocol.lost)
 
     def mark_broken(self) -> None:
         """Never reuse this stream (its protocol state is unknown)."""
