@@ -194,8 +194,10 @@ async def test_a_new_connection_dropped_after_the_request_is_never_retried(
         await settled(mgr, server.url())
 
 
-@pytest.mark.parametrize("ending", ["close", "reset"])
-async def test_a_pooled_connection_that_began_its_answer_is_never_retried(ending: str) -> None:
+@pytest.mark.parametrize(("ending", "tls"), [("close", False), ("reset", False), ("close", True)])
+async def test_a_pooled_connection_that_began_its_answer_is_never_retried(
+    ending: str, tls: bool, server_cert: trustme.LeafCert, trusted: Trusted
+) -> None:
     """A response byte means the server took the request: it is not sent again."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
@@ -207,8 +209,8 @@ async def test_a_pooled_connection_that_began_its_answer_is_never_retried(ending
         if ending == "reset":
             reset(writer)
 
-    server = RawServer(script)
-    async with server, ConnectionManager() as mgr:
+    server = RawServer(script, server_context(server_cert) if tls else None)
+    async with server, ConnectionManager(policy=trusted()) as mgr:
         assert await (await mgr.put(server.url(), data=b"one")).read() == b"ok"
         with pytest.raises(HttpError):
             await mgr.put(server.url(), data=b"two")
