@@ -69,8 +69,19 @@ class ConnectionManager:
         tcp_keepalive: tuple[float, float] | None = None,
         local_address: str | None = None,
     ) -> None:
+        # What __repr__ reads comes first: a manager whose making failed still shows in a
+        # traceback.
+        self._policy: TlsPolicy | None = None
+        self._closed = False
+        self._service_points: collections.OrderedDict[tuple[Endpoint, str | None], ServicePoint] = (
+            collections.OrderedDict()
+        )
         if policy is not None and not isinstance(policy, TlsPolicy):
             raise TypeError(f"policy must be a TlsPolicy, not {type(policy).__name__}")
+        if policy is None and security_protocol is None:
+            # It follows the process defaults: a bad ASYNCSP_* value raises now, naming the
+            # variable, rather than at the first request.
+            defaults.policy  # noqa: B018 (the read is the check)
         if security_protocol is not None:
             policy = dataclasses.replace(
                 policy or defaults.policy, protocols=_as_protocol(security_protocol)
@@ -114,11 +125,7 @@ class ConnectionManager:
         self._socket_options = SocketOptions(
             tcp_nodelay=tcp_nodelay, tcp_keepalive=tcp_keepalive, local_address=local_address
         )
-        self._service_points: collections.OrderedDict[tuple[Endpoint, str | None], ServicePoint] = (
-            collections.OrderedDict()
-        )
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._closed = False
         self._closing: asyncio.Future[None] | None = None
         self._closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
 
@@ -453,7 +460,11 @@ class ConnectionManager:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._service_points)} service points"
-        return f"<ConnectionManager {self.policy.protocols!r} {state}>"
+        try:
+            protocols = repr(self.policy.protocols)
+        except AsyncspError as exc:  # the process defaults it follows cannot be read
+            protocols = f"(no policy: {exc})"
+        return f"<ConnectionManager {protocols} {state}>"
 
 
 def _as_protocol(value: SecurityProtocol | int | str) -> SecurityProtocol:

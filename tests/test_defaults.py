@@ -154,3 +154,75 @@ def test_an_explicit_policy_needs_no_environment() -> None:
         _ = lazy.policy
     lazy.policy = TlsPolicy()  # setting a policy fixes it
     assert lazy.security_protocol == SP.SYSTEM_DEFAULT
+
+
+MAKE_A_MANAGER = """
+import asyncsp
+try:
+    asyncsp.ConnectionManager()
+except ValueError as exc:
+    print(type(exc).__name__, exc)
+else:
+    print("made")
+"""
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "error", "names"),
+    [
+        ("ASYNCSP_SECURITY_PROTOCOL", "Tls99", "InvalidSecurityProtocolError", "Tls12"),
+        ("ASYNCSP_STRONG_CRYPTO", "maybe", "PolicyError", "use 1"),
+        ("ASYNCSP_SECURITY_PROTOCOL", "Tls11", "PolicyError", "ASYNCSP_STRONG_CRYPTO"),
+    ],
+)
+def test_making_a_manager_under_a_bad_environment_raises_naming_the_variable(
+    variable: str, value: str, error: str, names: str
+) -> None:
+    result = run_python(MAKE_A_MANAGER, check=True, **{variable: value})
+    kind, _, message = result.stdout.strip().partition(" ")
+    assert kind == error, result.stdout
+    assert f"{variable}={value!r}" in message and names in message
+
+
+REPRS_UNDER_A_BAD_ENVIRONMENT = """
+import asyncio, asyncsp
+
+async def main():
+    async def serve(reader, writer):
+        await reader.read()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with asyncsp.ConnectionManager(policy=asyncsp.TlsPolicy()) as mgr:
+        async with mgr.open_stream("127.0.0.1", port, timeout=5) as stream:
+            mgr.policy = None  # from now on it follows the process defaults, which cannot be read
+            for thing in (mgr, stream.service_point, stream):
+                print(repr(thing))
+    print(repr(mgr))
+    server.close()
+
+asyncio.run(main())
+"""
+
+
+def test_reprs_never_raise_under_a_bad_environment() -> None:
+    result = run_python(
+        REPRS_UNDER_A_BAD_ENVIRONMENT, check=False, ASYNCSP_SECURITY_PROTOCOL="Tls99"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "<ConnectionManager",
+        "<ServicePoint",
+        "<Stream",
+        "<ConnectionManager",
+    ]
+    assert "ASYNCSP_SECURITY_PROTOCOL" in lines[0] and "closed" in lines[3]
+
+
+def test_repr_of_a_manager_whose_making_failed() -> None:
+    with pytest.raises(ValueError) as caught:
+        ConnectionManager(max_service_points=-1)
+    half_made = caught.traceback[-1].frame.f_locals["self"]  # as a traceback shows it
+    protocols = asyncsp.defaults.security_protocol
+    assert repr(half_made) == f"<ConnectionManager {protocols!r} 0 service points>"
