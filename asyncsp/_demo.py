@@ -4,13 +4,20 @@ Each step prints what the policy decided and what the connection negotiated: Sys
 picking TLS 1.3; TLS12 reaching new connections only, while a stream opened before keeps its
 version; a TLS 1.1-only server refused by default and reached through an explicit, warned
 opt-out for that endpoint alone; a mail over STARTTLS; an FTPS download whose data
-connection resumed the control session; and the service points' statistics.
+connection resumed the control session; an administrator's OpenSSL file tightening
+SystemDefault (in a child process: OpenSSL reads its file once); and the service points'
+statistics.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import email.message
+import os
+import pathlib
+import sys
+import tempfile
 import warnings
 from typing import TextIO
 
@@ -41,6 +48,7 @@ async def run_demo(stream: TextIO) -> int:
             await _legacy(out, mgr, servers)
             await _mail(out, mgr, servers)
             await _ftps(out, mgr, servers)
+            await _system_word(out, servers)
             _service_points(out, mgr)
     return 0
 
@@ -146,8 +154,67 @@ async def _ftps(out: Output, mgr: ConnectionManager, servers: DemoServers) -> No
         out.line(f"   data connection {_tls(client.data_tls)}, session_reused={reused}")
 
 
+_SYSTEM_FILE = """\
+openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+MinProtocol = TLSv1.3
+"""
+_UNDER_THE_SYSTEM_FILE = """\
+import asyncio, sys
+from asyncsp import ConnectionManager, PolicyError, SecurityProtocol, TlsPolicy
+
+async def main(cafile, url):
+    policy = TlsPolicy(cafile=cafile)
+    offered = ", ".join(m.name for m in policy.offered_versions().members)
+    print("   SystemDefault now offers:", offered)
+    async with ConnectionManager(policy=policy) as mgr:
+        resp = await mgr.get(url, timeout=5)
+        print(f"   GET {url} -> {resp.status}, {resp.tls.version}")
+    try:
+        TlsPolicy(cafile=cafile, protocols=SecurityProtocol.TLS12).ssl_context()
+    except PolicyError as exc:
+        print(f"   TlsPolicy(protocols=TLS12) -> PolicyError: {exc}")
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def _system_word(out: Output, servers: DemoServers) -> None:
+    out.line("6. The system's word: an administrator's OpenSSL file tightens SystemDefault", "head")
+    out.line("   a new process whose OPENSSL_CONF says MinProtocol = TLSv1.3:", "dim")
+    with tempfile.TemporaryDirectory() as folder:
+        config = os.path.join(folder, "openssl.cnf")
+        await asyncio.to_thread(pathlib.Path(config).write_text, _SYSTEM_FILE, "utf-8")
+        environ = {**os.environ, "OPENSSL_CONF": config}
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _UNDER_THE_SYSTEM_FILE,
+            servers.cafile,
+            _url(servers.https_port),
+            env=environ,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            async with asyncio.timeout(30):
+                printed, _ = await child.communicate()
+        finally:
+            if child.returncode is None:
+                child.kill()  # our own child, by its PID
+                await child.wait()
+    for line in printed.decode(errors="replace").splitlines():
+        out.line(line.replace(folder, "$TMP"))
+    if child.returncode != 0:
+        raise AsyncspError("the step under the system file failed (see above)")
+
+
 def _service_points(out: Output, mgr: ConnectionManager) -> None:
-    out.line("6. Service points", "head")
+    out.line("7. Service points", "head")
     rows = []
     for sp in mgr.service_points:
         versions = ", ".join(f"{v} x{n}" for v, n in sorted(sp.stats.versions.items()))
