@@ -27,6 +27,7 @@ import anyio
 from ._errors import AsyncspError, InsecurePolicyWarning, PolicyError
 from ._output import printable
 from ._policy import TlsPolicy
+from ._policyinfo import describe, environment_sources, render
 from ._protocols import SecurityProtocol
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ _REQUIREMENTS = {
     "probe": ("rich", "cryptography"),
     "get": ("rich",),
     "smtp-check": ("rich", "cryptography"),
+    "policy": (),
 }
 _INSTALL_HINT = 'pip install "asyncsp[cli]"'
 
@@ -166,6 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use the legacy opt-out (strong_crypto=False; TLSv1 to TLSv1.3 unless --protocol)",
     )
+    policy = commands.add_parser(
+        "policy",
+        parents=[debug],
+        help="the effective TLS policy here, and where each setting came from",
+        description="Print the versions, security level, suites and groups a new connection "
+        "offers under the process defaults (or URL's service point), after the system's "
+        "OpenSSL configuration, and where each setting came from: asyncsp's default, "
+        "ASYNCSP_*, or the configuration file and line.",
+    )
+    policy.add_argument("url", metavar="URL", nargs="?", help="a service point's URL")
+    policy.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -397,4 +410,30 @@ async def _smtp_check(args: argparse.Namespace) -> int:
         )
 
 
-_COMMANDS = {"demo": _demo, "probe": _probe, "get": _get, "smtp-check": _smtp_check}
+async def _policy(args: argparse.Namespace) -> int:
+    from ._manager import ConnectionManager
+
+    protocols, strong = environment_sources()
+    async with ConnectionManager() as mgr:
+        if args.url is None:
+            policy, where = mgr.policy, None
+        else:
+            try:
+                sp = mgr.find_service_point(args.url)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            policy, where = sp.policy, sp.address
+    info = describe(
+        policy, protocols_source=protocols, strong_crypto_source=strong, service_point=where
+    )
+    print(json.dumps(info, indent=2) if args.json else render(info))
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "demo": _demo,
+    "probe": _probe,
+    "get": _get,
+    "smtp-check": _smtp_check,
+    "policy": _policy,
+}

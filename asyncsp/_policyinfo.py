@@ -40,7 +40,11 @@ def describe(
     return {
         "service_point": service_point,
         "versions": [_version_string(m) for m in policy.offered_versions().members],
-        "protocols": "SystemDefault" if not policy.is_explicit else str(policy.protocols),
+        "protocols": (
+            " | ".join(m.name or "" for m in policy.protocols.members)
+            if policy.is_explicit
+            else "SystemDefault"
+        ),
         "strong_crypto": policy.strong_crypto,
         "security_level": level,
         "ciphers": len(suites),
@@ -56,8 +60,8 @@ def describe(
             "max_version": _max_source(policy, system),
             "security_level": _level_source(policy, system, level),
             "ciphers": _cipher_source(policy, system),
-            "tls13_suites": str(tls13) if tls13 is not None else "OpenSSL default",
-            "groups": str(groups) if groups is not None else "OpenSSL default",
+            "tls13_suites": f"system: {tls13}" if tls13 is not None else "OpenSSL default",
+            "groups": f"system: {groups}" if groups is not None else "OpenSSL default",
         },
     }
 

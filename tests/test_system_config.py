@@ -288,3 +288,52 @@ def test_the_system_trust_store_variables_are_honoured(
         (tmp_path / f"{digest}.0").write_text(pathlib.Path(ca_file).read_text())
     trusted = run_client(None, None, environ={variable: location}, port=port)
     assert trusted.get("version") in {"TLSv1.2", "TLSv1.3"}, trusted
+
+
+def _policy_command(
+    config: str | None, *args: str, **environ: str
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENSSL_", "ASYNCSP_"))}
+    env.update(environ)
+    if config is not None:
+        env["OPENSSL_CONF"] = config
+    return subprocess.run(
+        [sys.executable, "-m", "asyncsp", "policy", *args],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+
+
+def test_the_policy_command_shows_who_decided(tmp_path: pathlib.Path) -> None:
+    plain = _policy_command(None, "--json")
+    assert plain.returncode == 0, plain.stderr
+    before = json.loads(plain.stdout)
+    assert before["versions"] == ["TLSv1.2", "TLSv1.3"]
+    assert before["strong_crypto"] is True
+    assert before["sources"]["protocols"] == "asyncsp default"
+
+    config = config_file(tmp_path, "MinProtocol = TLSv1.3", "CipherString = DEFAULT:@SECLEVEL=3")
+    tight = _policy_command(
+        config, "https://localhost", "--json", ASYNCSP_SECURITY_PROTOCOL="Tls12, Tls13"
+    )
+    assert tight.returncode == 0, tight.stderr
+    after = json.loads(tight.stdout)
+    assert after["versions"] == ["TLSv1.3"]
+    assert after["system_config"] == config
+    assert after["security_level"] == 3
+    assert after["protocols"] == "TLS12 | TLS13"
+    assert after["sources"]["protocols"] == "ASYNCSP_SECURITY_PROTOCOL"
+    assert after["sources"]["min_version"] == f"system: {config}:7 (MinProtocol = TLSv1.3)"
+    assert after["sources"]["security_level"].startswith(f"system: {config}:8")
+
+    text = _policy_command(config)
+    assert text.returncode == 0
+    assert "versions:        TLSv1.3" in text.stdout
+    assert f"{config}:7 (MinProtocol = TLSv1.3)" in text.stdout
+
+
+def test_the_policy_command_reports_a_forbidden_policy(tmp_path: pathlib.Path) -> None:
+    config = config_file(tmp_path, "MaxProtocol = TLSv1.2")
+    done = _policy_command(config, ASYNCSP_SECURITY_PROTOCOL="Tls13")
+    assert done.returncode == 1
+    assert "MaxProtocol" in done.stderr and config in done.stderr
+    assert "Traceback" not in done.stderr
