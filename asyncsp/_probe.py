@@ -20,6 +20,7 @@ from ._errors import (
     CertificateVerificationError,
     ConnectError,
     FtpError,
+    PolicyError,
     SmtpError,
     StartTlsUnavailableError,
     TlsError,
@@ -28,6 +29,7 @@ from ._manager import ConnectionManager
 from ._output import Output
 from ._policy import TlsPolicy
 from ._protocols import SecurityProtocol
+from ._system import system_tls_config, version_name
 
 __all__ = [
     "ProbeReport",
@@ -405,6 +407,18 @@ def _names(protocols: SecurityProtocol) -> str:
     return ", ".join(by_member.get(m, m.name or "?") for m in protocols.members)
 
 
+def _effective(policy: TlsPolicy) -> str:
+    """What the policy offers on this machine once the system's configuration applies."""
+    system = system_tls_config()
+    where = system.path if system.readable else f"not read: {system.reason}"
+    try:
+        offered = policy.offered_versions()
+    except PolicyError as exc:
+        return f"nothing ({exc})"
+    versions = ", ".join(version_name(m.tls_version) for m in offered.members)
+    return f"{versions} (system configuration: {where or 'none'})"
+
+
 def render(report: ProbeReport, out: Output) -> None:
     """Print *report* for people: the version table, the certificate, the findings."""
     out.line(f"{report.target.address} ({report.target_text})", "head")
@@ -415,6 +429,7 @@ def render(report: ProbeReport, out: Output) -> None:
         + (", plus the legacy opt-out" if report.legacy_probed and policy.strong_crypto else ""),
         "dim",
     )
+    out.line(f"effective here: {_effective(policy)}", "dim")
     columns = ["version", "policy", "opt-out", "cipher", "ALPN", "detail"]
     rows, styles = [], []
     for v in report.versions:

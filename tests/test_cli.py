@@ -162,6 +162,7 @@ def test_probe_flags_a_tls11_capable_server(tls11_server: ThreadedServer, cafile
     human = run("probe", target, "--cafile", cafile, "--insecure-legacy")
     assert human.returncode == 1
     assert "TLSv1.1 accepted" in human.stdout
+    assert "effective here: TLSv1.2, TLSv1.3 (system configuration:" in human.stdout
     assert "\x1b[" not in human.stdout  # plain text when piped
 
 
