@@ -23,6 +23,7 @@ __all__ = [
     "FtpError",
     "FtpProtocolError",
     "FtpReplyError",
+    "HttpArgumentError",
     "HttpError",
     "InsecurePolicyWarning",
     "InvalidHostNameError",
@@ -130,6 +131,10 @@ class PinMismatchError(TlsError):
 
 class StartTlsUnavailableError(TlsError):
     """The server will not start TLS (no STARTTLS, ``AUTH TLS`` refused); nothing went in clear."""
+
+
+class HttpArgumentError(AsyncspError, ValueError):
+    """A method or header field that cannot go on the wire as given; nothing was sent."""
 
 
 class HttpError(AsyncspError):

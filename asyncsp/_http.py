@@ -21,7 +21,7 @@ from aiohttp.http import RawResponseMessage
 from multidict import CIMultiDict
 from yarl import URL
 
-from ._errors import HttpError, ManagerClosedError, TimeoutError
+from ._errors import HttpArgumentError, HttpError, ManagerClosedError, TimeoutError
 from ._http_errors import cause_for, raise_from, translate_http_error
 from ._http_pool import HttpLayer
 from ._http_response import Response, ResponseContent
@@ -127,7 +127,7 @@ def _prepare(
     known = _METHODS.get(method)
     if known is None:
         if not isinstance(method, str) or _TOKEN.fullmatch(method) is None:
-            raise ValueError(
+            raise HttpArgumentError(
                 f"method must be an HTTP method (a token: letters, digits and !#$%&'*+-.^_`|~) "
                 f"such as 'GET' or 'M-SEARCH', not {method!r}"
             )
@@ -199,12 +199,12 @@ def _checked_headers(headers: Any) -> Any:
                 f"{type(value).__name__} (header {name!r})"
             )
         if _TOKEN.fullmatch(name) is None:
-            raise ValueError(
+            raise HttpArgumentError(
                 f"header name {name!r} is not a token (RFC 9110 §5.1); nothing was sent"
             )
         if _NOT_FIELD_CONTENT.search(value) is not None:
             # The value is not quoted: it may be a credential.
-            raise ValueError(
+            raise HttpArgumentError(
                 f"header {name} has a control character (CR, LF, NUL...) in its value, which "
                 "would end the field early (RFC 9110 §5.5); nothing was sent"
             )
