@@ -36,6 +36,7 @@ from ._errors import (
     StartTlsUnavailableError,
     TimeoutError,
     TlsError,
+    UnexpectedPlaintextError,
 )
 from ._ftp import FtpClient, FtpEntry
 from ._http import Response, ResponseContent
@@ -99,6 +100,7 @@ __all__ = [
     "TlsError",
     "TlsInfo",
     "TlsPolicy",
+    "UnexpectedPlaintextError",
     "__version__",
     "defaults",
     "system_tls_config",

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from ._endpoint import normalise_host
-from ._errors import ConnectError, ManagerClosedError, TlsError
+from ._errors import ConnectError, ManagerClosedError, UnexpectedPlaintextError
 from ._policy import TlsPolicy
 from ._resolve import AddressCache, connect_socket, peer_address
 from ._sessions import SessionCache
@@ -171,7 +171,7 @@ class Dialer:
         if stream.buffered:
             count = stream.buffered
             stream.abort()
-            raise TlsError(
+            raise UnexpectedPlaintextError(
                 f"{address} sent {count} unexpected byte(s) before the TLS handshake "
                 "(possible injection); the connection was closed",
                 endpoint=address,

@@ -42,6 +42,7 @@ __all__ = [
     "StartTlsUnavailableError",
     "TimeoutError",
     "TlsError",
+    "UnexpectedPlaintextError",
 ]
 
 
@@ -127,6 +128,12 @@ class ProtocolNotAllowedError(TlsError):
 
 class PinMismatchError(TlsError):
     """The peer's leaf certificate matches none of the policy's pins."""
+
+
+class UnexpectedPlaintextError(TlsError):
+    """The peer sent something that is not TLS where a TLS handshake was due: a plain-text
+    server, or bytes injected after a STARTTLS go-ahead (the SMTP and FTP layers report the
+    latter as their protocol error)."""
 
 
 class StartTlsUnavailableError(TlsError):

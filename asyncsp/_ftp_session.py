@@ -22,6 +22,7 @@ from ._errors import (
     FtpReplyError,
     StartTlsUnavailableError,
     TimeoutError,
+    UnexpectedPlaintextError,
 )
 from ._ftp_protocol import (
     DATA_CONNECTION_FAILURES,
@@ -259,7 +260,14 @@ class FtpSession(OnStream):
                 "injection); the connection was closed",
                 endpoint=self.endpoint,
             )
-        await self.stream.start_tls()
+        try:
+            await self.stream.start_tls()
+        except UnexpectedPlaintextError as exc:  # the same, arrived a moment later
+            raise FtpProtocolError(
+                f"{self.endpoint} sent plain text after 234 instead of a TLS handshake "
+                "(possible injection); the connection was closed",
+                endpoint=self.endpoint,
+            ) from exc
 
     # -- transfers -------------------------------------------------------------------------
 

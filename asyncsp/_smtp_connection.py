@@ -28,6 +28,7 @@ from ._errors import (
     SmtpReplyError,
     StartTlsUnavailableError,
     TimeoutError,
+    UnexpectedPlaintextError,
 )
 from ._pool import OnStream
 from ._smtp_protocol import (
@@ -287,6 +288,15 @@ class SmtpConnection(OnStream):
                 await self.stream.start_tls()
         except builtins.TimeoutError as exc:
             raise self._timed_out(Command.STARTTLS, "the TLS handshake") from exc
+        except UnexpectedPlaintextError as exc:
+            self.abort()
+            # The same injection, arrived a moment later: after our check, or once the
+            # handshake had begun (it then reads the bytes as a broken TLS record).
+            raise SmtpProtocolError(
+                f"{endpoint} sent plain text after its 220 to STARTTLS instead of a TLS "
+                "handshake (possible injection); the connection was closed",
+                endpoint=endpoint,
+            ) from exc
         except BaseException:
             self.abort()
             raise

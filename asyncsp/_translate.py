@@ -14,6 +14,7 @@ from ._errors import (
     ProtocolNotAllowedError,
     TimeoutError,
     TlsError,
+    UnexpectedPlaintextError,
 )
 from ._policy import TlsPolicy
 from ._protocols import SecurityProtocol
@@ -33,6 +34,10 @@ _VERSION_REASONS = frozenset(
         "VERSION_TOO_HIGH",
     }
 )
+
+
+# OpenSSL reasons that mean "the peer's bytes are not TLS records".
+_NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST"})
 
 
 def translate_connect_error(
@@ -64,6 +69,12 @@ def translate_connect_error(
         )
     if isinstance(exc, ssl.SSLError):
         reason = exc.reason or ""
+        if reason in _NOT_TLS_REASONS:
+            return UnexpectedPlaintextError(
+                f"{endpoint} answered the TLS handshake with something that is not TLS "
+                f"({reason}): a plain-text server, or bytes injected before the handshake",
+                endpoint=endpoint,
+            )
         if reason in _VERSION_REASONS:
             return ProtocolNotAllowedError(
                 f"{endpoint}: no TLS version that both the server and the policy allow "

@@ -1133,3 +1133,31 @@ async def test_session_closed_by_the_server_while_pooled_is_not_reused() -> None
             async with mgr.smtp(LOCAL, port, **PLAIN) as client:
                 assert (await client.noop()).code == 250
             assert sp.stats.connections_opened == 2
+
+
+@pytest.mark.parametrize("when", ["before the handshake", "during the handshake"])
+async def test_plain_text_after_the_220_to_starttls_is_one_error(when: str) -> None:
+    """RFC 3207 §4.2: whatever arrives in clear after the 220 and before TLS is an injection,
+    whether it comes at once or a moment later, once the client's handshake has begun."""
+
+    async def script(peer: Peer) -> None:
+        await peer.send(b"220 mx.test ESMTP\r\n")
+        await peer.line()
+        await peer.send(ehlo_reply("STARTTLS"))
+        await peer.line()
+        if when == "before the handshake":
+            await peer.send(b"220 go ahead\r\n250 injected\r\n")
+        else:
+            await peer.send(b"220 go ahead\r\n")
+            assert (await peer.reader.read(5))[:1] == b"\x16"  # the ClientHello has begun
+            await peer.send(b"250-mx.test\r\n250 AUTH PLAIN\r\n")
+        await peer.reader.read(65536)
+
+    async with scripted(script) as (server, port):
+        async with ConnectionManager() as mgr:
+            with pytest.raises(SmtpProtocolError, match="injection"):
+                async with mgr.smtp(LOCAL, port, username=USER, password=PASSWORD, timeout=5):
+                    pass
+            assert mgr.find_service_point(f"smtp://{LOCAL}:{port}").current_connections == 0
+            await server.sockets.wait_closed(5)
+    assert PASSWORD.encode() not in server.received
