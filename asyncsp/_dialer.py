@@ -200,7 +200,7 @@ class Dialer:
         if transport is None:  # pragma: no cover - start_tls returns None only when closing
             stream.abort()
             raise ConnectError(f"{address} closed the connection during STARTTLS")
-        stream._replace_transport(transport)
+        stream._replace_transport(transport, server_hostname)
         info = stream.tls
         assert info is not None
         return info

@@ -411,8 +411,9 @@ class Stream:
         hostname = server_hostname or self._server_hostname
         return await self._guard(self._service_point.dialer.upgrade(self, hostname))
 
-    def _replace_transport(self, transport: asyncio.Transport) -> None:
+    def _replace_transport(self, transport: asyncio.Transport, server_hostname: str) -> None:
         self._transport = transport
+        self._server_hostname = server_hostname  # the name the handshake verified
         self._protocol.set_transport(transport)
 
     # -- closing ---------------------------------------------------------------------------

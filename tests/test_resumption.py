@@ -121,6 +121,7 @@ def other_name_server(request: pytest.FixtureRequest, ca: trustme.CA) -> Iterato
 async def _upgraded(mgr: ConnectionManager, port: int, name: str | None) -> asyncsp.TlsInfo:
     async with mgr.open_stream("localhost", port, timeout=5) as s:
         info = await s.start_tls(server_hostname=name)
+        assert s.server_hostname == (name or "localhost")  # the name TLS verified
         s.write(b"x")
         assert await s.readexactly(6) == b"echo:x"  # a TLS 1.3 ticket arrives by now
         return info
