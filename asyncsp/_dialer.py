@@ -62,12 +62,25 @@ class Dialer:
         self._sessions = SessionCache()
         self._connecting: set[asyncio.Task[Any]] = set()  # tasks in connect or handshake
         self._interrupted: set[asyncio.Task[Any]] = set()  # ...that a manager close cancelled
+        self._settled: asyncio.Future[None] | None = None  # set when none is connecting
 
     def interrupt(self) -> None:
         """Cut every connect and handshake in progress short with `ManagerClosedError`."""
         for task in self._connecting:
             self._interrupted.add(task)
             task.cancel()
+
+    async def settled(self) -> None:
+        """Return once no connect or handshake is in progress (each has closed its socket).
+
+        A manager close waits for this after `interrupt`, so that no socket of an interrupted
+        connect outlives it.
+        """
+        if not self._connecting:
+            return
+        if self._settled is None:
+            self._settled = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._settled)
 
     @contextlib.asynccontextmanager
     async def _interruptible(self, doing: str) -> AsyncIterator[None]:
@@ -92,6 +105,9 @@ class Dialer:
         finally:
             self._connecting.discard(task)
             self._interrupted.discard(task)
+            if not self._connecting and self._settled is not None:
+                self._settled.set_result(None)
+                self._settled = None
 
     async def open(
         self,

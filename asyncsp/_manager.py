@@ -442,6 +442,7 @@ class ConnectionManager:
                     await asyncio.gather(
                         *self._tasks,
                         *(stream.wait_closed() for stream in streams),
+                        *(sp.dialer.settled() for sp in service_points),
                         return_exceptions=True,
                     )
         finally:

@@ -22,7 +22,8 @@ from asyncsp import (
     TlsPolicy,
 )
 
-from .servers import LOCAL, RawServer, ThreadedServer
+from .servers import LOCAL, RawServer, ThreadedServer, wait_until
+from .test_http_support import Trusted
 from .test_smtp import PLAIN, responder, scripted
 
 SP = SecurityProtocol
@@ -218,6 +219,25 @@ async def test_aclose_returns_with_the_sockets_of_aborted_streams_closed() -> No
         assert server.sockets.connected() == 0
         with pytest.raises(asyncsp.ManagerClosedError):
             await user
+
+
+async def test_aclose_returns_with_the_sockets_of_interrupted_handshakes_closed(
+    trusted: Trusted,
+) -> None:
+    async with RawServer(silent) as server:  # accepts, and never answers the ClientHello
+        mgr = ConnectionManager(policy=trusted())
+        user = asyncio.create_task(_open_tls(mgr, server.port))
+        await wait_until(lambda: server.sockets.connected() == 1)
+        await mgr.aclose()
+        # Checked before anything else runs: the interrupted handshake has closed its socket.
+        assert server.sockets.connected() == 0
+        with pytest.raises(asyncsp.ManagerClosedError):
+            await user
+
+
+async def _open_tls(mgr: ConnectionManager, port: int) -> None:
+    async with mgr.open_stream(LOCAL, port, tls=True, timeout=30):
+        pass
 
 
 async def idle_session_that_never_answers_quit(mgr: ConnectionManager, port: int) -> socket.socket:
