@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import ssl
 import string
@@ -70,6 +71,11 @@ class TlsPolicy:
     """PEM CRL file; a leaf listed as revoked there is refused."""
     validator: Validator | None = None
     """Called after every built-in check with (TlsInfo, leaf DER); can only refuse."""
+    trust: str | tuple[str, ...] | None = None
+    """Where trust comes from: ``"system"`` (OpenSSL's default paths, ``SSL_CERT_FILE`` and
+    ``SSL_CERT_DIR`` honoured), ``"certifi"`` (the certifi package's bundle) or both, as a
+    tuple; `cafile`/`cadata` add to it. ``None`` (the default): the system store, or only
+    `cafile`/`cadata` when either is given."""
 
     def __post_init__(self) -> None:
         try:
@@ -93,6 +99,7 @@ class TlsPolicy:
                 raise PolicyError(f"TlsPolicy.{name} must be a bool")
         _check_file("cafile", self.cafile)
         _check_file("crlfile", self.crlfile)
+        object.__setattr__(self, "trust", _normalise_trust(self.trust))
         if self.cadata is not None and not isinstance(self.cadata, str | bytes):
             raise PolicyError("TlsPolicy.cadata must be PEM text (str) or DER bytes")
         if self.client_cert is not None:
@@ -225,6 +232,43 @@ def _check_file(field: str, path: object) -> None:
         raise PolicyError(f"TlsPolicy.{field} must be a path, not {type(path).__name__}")
     if not os.path.isfile(path):
         raise PolicyError(f"TlsPolicy.{field}: no such file {os.fspath(path)!r}")
+
+
+TRUST_SOURCES = ("system", "certifi")
+
+
+def _normalise_trust(trust: object) -> tuple[str, ...] | None:
+    if trust is None:
+        return None
+    sources = (trust,) if isinstance(trust, str) else trust
+    if not isinstance(sources, tuple | list) or not sources:
+        raise PolicyError(
+            "TlsPolicy.trust must be 'system', 'certifi' or a tuple of them, such as "
+            "('system', 'certifi')"
+        )
+    for source in sources:
+        if source not in TRUST_SOURCES:
+            raise PolicyError(
+                f"TlsPolicy.trust: unknown source {source!r}; use 'system', 'certifi' or both"
+            )
+    if "certifi" in sources and importlib.util.find_spec("certifi") is None:
+        raise PolicyError(
+            "TlsPolicy.trust='certifi' needs the certifi package: pip install certifi "
+            "(or pip install 'asyncsp[certifi]')"
+        )
+    return tuple(dict.fromkeys(sources))  # in order, once each
+
+
+def trust_locations(policy: TlsPolicy) -> tuple[bool, str | None]:
+    """Whether the system store is trusted, and the certifi bundle's path if it is."""
+    if policy.trust is None:
+        return policy.cafile is None and policy.cadata is None, None
+    bundle = None
+    if "certifi" in policy.trust:
+        import certifi  # checked when the policy was made
+
+        bundle = certifi.where()
+    return "system" in policy.trust, bundle
 
 
 def _normalise_pins(pins: object) -> frozenset[str]:

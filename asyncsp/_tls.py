@@ -10,6 +10,7 @@ endpoint it serves, which session to offer, and whom to tell about the result.
 
 from __future__ import annotations
 
+import _ssl
 import contextlib
 import contextvars
 import dataclasses
@@ -20,7 +21,7 @@ import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
@@ -32,7 +33,7 @@ from ._errors import (
     ProtocolNotAllowedError,
     TlsError,
 )
-from ._policy import TlsPolicy, cipher_string, version_bounds
+from ._policy import TlsPolicy, cipher_string, trust_locations, version_bounds
 from ._protocols import SecurityProtocol
 from ._system import SystemTlsConfig, system_tls_config
 
@@ -217,7 +218,27 @@ class HandshakeRefused(ssl.SSLError):
         self.error = error
 
 
-class _VerifyingSSLObject(ssl.SSLObject):
+def _standard_class(name: str) -> Any:
+    """The standard library's own ``ssl`` class, even when another library (truststore's
+    ``inject_into_ssl``) has put a wrapper in its place: asyncsp's checks live in subclasses
+    of the real ones, and a wrapper that delegates to an inner context would bypass them."""
+    for cls in getattr(ssl, name).__mro__:
+        if cls.__module__ == "ssl" and cls.__name__ == name:
+            return cls
+    raise ImportError(f"ssl.{name} is not the standard library's")  # pragma: no cover
+
+
+if TYPE_CHECKING:
+    from ssl import SSLContext as _SSLContext
+    from ssl import SSLObject as _SSLObject
+    from ssl import SSLSocket as _SSLSocket
+else:
+    _SSLContext = _standard_class("SSLContext")
+    _SSLObject = _standard_class("SSLObject")
+    _SSLSocket = _standard_class("SSLSocket")
+
+
+class _VerifyingSSLObject(_SSLObject):
     """An SSL object that refuses a connection the policy does not allow, in the handshake."""
 
     asyncsp_attempt: ConnectAttempt | None = None
@@ -248,7 +269,7 @@ class _VerifyingSSLObject(ssl.SSLObject):
             attempt.on_established(self, info, der)
 
 
-class _VerifyingSSLSocket(ssl.SSLSocket):
+class _VerifyingSSLSocket(_SSLSocket):
     """The same check for a blocking library (``http.client``, ``smtplib``, requests) that was
     handed the context: it wraps sockets with ``wrap_socket``, not ``wrap_bio``.
 
@@ -301,7 +322,7 @@ class _VerifyingSSLSocket(ssl.SSLSocket):
         return super().read(len, buffer)
 
 
-class _PolicyContext(ssl.SSLContext):
+class _PolicyContext(_SSLContext):
     """The context of one policy: offers the attempt's session and verifies every handshake."""
 
     policy: TlsPolicy
@@ -351,6 +372,16 @@ def received_close_notify(ssl_object: ssl.SSLObject) -> bool:
         return False
 
 
+def _set(ctx: ssl.SSLContext, name: str, value: Any) -> None:
+    """Set a context attribute through the C base class's own descriptor.
+
+    The standard class's setters find their class by its module-level name, which another
+    library may have replaced (truststore's ``inject_into_ssl``: each setter then recurses
+    until the stack runs out); the C descriptor does the same work, whatever ``ssl`` holds.
+    """
+    getattr(_ssl._SSLContext, name).__set__(ctx, value)
+
+
 def _build_context(policy: TlsPolicy) -> _PolicyContext:
     """The one place a context is made. Each hardening line says why."""
     ctx = _PolicyContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -365,26 +396,40 @@ def _build_context(policy: TlsPolicy) -> _PolicyContext:
     ctx.hostname_checks_common_name = False
     # Renegotiation re-runs the handshake mid-connection, after our check: a server could
     # switch certificates or suites under it (and it was the vector of CVE-2009-3555).
-    ctx.options |= ssl.OP_NO_RENEGOTIATION
-    try:
-        if policy.cafile is not None or policy.cadata is not None:
-            ctx.load_verify_locations(cafile=policy.cafile, cadata=policy.cadata)
-        elif policy.verify:
-            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    except (ssl.SSLError, ValueError, OSError) as exc:
-        raise PolicyError(f"TlsPolicy.cafile/cadata: cannot load CA certificates: {exc}") from exc
+    _set(ctx, "options", ctx.options | ssl.OP_NO_RENEGOTIATION)
+    system, bundle = trust_locations(policy)
+    for source, load in (
+        ("the system store", ctx.load_default_certs if system and policy.verify else None),
+        (
+            "certifi's bundle",
+            (lambda: ctx.load_verify_locations(cafile=bundle)) if bundle else None,
+        ),
+        (
+            "TlsPolicy.cafile/cadata",
+            (lambda: ctx.load_verify_locations(cafile=policy.cafile, cadata=policy.cadata))
+            if policy.cafile is not None or policy.cadata is not None
+            else None,
+        ),
+    ):
+        if load is None:
+            continue
+        try:
+            load()
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            raise PolicyError(f"{source}: cannot load CA certificates: {exc}") from exc
     if policy.verify:
         # What Python 3.13's create_default_context() checks, on every Python we run on:
         # RFC 5280's rules on the certificates (X509_STRICT: e.g. a CA without basic
         # constraints, a malformed key usage), and an intermediate or leaf the caller chose
         # to trust ends the chain (PARTIAL_CHAIN) instead of needing its root.
-        ctx.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+        strict = ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+        _set(ctx, "verify_flags", ctx.verify_flags | strict)
     if policy.crlfile is not None:
         try:
             ctx.load_verify_locations(cafile=policy.crlfile)
         except (ssl.SSLError, OSError) as exc:
             raise PolicyError(f"TlsPolicy.crlfile: cannot load the CRL: {exc}") from exc
-        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        _set(ctx, "verify_flags", ctx.verify_flags | ssl.VERIFY_CRL_CHECK_LEAF)
     if policy.client_cert is not None:
         certfile, keyfile = policy.client_cert
         try:
@@ -395,8 +440,8 @@ def _build_context(policy: TlsPolicy) -> _PolicyContext:
     if policy.alpn:
         ctx.set_alpn_protocols(list(policy.alpn))
     if not policy.verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
+        _set(ctx, "check_hostname", False)
+        _set(ctx, "verify_mode", ssl.CERT_NONE)
     return ctx
 
 
@@ -416,8 +461,8 @@ def _set_versions_and_ciphers(
     with warnings.catch_warnings():
         # The ssl module deprecates TLS 1.0/1.1; reaching them is what the opt-out is for.
         warnings.simplefilter("ignore", DeprecationWarning)
-        ctx.minimum_version = low
-        ctx.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED if high is None else high
+        _set(ctx, "minimum_version", low)
+        _set(ctx, "maximum_version", ssl.TLSVersion.MAXIMUM_SUPPORTED if high is None else high)
     ciphers = cipher_string(policy, system)
     ctx.set_ciphers(ciphers)  # checked when the policy was made
     if system.ciphers is None:
@@ -432,7 +477,7 @@ def _set_versions_and_ciphers(
     if shared:
         ctx.set_ciphers(":".join(shared) + f":@SECLEVEL={level}")
     elif high is None or high >= ssl.TLSVersion.TLSv1_3:
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # no older suite is left: 1.3 only
+        _set(ctx, "minimum_version", ssl.TLSVersion.TLSv1_3)  # no older suite is left
     else:
         raise PolicyError(
             f"{policy!r}: no TLS 1.2-or-older suite of the policy is in the system's list "
