@@ -9,9 +9,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohappyeyeballs
+
 from ._errors import ConnectError
 
-__all__ = ["AddressCache", "connect_socket"]
+__all__ = ["HAPPY_EYEBALLS_DELAY", "AddressCache", "connect_socket"]
 
 Address = tuple[int, tuple[Any, ...]]
 """(address family, socket address)."""
@@ -74,29 +76,40 @@ class AddressCache:
         return found
 
 
-async def connect_socket(addresses: list[Address], make_socket: SocketFactory) -> socket.socket:
+HAPPY_EYEBALLS_DELAY = 0.25
+"""Seconds before the next resolved address is tried while one is still connecting (RFC 8305
+§8's recommended "Connection Attempt Delay")."""
+
+
+async def connect_socket(
+    addresses: list[Address],
+    make_socket: SocketFactory,
+    *,
+    delay: float | None = HAPPY_EYEBALLS_DELAY,
+    interleave: int | None = None,
+) -> socket.socket:
     """A socket connected to the first of *addresses* that answers; the last error otherwise.
 
-    Each socket comes from *make_socket*: the manager's socket options, or the HTTP
-    connector's factory, which counts every socket toward its connection limit.
+    Happy Eyeballs (RFC 8305): while an attempt is still connecting, the next address is tried
+    after *delay* seconds (``None``: one at a time, each to its end), address families
+    interleaved (*interleave* addresses of one family before the next; 1 by default when
+    there is a delay), so an address that swallows SYNs costs at most *delay*, not the whole
+    connect timeout. Each socket comes from *make_socket*: the manager's socket options, or the
+    HTTP connector's factory, which counts every socket toward its connection limit; the
+    attempts that lose are closed.
     """
-    loop = asyncio.get_running_loop()
-    last: OSError | None = None
-    for address in addresses:
-        sock = make_socket(address[0])
-        try:
-            await loop.sock_connect(sock, address[1])
-        except OSError as exc:
-            sock.close()
-            last = exc
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    if last is None:
+    if not addresses:
         raise OSError("no address to connect to")
-    raise last
+    infos = [
+        (family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr)
+        for family, sockaddr in addresses
+    ]
+    return await aiohappyeyeballs.start_connection(
+        infos,
+        happy_eyeballs_delay=delay,
+        interleave=interleave,
+        socket_factory=lambda info: make_socket(info[0]),
+    )
 
 
 def _literal_address(host: str, port: int) -> list[Address] | None:
