@@ -50,7 +50,10 @@ class HttpEndpoint:
         self.retired: list[Connector] = []
         self.held = 0  # gate slots: requests in flight, and closes they wait for
         self.orphans = 0  # sockets we closed while idle that are not gone yet
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Admission order; keyed by future so a cancelled waiter leaves in O(1).
+        self._waiters: collections.OrderedDict[asyncio.Future[None], None] = (
+            collections.OrderedDict()
+        )
         self._drain_waiters: list[asyncio.Future[None]] = []  # admitted, waiting for orphans
         self._closed_error: ManagerClosedError | None = None
 
@@ -67,7 +70,7 @@ class HttpEndpoint:
             self.held += 1
             return
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self._waiters[waiter] = None
         self.wake()
         try:
             await waiter  # resolved with the slot already taken for us (see wake)
@@ -76,8 +79,7 @@ class HttpEndpoint:
                 self.give_back()  # woken and cancelled at once: pass the slot on
             raise
         finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
+            self._waiters.pop(waiter, None)
 
     def give_back(self) -> None:
         """Return a gate slot."""
@@ -91,7 +93,7 @@ class HttpEndpoint:
             if not drain_waiter.done():
                 drain_waiter.set_result(None)
         while self._waiters and self._free():
-            waiter = self._waiters.popleft()
+            waiter, _ = self._waiters.popitem(last=False)
             if not waiter.done():
                 self.held += 1
                 waiter.set_result(None)
@@ -292,7 +294,7 @@ class HttpEndpoint:
         """Fail waiters and later arrivals with *error*; close every connector."""
         self._closed_error = error
         while self._waiters:
-            waiter = self._waiters.popleft()
+            waiter, _ = self._waiters.popitem(last=False)
             if not waiter.done():
                 waiter.set_exception(error)
         for waiter in self._drain_waiters:

@@ -7,11 +7,14 @@ import socket
 
 import pytest
 import trustme
+from yarl import URL
 
 from asyncsp import ConnectionManager, SecurityProtocol
+from asyncsp._http_pool import HttpLayer
 
 from .servers import server_context, wait_until
 from .test_http_support import Trusted, WebServer, endpoint_of
+from .test_pool import run_counting_comparisons
 
 TLS12, TLS13 = SecurityProtocol.TLS12, SecurityProtocol.TLS13
 
@@ -250,3 +253,60 @@ async def test_policy_flips_under_load_keep_the_limit(https: WebServer, trusted:
         assert peak <= 3
         endpoint = endpoint_of(mgr, https.url())
         assert endpoint.retired == [] and endpoint.held == 0
+
+
+def test_gate_admission_does_not_scan_the_queue() -> None:
+    """Admitting and cancelling a waiter costs the same however many requests wait: with
+    2,000 of them a scan per admission would compare futures about two million times."""
+    waiters = 2000
+    admitted: list[int] = []
+
+    async def main() -> None:
+        async with ConnectionManager() as mgr:
+            endpoint = HttpLayer.of(mgr).endpoint(URL("http://127.0.0.1:9/"))  # never contacted
+            endpoint.sp.connection_limit = 1
+
+            async def one(n: int) -> None:
+                await endpoint.admit()
+                admitted.append(n)
+                await asyncio.sleep(0)
+                endpoint.give_back()
+
+            tasks = [asyncio.create_task(one(n)) for n in range(waiters)]
+            await asyncio.sleep(0)
+            cancelled = tasks[waiters // 2 :: 100]
+            for task in cancelled:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            assert len(admitted) == waiters - len(cancelled)
+            assert admitted == sorted(admitted)  # first come, first served
+            assert endpoint.held == 0
+
+    assert run_counting_comparisons(main) < waiters
+
+
+async def test_waiting_requests_go_in_order_and_a_cancelled_one_frees_nothing(
+    plain: WebServer, mgr: ConnectionManager
+) -> None:
+    sp = mgr.find_service_point(plain.url())
+    sp.connection_limit = 1
+    async with mgr.request("GET", plain.url("/stream")) as holder:
+        await plain.stream_started.wait()
+        endpoint = endpoint_of(mgr, plain.url())
+        tasks = []
+        for n in range(6):
+            tasks.append(asyncio.create_task(mgr.get(plain.url(), headers={"X-N": str(n)})))
+            await wait_until(lambda: len(endpoint._waiters) == len(tasks))
+        tasks[2].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[2]
+        assert len(endpoint._waiters) == 5 and endpoint.held == 1
+        plain.release_stream.set()
+        assert await holder.read() == b"first-last"
+    responses = await asyncio.wait_for(asyncio.gather(*(t for t in tasks if t is not tasks[2])), 5)
+    assert [r.status for r in responses] == [200] * 5
+    # Each freed slot went to the next request in line; none was lost to the cancelled one.
+    order = [h["X-N"] for h in plain.seen.headers if "X-N" in h]
+    assert order == ["0", "1", "3", "4", "5"]
+    assert plain.seen.peak_open == 1
+    await wait_until(lambda: endpoint.held == 0 and not endpoint._waiters)

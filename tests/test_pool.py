@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
 from asyncsp import TlsPolicy
 from asyncsp._pool import SlotPool
+
+from .servers import wait_until
 
 POLICY = TlsPolicy()
 
@@ -148,3 +152,91 @@ async def test_raising_the_limit_wakes_waiters() -> None:
     pool.set_limit(2)
     await asyncio.wait_for(waiter, 1)
     assert pool.try_reserve()
+
+
+class ComparedFuture(asyncio.Future[None]):
+    """A future that counts how often it is compared for equality: scanning a queue of
+    waiters for one of them compares it with every waiter before it."""
+
+    comparisons = 0
+
+    def __eq__(self, other: object) -> bool:
+        ComparedFuture.comparisons += 1
+        return self is other
+
+    __hash__ = asyncio.Future.__hash__
+
+
+class ComparingLoop(asyncio.SelectorEventLoop):
+    """An event loop whose futures are `ComparedFuture`s."""
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return ComparedFuture(loop=self)
+
+
+def run_counting_comparisons(main: Callable[[], Coroutine[Any, Any, None]]) -> int:
+    """Run *main* on a `ComparingLoop`; how many times its futures were compared."""
+    ComparedFuture.comparisons = 0
+    with asyncio.Runner(loop_factory=ComparingLoop) as runner:
+        runner.run(main())
+    return ComparedFuture.comparisons
+
+
+def test_admission_does_not_scan_the_queue() -> None:
+    """Each admission and each cancellation costs the same however many tasks wait: with
+    2,000 waiters a scan per admission would compare futures about two million times."""
+    waiters = 2000
+    admitted: list[int] = []
+
+    async def main() -> None:
+        pool: SlotPool[Conn] = SlotPool(1)
+
+        async def one(n: int) -> None:
+            while not pool.try_reserve():
+                await pool.wait()
+            admitted.append(n)
+            await asyncio.sleep(0)
+            pool.release()
+
+        tasks = [asyncio.create_task(one(n)) for n in range(waiters)]
+        await asyncio.sleep(0)
+        assert pool.waiting == waiters - 1
+        cancelled = tasks[waiters // 2 :: 100]
+        for task in cancelled:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert len(admitted) == waiters - len(cancelled)
+        assert pool.opened == 0 and pool.waiting == 0
+
+    assert run_counting_comparisons(main) < waiters
+
+
+async def test_fifo_order_and_a_cancellation_mid_queue_frees_nothing() -> None:
+    pool: SlotPool[Conn] = SlotPool(2)
+    assert pool.try_reserve() and pool.try_reserve()
+    order: list[int] = []
+    release: dict[int, asyncio.Event] = {n: asyncio.Event() for n in range(6)}
+
+    async def one(n: int) -> None:
+        while not pool.try_reserve():
+            await pool.wait()
+        order.append(n)
+        await release[n].wait()
+        pool.release()
+
+    tasks = [asyncio.create_task(one(n)) for n in range(6)]
+    await asyncio.sleep(0)
+    assert pool.waiting == 6
+    tasks[2].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[2]
+    assert pool.waiting == 5 and pool.opened == 2  # the cancelled waiter took no slot
+    pool.release()
+    pool.release()  # the two holders go: the first two waiters come in, in order
+    await wait_until(lambda: order == [0, 1])
+    for n in (0, 1, 3, 4, 5):
+        release[n].set()
+    await asyncio.wait_for(asyncio.gather(*(t for t in tasks if t is not tasks[2])), 5)
+    # Every freed slot woke the next waiter in line; the cancelled one lost no wake-up.
+    assert order == [0, 1, 3, 4, 5]
+    assert pool.opened == 0 and pool.waiting == 0
