@@ -38,6 +38,14 @@ from ._errors import (
     TlsError,
     UnexpectedPlaintextError,
 )
+from ._events import (
+    ConnectionClosed,
+    ConnectionOpened,
+    HandshakeFailed,
+    HandshakeFinished,
+    SlotWaited,
+    TraceEvent,
+)
 from ._ftp import FtpClient, FtpEntry
 from ._http import Response, ResponseContent
 from ._manager import ConnectionManager, ServicePointLimitError
@@ -57,8 +65,10 @@ __all__ = [
     "BodyTooLargeError",
     "CertificateVerificationError",
     "ConnectError",
+    "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionManager",
+    "ConnectionOpened",
     "Defaults",
     "Endpoint",
     "FtpArgumentError",
@@ -67,6 +77,8 @@ __all__ = [
     "FtpError",
     "FtpProtocolError",
     "FtpReplyError",
+    "HandshakeFailed",
+    "HandshakeFinished",
     "HttpArgumentError",
     "HttpError",
     "InsecurePolicyWarning",
@@ -85,6 +97,7 @@ __all__ = [
     "ServicePoint",
     "ServicePointLimitError",
     "ServicePointStats",
+    "SlotWaited",
     "SmtpArgumentError",
     "SmtpClient",
     "SmtpError",
@@ -100,6 +113,7 @@ __all__ = [
     "TlsError",
     "TlsInfo",
     "TlsPolicy",
+    "TraceEvent",
     "UnexpectedPlaintextError",
     "__version__",
     "defaults",

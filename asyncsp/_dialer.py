@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._endpoint import normalise_host
-from ._errors import ConnectError, ManagerClosedError, UnexpectedPlaintextError
+from ._errors import AsyncspError, ConnectError, ManagerClosedError, UnexpectedPlaintextError
+from ._events import ConnectionOpened, HandshakeFailed, HandshakeFinished
 from ._policy import TlsPolicy
 from ._resolve import AddressCache, connect_socket, peer_address
 from ._sessions import SessionCache
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
     from ._servicepoint import ServicePoint
 
 __all__ = ["Dialer"]
+
+TLS_LOG = logging.getLogger("asyncsp.tls")
+POOL_LOG = logging.getLogger("asyncsp.pool")
 
 
 class Dialer:
@@ -136,6 +141,7 @@ class Dialer:
             except OSError as exc:  # builtins.TimeoutError included
                 raise_connect_error(exc, sp.address, during_tls=False, timeout=timeout)
             sp.stats.connections_opened += 1
+            self._report_opened(sock)
             protocol = StreamProtocol(high_water=max(2 * line_limit, 256 * 1024))
             try:
                 with connect_attempt(self.attempt(policy, hostname, context, session)):
@@ -150,9 +156,10 @@ class Dialer:
             except BaseException as exc:
                 sock.close()
                 if isinstance(exc, Exception):
-                    raise_connect_error(
-                        exc, sp.address, during_tls=True, timeout=timeout, policy=policy
-                    )
+                    with self._reporting_refusal(policy):
+                        raise_connect_error(
+                            exc, sp.address, during_tls=True, timeout=timeout, policy=policy
+                        )
                 raise
             stream = Stream(
                 service_point=sp,
@@ -209,9 +216,10 @@ class Dialer:
                     endpoint=address,
                 ) from exc
             if isinstance(exc, Exception):
-                raise_connect_error(
-                    exc, address, during_tls=True, timeout=stream.timeout, policy=stream.policy
-                )
+                with self._reporting_refusal(stream.policy):
+                    raise_connect_error(
+                        exc, address, during_tls=True, timeout=stream.timeout, policy=stream.policy
+                    )
             raise
         if transport is None:  # pragma: no cover - start_tls returns None only when closing
             stream.abort()
@@ -245,6 +253,24 @@ class Dialer:
             on_established=self._on_established,
         )
 
+    def _report_opened(self, sock: socket.socket) -> None:
+        try:
+            peer: tuple[str, int] | None = sock.getpeername()[:2]
+        except OSError:
+            peer = None
+        event = ConnectionOpened(endpoint=self._sp.address, peer=peer)
+        self._sp.manager.tracer.emit(event, POOL_LOG, f"connection opened to {peer}")
+
+    @contextlib.contextmanager
+    def _reporting_refusal(self, policy: TlsPolicy) -> Iterator[None]:
+        """Report the asyncsp error raised inside as a refused handshake, and let it go on."""
+        try:
+            yield
+        except AsyncspError as error:
+            event = HandshakeFailed(endpoint=self._sp.address, error=error, policy=policy)
+            self._sp.manager.tracer.emit(event, TLS_LOG, f"TLS refused under {policy!r}: {error}")
+            raise
+
     def _on_established(self, ssl_object: ssl.SSLObject, info: TlsInfo, der: bytes | None) -> None:
         stats = self._sp.stats
         if info.session_reused:
@@ -254,6 +280,15 @@ class Dialer:
         stats.versions[info.version] = stats.versions.get(info.version, 0) + 1
         if der is not None:
             self._sp.certificate = der
+        policy = getattr(ssl_object.context, "policy", None)
+        if isinstance(policy, TlsPolicy):
+            event = HandshakeFinished(endpoint=self._sp.address, tls=info, policy=policy)
+            self._sp.manager.tracer.emit(
+                event,
+                TLS_LOG,
+                f"{info.version} {info.cipher}, "
+                f"{'resumed' if info.session_reused else 'full handshake'}, under {policy!r}",
+            )
 
     def remember_stream_session(self, stream: Stream) -> None:
         """Keep *stream*'s TLS session for the next connection under the same policy and name."""

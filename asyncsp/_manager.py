@@ -6,7 +6,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,6 +19,7 @@ from ._defaults import (
 )
 from ._endpoint import Endpoint, normalise_host
 from ._errors import AsyncspError, ManagerClosedError
+from ._events import TraceHook, Tracer
 from ._http import Response
 from ._policy import TlsPolicy
 from ._protocols import SecurityProtocol
@@ -68,6 +69,7 @@ class ConnectionManager:
         tcp_nodelay: bool = True,
         tcp_keepalive: tuple[float, float] | None = None,
         local_address: str | None = None,
+        trace: Sequence[TraceHook] = (),
     ) -> None:
         # What __repr__ reads comes first: a manager whose making failed still shows in a
         # traceback.
@@ -128,6 +130,16 @@ class ConnectionManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing: asyncio.Future[None] | None = None
         self._closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self.tracer = Tracer(tuple(trace))
+        """Where every layer reports its events (the hooks, and the DEBUG log)."""
+
+    def add_trace(self, hook: TraceHook) -> None:
+        """Deliver every later event of this manager (`asyncsp.TraceEvent`) to *hook*.
+
+        Hooks are plain callables run in the event loop: they must not block. One that
+        raises is logged and never breaks a connection.
+        """
+        self.tracer.add(hook)
 
     # -- settings --------------------------------------------------------------------------
 

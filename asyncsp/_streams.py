@@ -12,6 +12,7 @@ import asyncio
 import builtins
 import collections
 import contextlib
+import logging
 import socket
 import ssl
 import struct
@@ -27,6 +28,7 @@ from ._errors import (
     TimeoutError,
     TlsError,
 )
+from ._events import ConnectionClosed
 from ._policy import TlsPolicy
 from ._tls import TlsInfo, established_info, received_close_notify
 
@@ -43,6 +45,9 @@ _CLOSE_TIMEOUT = 2.0
 T = TypeVar("T")
 _LINGER_RESET = struct.pack("ii", 1, 0)
 """``SO_LINGER`` on, zero seconds: closing the socket sends RST."""
+
+
+POOL_LOG = logging.getLogger("asyncsp.pool")
 
 
 def _abort(transport: asyncio.Transport, protocol: StreamProtocol) -> None:
@@ -439,8 +444,13 @@ class Stream:
         except Exception:  # the peer never acknowledged our close (a timeout included): abort
             _abort(transport, self._protocol)
         finally:
+            self._report_closed("closed")
             self._on_close(self)
         await self.wait_closed()
+
+    def _report_closed(self, reason: str) -> None:
+        event = ConnectionClosed(endpoint=self.endpoint, reason=reason)
+        self._service_point.manager.tracer.emit(event, POOL_LOG, f"connection {reason}")
 
     def abort(self, *, by_manager: bool = False) -> None:
         """Close at once with a TCP reset (no close_notify, no FIN); free the slot. The socket
@@ -451,6 +461,7 @@ class Stream:
             _abort(self._transport, self._protocol)
         if not self._closed:
             self._closed = True
+            self._report_closed("closed by the manager" if by_manager else "aborted")
             self._on_close(self)
 
     @property
