@@ -1,9 +1,9 @@
 """Every private aiohttp member asyncsp relies on, named once, with the shape it relies on.
 
-pyproject allows aiohttp >=3.12,<3.15 and CI runs this file against the oldest and the newest
-release in that range. An aiohttp release that renames, moves or reshapes one of these fails
-here, by name, before anything subtler breaks; and a new reach into aiohttp's private members
-from asyncsp fails here until it is added to `PRIVATE_MEMBERS` with a check of its shape.
+CI runs this file against the oldest and the newest aiohttp release pyproject allows. A release
+that renames, moves or reshapes one of these fails here, by name, before anything subtler
+breaks; and a new reach into aiohttp's private members from asyncsp fails here until it is
+added to `PRIVATE_MEMBERS` with a check of its shape.
 """
 
 from __future__ import annotations
