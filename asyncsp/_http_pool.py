@@ -56,6 +56,7 @@ class HttpEndpoint:
         )
         self._drain_waiters: list[asyncio.Future[None]] = []  # admitted, waiting for orphans
         self._closed_error: ManagerClosedError | None = None
+        self.keys: list[tuple[str, str, int]] = []  # its entries in the layer's table
 
     # -- the gate --------------------------------------------------------------------------
 
@@ -291,8 +292,10 @@ class HttpEndpoint:
                 connector.close_idle()
 
     def close(self, error: ManagerClosedError) -> None:
-        """Fail waiters and later arrivals with *error*; close every connector."""
+        """Fail waiters and later arrivals with *error*; close every connector; leave the
+        layer's table (the service point was dropped, or the manager closed)."""
         self._closed_error = error
+        self.layer.forget(self)
         while self._waiters:
             waiter, _ = self._waiters.popitem(last=False)
             if not waiter.done():
@@ -316,8 +319,9 @@ class HttpLayer:
     def __init__(self, manager: ConnectionManager) -> None:
         self.manager = manager
         self.closed = False
+        # The endpoints of live service points only: each leaves as its point is dropped
+        # (HttpEndpoint.close), so a table entry is always the current one.
         self._endpoints: dict[tuple[str, str, int], HttpEndpoint] = {}
-        self._all: list[HttpEndpoint] = []
         manager._add_closer(self.aclose)
 
     @classmethod
@@ -340,12 +344,9 @@ class HttpLayer:
         assert host is not None and port is not None
         key = (scheme, host, port)
         endpoint = self._endpoints.get(key)
-        manager = self.manager
-        if endpoint is not None and (
-            not manager.max_service_points
-            or manager._service_points.get((endpoint.sp.endpoint, endpoint.sp.proxy)) is endpoint.sp
-        ):
+        if endpoint is not None:
             return endpoint
+        manager = self.manager
         # The one place a request's route is decided: the proxy (or none) is part of the
         # service point's identity, so a through-proxy endpoint has its own limits and stats.
         netloc = f"[{host}]" if ":" in host else host
@@ -356,16 +357,17 @@ class HttpLayer:
         if not isinstance(endpoint, HttpEndpoint):
             endpoint = HttpEndpoint(self, sp, route)
             sp.layer_state[_LAYER_KEY] = endpoint
-            self._all.append(endpoint)
-        previous = self._endpoints.get(key)
-        if previous is not None and previous is not endpoint:
-            # Its service point was dropped, idle (max_service_points): free its sockets too.
-            address = previous.sp.address
-            previous.close(
-                ManagerClosedError(f"the service point {address} was dropped", endpoint=address)
-            )
+        # One endpoint may be spelt several ways in URLs (a trailing dot, another case).
         self._endpoints[key] = endpoint
+        endpoint.keys.append(key)
         return endpoint
+
+    def forget(self, endpoint: HttpEndpoint) -> None:
+        """Drop *endpoint*'s entries from the table (its service point is gone)."""
+        for key in endpoint.keys:
+            if self._endpoints.get(key) is endpoint:
+                del self._endpoints[key]
+        endpoint.keys.clear()
 
     def _closed_error(self, address: str) -> ManagerClosedError:
         return ManagerClosedError(
@@ -376,6 +378,10 @@ class HttpLayer:
     async def aclose(self) -> None:
         """Stop every exchange and close every connection (called by ``manager.aclose``)."""
         self.closed = True
-        for endpoint in self._all:
-            endpoint.close(self._closed_error(endpoint.sp.address))
+        # The service points have just shut their endpoints down (and left this table); each
+        # endpoint's error now says why a request was stopped.
+        for sp in self.manager.service_points:
+            endpoint = sp.layer_state.get(_LAYER_KEY)
+            if isinstance(endpoint, HttpEndpoint):
+                endpoint.close(self._closed_error(sp.address))
         # Each endpoint spawned its connectors' closes; the manager waits for those tasks.

@@ -261,13 +261,18 @@ class ConnectionManager:
         for key, sp in self._service_points.items():
             if sp.is_idle:
                 del self._service_points[key]
-                for conn in sp._shutdown():
-                    self._spawn(close_quietly(conn))
+                self._drop(sp)
                 return
         raise ServicePointLimitError(
             f"max_service_points={self.max_service_points} reached and every service point is "
             "in use; raise the limit or close connections first"
         )
+
+    def _drop(self, sp: ServicePoint) -> None:
+        # Its layers forget it too (the HTTP connector and session): nothing keeps it alive
+        # once its last connection is closed.
+        for conn in sp._shutdown():
+            self._spawn(close_quietly(conn))
 
     def _used(self, sp: ServicePoint) -> None:
         if self._closed:  # nothing is evicted any more, and `aclose` walks the registry
