@@ -104,8 +104,11 @@ class HttpEndpoint:
             self.orphans -= 1
         self.held -= ticket.held_slots
         ticket.held_slots = 0
-        self.sp._extra_connections -= 1
+        sp = self.sp
+        sp._extra_connections -= 1
         self.wake()
+        if sp._extra_connections == 0:
+            sp._watch_idle()
 
     # -- the life of a request -------------------------------------------------------------
 

@@ -248,13 +248,15 @@ class ConnectionManager:
                 self._evict_service_point()
             sp = ServicePoint(self, endpoint, proxy=proxy)
             self._service_points[key] = sp
+            sp._watch_idle()  # a point looked up and never used goes too
         else:
             self._service_points.move_to_end(key)
         return sp
 
     @property
     def service_points(self) -> list[ServicePoint]:
-        """Every service point, least recently used first."""
+        """The live service points, least recently used first (idle ones leave after their
+        ``max_idle_time``; see `ServicePoint`)."""
         return list(self._service_points.values())
 
     def _evict_service_point(self) -> None:
@@ -267,6 +269,13 @@ class ConnectionManager:
             f"max_service_points={self.max_service_points} reached and every service point is "
             "in use; raise the limit or close connections first"
         )
+
+    def _reclaim(self, sp: ServicePoint) -> None:
+        """Remove a service point that stayed idle, with nothing open, for its idle time."""
+        key = (sp.endpoint, sp.proxy)
+        if self._service_points.get(key) is sp:
+            del self._service_points[key]
+        self._drop(sp)
 
     def _drop(self, sp: ServicePoint) -> None:
         # Its layers forget it too (the HTTP connector and session): nothing keeps it alive

@@ -1,5 +1,8 @@
 """`ServicePoint`: one endpoint's settings, pool, idle reaping, shutdown and statistics.
 
+Everything about when a service point's connections and the service point itself are idle,
+reaped and reclaimed lives here; the manager only removes a point it is told to.
+
 Connections are made by its `Dialer` (`asyncsp._dialer`), the one code path for connect,
 handshake, verification and TLS sessions that HTTP, SMTP, FTP and raw streams share; the
 service point decides when a new one is needed and keeps it once it is made.
@@ -56,6 +59,14 @@ class ServicePoint:
     Made by `ConnectionManager.find_service_point`, never directly. Its limit and times start
     from the manager's values when it is made and can then be set per endpoint; its `policy`
     follows the manager live unless overridden here.
+
+    A service point with no connection open, nothing in flight or waiting, and no use for its
+    `max_idle_time` leaves the manager with everything it holds (pool, HTTP connector and
+    session, TLS sessions, resolved addresses, statistics); `find_service_point` then makes a
+    fresh one from the manager's settings. One whose settings were set here (the limit, a
+    time or the policy) is kept instead, so a setting never silently reverts; only
+    ``max_service_points`` or the manager's close removes it. A reference kept to a reclaimed
+    point still reads its last state, but no request goes through it any more.
     """
 
     def __init__(
@@ -73,7 +84,11 @@ class ServicePoint:
         self._extra_busy = 0  # exchanges in flight on connections not counted by the pool
         self._extra_connections = 0  # sockets owned by a protocol layer's own pool (HTTP)
         self._idle_since: datetime.datetime | None = _utcnow()
+        self._idle_at = time.monotonic()  # _idle_since on the loop's clock
         self._reaper: asyncio.TimerHandle | None = None
+        self._reclaimer: asyncio.TimerHandle | None = None
+        self._own_settings = False  # set here by the user: never reclaimed (see the docstring)
+        self._detached = False  # shut down: dropped by the manager, or the manager closed
         self.layer_state: dict[str, Any] = {}
         """Per-protocol state a layer keeps here (the HTTP connector, for one)."""
         self.stats = ServicePointStats()
@@ -125,6 +140,7 @@ class ServicePoint:
     @connection_limit.setter
     def connection_limit(self, value: int) -> None:
         self._pool.set_limit(check_limit("connection_limit", value))
+        self._own_settings = True
 
     @property
     def max_idle_time(self) -> float:
@@ -134,6 +150,7 @@ class ServicePoint:
     @max_idle_time.setter
     def max_idle_time(self, value: float) -> None:
         self._max_idle_time = check_seconds("max_idle_time", value)
+        self._own_settings = True
         self._schedule_reaper()
 
     @property
@@ -144,6 +161,7 @@ class ServicePoint:
     @connection_lease_timeout.setter
     def connection_lease_timeout(self, value: float | None) -> None:
         self._lease_timeout = check_optional_seconds("connection_lease_timeout", value)
+        self._own_settings = True
         self._schedule_reaper()
 
     @property
@@ -154,6 +172,7 @@ class ServicePoint:
     @dns_refresh_timeout.setter
     def dns_refresh_timeout(self, value: float) -> None:
         self.dialer.addresses.refresh = check_seconds("dns_refresh_timeout", value)
+        self._own_settings = True
         self.dialer.addresses.invalidate()
 
     @property
@@ -166,6 +185,7 @@ class ServicePoint:
         if value is not None and not isinstance(value, TlsPolicy):
             raise TypeError(f"policy must be a TlsPolicy or None, not {type(value).__name__}")
         self._policy_override = value
+        self._own_settings = True
 
     # -- state -----------------------------------------------------------------------------
 
@@ -187,6 +207,8 @@ class ServicePoint:
         if self.is_idle:
             if self._idle_since is None:
                 self._idle_since = _utcnow()
+                self._idle_at = time.monotonic()
+            self._watch_idle()
         else:
             self._idle_since = None
         self._manager._used(self)
@@ -357,6 +379,7 @@ class ServicePoint:
 
     def _side_stream_closed(self, stream: Stream) -> None:
         self._active.discard(stream)
+        self._watch_idle()
 
     # -- idle reaping and shutdown ---------------------------------------------------------
 
@@ -377,11 +400,49 @@ class ServicePoint:
             self._manager._spawn(close_quietly(conn))
         self._schedule_reaper()
 
+    def _reclaimable(self) -> bool:
+        """Nothing open, in flight or waiting, no setting of its own, still in the manager."""
+        return (
+            self._pool.opened + self._extra_connections == 0
+            and self.is_idle
+            and not self._active
+            and not self._own_settings
+            and not self._detached
+            and not self._manager.closed
+        )
+
+    def _watch_idle(self) -> None:
+        """Arm the reclaim timer once the point may be reclaimed (each path that can make it
+        so calls this: the end of a use, the close of a connection).
+
+        The timer is armed once, not at every use: when it fires it looks again, and arms
+        itself for the new deadline if the point was used meanwhile.
+        """
+        if self._reclaimer is not None or not self._reclaimable():
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop: armed at the first use
+            loop = asyncio.get_running_loop()
+            due = self._idle_at + self._max_idle_time
+            self._reclaimer = loop.call_at(due + _REAP_SLACK, self._reclaim_if_due)
+
+    def _reclaim_if_due(self) -> None:
+        self._reclaimer = None
+        if not self._reclaimable():
+            return  # in use again: its next idle moment arms the timer anew
+        if time.monotonic() < self._idle_at + self._max_idle_time:
+            self._watch_idle()  # used and idle again since the timer was armed
+            return
+        self._manager._reclaim(self)
+
     def _shutdown(self) -> list[Any]:
         """Fail waiters, abort streams in use; return idle connections for the caller to close."""
+        self._detached = True
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
+        if self._reclaimer is not None:
+            self._reclaimer.cancel()
+            self._reclaimer = None
         endpoint = self.address
         idle = self._pool.close(
             lambda: ManagerClosedError(

@@ -268,3 +268,15 @@ async def test_aclose_cuts_off_a_goodbye_that_outlasts_the_grace(
         assert pending(asyncio.all_tasks() - before) == []
         assert server.sockets.connected() == 0
         assert b"QUIT\r\n" in server.received
+
+
+async def test_an_idle_point_leaves_after_its_idle_time_unless_it_has_settings_of_its_own() -> None:
+    async with ConnectionManager(max_idle_time=0.05) as mgr:
+        unused = mgr.find_service_point("https://a.test")
+        kept = mgr.find_service_point("https://b.test")
+        kept.policy = TlsPolicy(resume_sessions=False)
+        await wait_until(lambda: unused not in mgr.service_points)
+        assert mgr.service_points == [kept]
+        fresh = mgr.find_service_point("https://a.test")
+        assert fresh is not unused and fresh.address == unused.address
+        assert mgr.find_service_point("https://b.test").policy == kept.policy

@@ -1,4 +1,4 @@
-"""Scale: ``max_service_points`` bounds HTTP too.
+"""Scale: memory follows the endpoints in use; ``max_service_points`` bounds HTTP too.
 
 A crawler-like client reaches hundreds of distinct loopback endpoints served by one
 `LoopbackFarm`; what the manager keeps afterwards is counted with weak references.
@@ -131,6 +131,69 @@ async def crawl(jobs: list[Callable[[], Awaitable[None]]], concurrency: int = 50
 def alive(refs: list[weakref.ref[Any]]) -> int:
     gc.collect()
     return sum(1 for ref in refs if ref() is not None)
+
+
+async def test_a_crawl_leaves_no_service_point_after_the_idle_time() -> None:
+    """HTTP and raw-stream endpoints alike: once idle for ``max_idle_time`` with their
+    connections closed, every service point leaves, with its connector and session."""
+    idle = 0.3
+    async with LoopbackFarm(600) as served, ConnectionManager(max_idle_time=idle) as mgr:
+        http = served.urls()[:400]
+        streams = served.endpoints[400:]
+        connectors: list[weakref.ref[Any]] = []
+
+        def get(url: str) -> Callable[[], Awaitable[None]]:
+            async def job() -> None:
+                response = await mgr.get(url, timeout=10)
+                assert response.status == 200
+                connector = endpoint_of(mgr, url).current
+                assert connector is not None
+                connectors.append(weakref.ref(connector.aiohttp_connector))
+
+            return job
+
+        def talk(host: str, port: int) -> Callable[[], Awaitable[None]]:
+            async def job() -> None:
+                async with mgr.open_stream(host, port, timeout=10) as stream:
+                    stream.write(REQUEST)
+                    assert (await stream.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+                    assert await stream.readexactly(2) == b"ok"
+
+            return job
+
+        await crawl([get(url) for url in http] + [talk(h, p) for h, p in streams])
+        points = [weakref.ref(sp) for sp in mgr.service_points]
+        assert len(points) == 600
+        # Idle keep-alive connections close after the idle time, then their points go.
+        await wait_until(lambda: not mgr.service_points, 20)
+        await wait_until(lambda: alive(points) == 0 and alive(connectors) == 0, 5)
+        # A later request makes a fresh point, from the manager's settings.
+        again = mgr.find_service_point(http[0])
+        assert again.stats.requests == 0 and again.max_idle_time == idle
+        assert (await mgr.get(http[0], timeout=10)).status == 200
+        assert again.stats.requests == 1
+
+
+async def test_a_point_in_use_or_with_settings_of_its_own_stays() -> None:
+    idle = 0.2
+    async with LoopbackFarm(3) as served, ConnectionManager(max_idle_time=idle) as mgr:
+        host_a, port_a = served.endpoints[0]
+        _, plain, own = served.urls()
+        await mgr.get(plain, timeout=10)
+        await mgr.get(own, timeout=10)
+        sp_own = mgr.find_service_point(own)
+        sp_own.connection_limit = 3
+        sp_plain = mgr.find_service_point(plain)
+        async with mgr.open_stream(host_a, port_a, timeout=10) as held:
+            busy = held.service_point
+            # The unused point going shows the idle time has passed for the others too.
+            await wait_until(lambda: sp_plain not in mgr.service_points, 10)
+            assert busy in mgr.service_points  # a stream is open on it
+            assert sp_own in mgr.service_points  # its limit was set here
+        await wait_until(lambda: busy not in mgr.service_points, 10)
+        assert mgr.service_points == [sp_own]
+        assert mgr.find_service_point(own) is sp_own and sp_own.connection_limit == 3
+        assert mgr.find_service_point(plain) is not sp_plain
 
 
 async def test_a_bounded_manager_keeps_no_evicted_http_endpoint_alive() -> None:
