@@ -1,0 +1,367 @@
+"""Scale: slot waits under deep queues, and the memory a crawl leaves behind, against aiohttp.
+
+Two measurements, asyncsp and plain aiohttp in the same run:
+
+1. **Slot waits.** W tasks (1,000, 5,000, 20,000 by default) each send one GET through a
+   connection limit of 10 to one loopback server; with W - 10 of them queued, the cost of
+   each admission shows as time per request. The clients take turns within each round (in a
+   rotating order); per request it prints wall time and this process's CPU time (the server
+   is another process). Flat as W grows is the goal, within 1.2x of aiohttp.
+2. **Retained memory per endpoint.** A crawl GETs one page from each of N distinct loopback
+   endpoints (2,000 by default), then waits twice the idle time (``max_idle_time`` for
+   asyncsp, the connector's ``keepalive_timeout`` for aiohttp) plus a second. Each client
+   crawls in a fresh child process, measured with ``tracemalloc`` (Python allocations) and a
+   count of live objects: baseline, after the crawl and after the idle time, per endpoint.
+
+The server answers every 127.x.y.z address from one socket tied to the loopback device
+(``SO_BINDTODEVICE lo``, Linux 5.7+ without privileges), so the endpoints differ by host; where
+that is refused, the crawl uses one listening port per endpoint on 127.0.0.1 instead.
+
+    python benchmarks/scale.py [--rounds 3] [--waiters 1000 5000 20000] [--endpoints 2000]
+                               [--idle 2] [--concurrency 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import aiohttp
+
+from asyncsp import ConnectionManager, ServicePoint
+
+LIMIT = 10
+"""The connection limit every slot-wait run goes through."""
+_START_TIMEOUT = 30.0
+"""Seconds the child server gets to print where it listens."""
+_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
+    b"Connection: keep-alive\r\n\r\nok"
+)
+_END_OF_HEAD = b"\r\n\r\n"
+_MAX_HEAD = 64 * 1024
+
+Get = Callable[[str], Awaitable[int]]
+
+
+# -- the server, in a child process -------------------------------------------------------
+
+
+class _Answer(asyncio.Protocol):
+    """Answers every request head with the same small response, keeping the connection."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self._transport is not None
+        buffer = self._buffer + data
+        answers = buffer.count(_END_OF_HEAD)
+        if answers:
+            self._transport.write(_ANSWER * answers)
+            buffer = buffer[buffer.rindex(_END_OF_HEAD) + len(_END_OF_HEAD) :]
+        if len(buffer) > _MAX_HEAD:
+            self._transport.close()
+        self._buffer = buffer
+
+
+def _loopback_only_socket() -> socket.socket | None:
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+        sock.bind(("0.0.0.0", 0))  # tied to lo above: loopback only
+        sock.listen(4096)
+    except (OSError, AttributeError):
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock
+
+
+async def _serve(ports: int) -> None:
+    """Print ``HOSTS <port>`` (every 127.x.y.z answers) or ``PORTS <p1,p2,...>`` (127.0.0.1),
+    then serve until stdin closes."""
+    loop = asyncio.get_running_loop()
+    servers = []
+    shared = _loopback_only_socket()
+    if shared is not None:
+        servers.append(await loop.create_server(_Answer, sock=shared))
+        print(f"HOSTS {shared.getsockname()[1]}", flush=True)
+    else:
+        for _ in range(ports):
+            servers.append(await loop.create_server(_Answer, "127.0.0.1", 0, backlog=1024))
+        listening = [str(s.sockets[0].getsockname()[1]) for s in servers]
+        print(f"PORTS {','.join(listening)}", flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)
+    for server in servers:
+        server.close()
+
+
+@contextlib.contextmanager
+def server(ports: int) -> Iterator[list[tuple[str, int]]]:
+    """Start the loopback server in its own process; yield up to *ports* endpoints."""
+    command = [sys.executable, __file__, "--serve", str(ports)]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        kind, _, rest = line.strip().partition(" ")
+        if kind == "HOSTS":
+            port = int(rest)
+            yield [(f"127.0.{1 + i // 250}.{1 + i % 250}", port) for i in range(ports)]
+        elif kind == "PORTS":
+            yield [("127.0.0.1", int(p)) for p in rest.split(",")]
+        else:
+            raise RuntimeError(f"the benchmark server did not start: {line!r}")
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _more_descriptors() -> None:
+    """Room for a crawl's sockets (one per endpoint while idle, at both ends)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+
+
+# -- the clients --------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def asyncsp_client(limit: int, idle: float) -> AsyncIterator[Get]:
+    async with ConnectionManager(default_connection_limit=limit, max_idle_time=idle) as mgr:
+
+        async def get(url: str) -> int:
+            response = await mgr.get(url)
+            return len(await response.read())
+
+        yield get
+
+
+@contextlib.asynccontextmanager
+async def aiohttp_client(limit: int, idle: float) -> AsyncIterator[Get]:
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=limit, keepalive_timeout=idle)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def get(url: str) -> int:
+            async with session.get(url) as response:
+                return len(await response.read())
+
+        yield get
+
+
+CLIENTS = {"asyncsp": asyncsp_client, "aiohttp": aiohttp_client}
+
+
+# -- 1. slot waits ------------------------------------------------------------------------
+
+
+async def slot_waits(client: str, url: str, waiters: int) -> tuple[float, float]:
+    """Wall and CPU µs per request for *waiters* concurrent GETs through a limit of 10."""
+    async with CLIENTS[client](LIMIT, 60.0) as get:
+        await asyncio.gather(*(get(url) for _ in range(LIMIT)))  # warm: the connections
+        start, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(get(url) for _ in range(waiters)))
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return wall / waiters * 1e6, cpu / waiters * 1e6
+
+
+async def run_slot_waits(url: str, args: argparse.Namespace) -> None:
+    names = list(CLIENTS)
+    wall: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[tuple[str, int], list[float]] = {}
+    for round_no in range(args.rounds):
+        order = names[round_no % len(names) :] + names[: round_no % len(names)]
+        for waiters in args.waiters:
+            for name in order:
+                per_request, per_request_cpu = await slot_waits(name, url, waiters)
+                wall.setdefault((name, waiters), []).append(per_request)
+                cpu.setdefault((name, waiters), []).append(per_request_cpu)
+        print(f"  round {round_no + 1} of {args.rounds} done", flush=True)
+    print(f"\nSlot waits: W tasks, one GET each, through connection_limit={LIMIT}")
+    print("  (µs per request, median over rounds, min-max; CPU is this process's)")
+    print(f"  {'W':>6}  {'asyncsp':>18}  {'aiohttp':>18}  {'ratio':>5}  CPU asyncsp / aiohttp")
+    for waiters in args.waiters:
+        a, b = wall[("asyncsp", waiters)], wall[("aiohttp", waiters)]
+        ca, cb = cpu[("asyncsp", waiters)], cpu[("aiohttp", waiters)]
+        ratios = [x / y for x, y in zip(a, b, strict=True)]
+        print(
+            f"  {waiters:>6}  {_spread(a):>18}  {_spread(b):>18}  "
+            f"{statistics.median(ratios):5.2f}  "
+            f"{statistics.median(ca):.0f} / {statistics.median(cb):.0f}"
+        )
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
+
+
+# -- 2. retained memory after a crawl -----------------------------------------------------
+
+
+def _live(kind: type) -> int:
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, kind))
+
+
+def _snapshot() -> dict[str, int]:
+    gc.collect()
+    return {
+        "bytes": tracemalloc.get_traced_memory()[0],
+        "objects": len(gc.get_objects()),
+        "service_points": _live(ServicePoint),
+        "connectors": _live(aiohttp.TCPConnector),
+        "sessions": _live(aiohttp.ClientSession),
+    }
+
+
+async def crawl(
+    client: str, endpoints: list[tuple[str, int]], idle: float, concurrency: int
+) -> None:
+    """One crawl (in a child process): print a JSON line of snapshots."""
+    urls = [f"http://{host}:{port}/" for host, port in endpoints]
+    gate = asyncio.Semaphore(concurrency)
+    failures = 0
+
+    async with CLIENTS[client](LIMIT, idle) as get:
+
+        async def one(url: str) -> None:
+            nonlocal failures
+            async with gate:
+                try:
+                    await get(url)
+                except Exception:
+                    failures += 1
+
+        await get(urls[0])  # warm: imports, caches, the first connector
+        tracemalloc.start()
+        baseline = _snapshot()
+        start = time.perf_counter()
+        await asyncio.gather(*(one(url) for url in urls[1:]))
+        took = time.perf_counter() - start
+        crawled = _snapshot()
+        await asyncio.sleep(2 * idle + 1.0)  # what is measured is the state after this time
+        rested = _snapshot()
+        tracemalloc.stop()
+    result = {
+        "client": client,
+        "endpoints": len(urls) - 1,
+        "failures": failures,
+        "seconds": took,
+        "baseline": baseline,
+        "crawled": crawled,
+        "rested": rested,
+    }
+    print(json.dumps(result), flush=True)
+
+
+def run_crawl(
+    client: str, endpoints: list[tuple[str, int]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Crawl in a fresh child process (the endpoints go through its stdin); its snapshots."""
+    command = [
+        sys.executable,
+        __file__,
+        "--crawl-child",
+        client,
+        "--idle",
+        str(args.idle),
+        "--concurrency",
+        str(args.concurrency),
+    ]
+    budget = 120.0 + 2 * args.idle
+    done = subprocess.run(
+        command,
+        input=json.dumps(endpoints),
+        capture_output=True,
+        text=True,
+        timeout=budget,
+        check=False,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"the {client} crawl failed: {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def report_crawl(results: list[dict[str, Any]], idle: float) -> None:
+    print(f"\nRetained after a crawl, per endpoint (idle time {idle} s; Python allocations)")
+    header = "after crawl", f"after {2 * idle + 1:.0f} s idle", "live points/connectors/sessions"
+    print(f"  {'':8} {'endpoints':>9} {header[0]:>12} {header[1]:>14}   {header[2]}")
+    for result in results:
+        n = result["endpoints"]
+        base, crawled, rested = result["baseline"], result["crawled"], result["rested"]
+        after = (crawled["bytes"] - base["bytes"]) / n / 1024
+        rest = (rested["bytes"] - base["bytes"]) / n / 1024
+        counts = "/".join(str(rested[k]) for k in ("service_points", "connectors", "sessions"))
+        crawled_counts = "/".join(
+            str(crawled[k]) for k in ("service_points", "connectors", "sessions")
+        )
+        print(
+            f"  {result['client']:8} {n:>9} {after:>9.2f} KB {rest:>11.2f} KB   "
+            f"{crawled_counts} -> {counts}   (crawl {result['seconds']:.1f} s, "
+            f"{result['failures']} failed; objects {crawled['objects'] - base['objects']:+} "
+            f"-> {rested['objects'] - base['objects']:+})"
+        )
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--waiters", type=int, nargs="+", default=[1000, 5000, 20000])
+    parser.add_argument("--endpoints", type=int, default=2000, help="distinct ones to crawl")
+    parser.add_argument("--idle", type=float, default=2.0, help="max_idle_time / keep-alive")
+    parser.add_argument("--concurrency", type=int, default=50, help="crawl requests at once")
+    parser.add_argument("--skip", choices=["waits", "crawl"], help="run only the other part")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--crawl-child", choices=list(CLIENTS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    _more_descriptors()
+    if args.serve is not None:
+        asyncio.run(_serve(args.serve))
+        return
+    if args.crawl_child is not None:
+        endpoints = [(host, int(port)) for host, port in json.load(sys.stdin)]
+        asyncio.run(crawl(args.crawl_child, endpoints, args.idle, args.concurrency))
+        return
+    if args.rounds < 1 or args.endpoints < 2 or any(w < 1 for w in args.waiters):
+        parser.error("--rounds >= 1, --endpoints >= 2 and every --waiters value >= 1")
+    with server(args.endpoints + 1) as endpoints:
+        if args.skip != "waits":
+            host, port = endpoints[0]
+            print(f"Slot waits: {args.rounds} rounds of {args.waiters} waiters", flush=True)
+            asyncio.run(run_slot_waits(f"http://{host}:{port}/", args))
+        if args.skip != "crawl":
+            print(f"\nCrawling {args.endpoints} endpoints, each client in a child process...")
+            results = [run_crawl(client, endpoints[1:], args) for client in CLIENTS]
+            report_crawl(results, args.idle)
+
+
+if __name__ == "__main__":
+    main()
