@@ -13,13 +13,14 @@ import math
 import random
 import socket
 import time
+import weakref
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
-from ._http_sockets import CLAIM, NagleSocket, SocketTicket, TrackedSocket
+from ._http_sockets import CLAIM, NagleSocket, SocketTicket, TrackedSocket, reset_on_close
 from ._http_tunnel import Tunnel, TunnelConnector
 from ._tls import ConnectAttempt, TlsInfo, established_info
 
@@ -44,7 +45,7 @@ does not reconnect in lock-step."""
 class ConnectionState:
     """What we learn about one connection the first time a response arrives on it."""
 
-    __slots__ = ("jitter", "opened_at", "ssl_object", "ticket", "tls", "tls_object")
+    __slots__ = ("jitter", "opened_at", "response", "ssl_object", "ticket", "tls", "tls_object")
 
     def __init__(
         self,
@@ -61,6 +62,8 @@ class ConnectionState:
         self.tls_object = tls_object  # asks, at a close-delimited body's end, for close_notify
         self.ssl_object = tls_object if remember else None  # until its session is remembered
         self.jitter = 0.0  # drawn when a lease first applies to it
+        # The latest response on it (weak: no cycle with the response, which holds this).
+        self.response: weakref.ref[TrackedResponse] | None = None
 
 
 class TrackedResponse(aiohttp.ClientResponse):
@@ -86,6 +89,7 @@ class TrackedResponse(aiohttp.ClientResponse):
         if state is None:
             state = owner.first_use(protocol, connection)
         self.asyncsp_protocol, self.asyncsp_state = protocol, state
+        state.response = weakref.ref(self)
         if owner.retired or (
             owner.endpoint.sp.connection_lease_timeout is not None and owner.must_close(state)
         ):
@@ -333,20 +337,43 @@ class Connector:
     def close(self, *, interrupt: bool = False) -> None:
         """Close the session and every connection (TLS ones aborted, as aiohttp does).
 
-        *interrupt* also shuts down sockets still connecting or in their TLS handshake:
-        aiohttp lets those finish (up to their timeout) before it notices the close, and the
-        manager's close must fail them promptly.
+        *interrupt* (the manager's close) also cuts off the connections in use: each ends with
+        a TCP reset, a body still being read fails now (aiohttp would leave the read waiting
+        for its timeout), and a socket still connecting or in its TLS handshake is woken (aiohttp
+        would let it run to its timeout). Idle connections close cleanly, with a FIN.
         """
-        if interrupt:
-            for ticket in list(self._tickets.values()):
-                sock = ticket.socket()
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-        if self.closing:
+        if self.closing:  # the session is closing its pool: nothing idle is known any more
             return
+        if interrupt:
+            self._interrupt()
         self.closing = True
         self.endpoint.layer.manager._spawn(self.session.close())
+
+    def _interrupt(self) -> None:
+        idle = {protocol for protocol, _ in self._idle()}
+        for ticket in list(self._tickets.values()):
+            protocol = ticket.protocol
+            sock = ticket.socket()
+            if sock is None or (protocol is not None and protocol in idle):
+                continue
+            reset_on_close(sock)
+            if protocol is None:
+                # No response yet: maybe still connecting or in the handshake. Shutting down
+                # the receiving side wakes those and sends nothing (SHUT_WR would send a FIN).
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RD)
+                continue
+            state = self.states.get(protocol)
+            response = state.response() if state is not None and state.response else None
+            if response is None or response.connection is None:
+                continue  # between responses: aiohttp's close fails a request waiting for one
+            # aiohttp's close drops the body's reader from the connection before the socket
+            # closes, so a read in progress would wait for its timeout: fail it now.
+            body: aiohttp.StreamReader | None = response.content  # None until the head arrived
+            if body is not None and not body.is_eof():
+                body.set_exception(
+                    aiohttp.ClientConnectionError("the connection manager was closed")
+                )
 
 
 class _PoolConnector(aiohttp.TCPConnector):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import AsyncspError, BodyTooLargeError, HttpError
 from ._http_errors import cause_for, raise_from, translate_http_error
+from ._http_sockets import reset_on_close
 from ._tls import received_close_notify
 
 if TYPE_CHECKING:
@@ -260,16 +261,33 @@ class Response:
     # -- the end of the exchange -----------------------------------------------------------
 
     def release(self) -> None:
-        """Give the connection back: pooled when the body was read to its end, else closed."""
+        """Give the connection back: pooled when the body was read to its end, else closed
+        (with a TCP reset while the body is still arriving)."""
         if not self._done:
+            self._cut_short()
             self._aio.release()
             self._end()
 
     def close(self) -> None:
-        """Close the connection (it is never reused) and end the exchange."""
+        """Close the connection (it is never reused) and end the exchange; a body still
+        arriving is cut off with a TCP reset."""
         if not self._done:
+            self._cut_short()
             self._aio.close()
             self._end()
+
+    def _cut_short(self) -> None:
+        """If the body is still arriving, end its connection with a TCP reset (no TLS
+        close_notify, no FIN): the peer must not take the cut-off exchange for a finished one,
+        nor stay blocked sending the rest (see `reset_on_close`)."""
+        aio = self._aio
+        connection = aio.connection
+        if connection is None or aio.content.is_eof():
+            return  # released already, or all of the body has arrived: an ordinary close
+        transport = connection.transport
+        if transport is not None:
+            reset_on_close(transport.get_extra_info("socket"))
+            transport.abort()
 
     @property
     def closed(self) -> bool:
@@ -307,7 +325,7 @@ class Response:
             endpoint=self._endpoint.sp.address,
             what=self._what(),
             timeout=self._call.total,
-            manager_closed=self._endpoint.layer.closed,
+            manager_closed=self._endpoint.layer.manager.closed,  # set before its layers close
             route=self._endpoint.route,
         )
 

@@ -27,6 +27,7 @@ import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
 from ._errors import AsyncspError, ProxyError, TimeoutError
+from ._http_sockets import reset_on_close
 from ._proxy import (
     MAX_CONNECT_REPLY,
     ConnectReply,
@@ -104,6 +105,7 @@ class Tunnel:
                     ),
                 )
         except BaseException as exc:
+            reset_on_close(sock)  # a tunnel cut off mid-setup: neither end may take it as whole
             transport.abort()
             if isinstance(exc, Exception) and not isinstance(exc, AsyncspError):
                 # The handshake with the origin failed: the same errors as a direct connection
@@ -111,6 +113,7 @@ class Tunnel:
                 raise_connect_error(exc, self.endpoint, during_tls=True)
             raise
         if tls_transport is None:  # pragma: no cover - only when the loop is closing
+            reset_on_close(sock)
             transport.abort()
             raise self._error("closed the tunnel during the TLS handshake")
         handler.connection_made(tls_transport)  # start_tls leaves this to us, as in aiohttp

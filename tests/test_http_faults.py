@@ -19,6 +19,7 @@ from asyncsp import (
     ConnectionManager,
     HttpError,
     ManagerClosedError,
+    ProxyError,
     TimeoutError,
     TlsPolicy,
 )
@@ -358,3 +359,115 @@ async def test_manager_close_interrupts_a_stalled_handshake() -> None:
                     await task
             assert loop.time() - started < 5
             assert mgr.find_service_point(url).current_connections == 0
+
+
+# -- how a connection ends: reset when interrupted, FIN when finished --------------------------
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+@pytest.mark.parametrize(
+    ("ending", "seen"),
+    [
+        ("response closed", "reset"),
+        ("response released", "reset"),
+        ("read cancelled", "reset"),
+        ("body too large", "reset"),
+        ("manager closed", "reset"),
+        ("body read, manager closed", "end of stream"),
+        ("body read, closed after a lease", "end of stream"),
+    ],
+)
+async def test_an_interrupted_response_is_reset_and_a_finished_one_ended(
+    server_cert: trustme.LeafCert, trusted: Trusted, tls: bool, ending: str, seen: str
+) -> None:
+    """A body cut off by the client ends in RST, never a FIN: with everything sent so far read
+    (nothing left unread that would make the kernel reset anyway), a FIN would leave a server
+    still streaming blocked on a full window until its FIN timeout. A finished exchange ends
+    with a FIN."""
+    finished = ending.startswith("body read")
+    body = b"x" * 1000
+    outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_request(reader)
+        writer.write((OK_HEAD % (len(body) if finished else 1 << 25)) + body)
+        await writer.drain()
+        try:
+            await reader.read()
+        except ConnectionResetError:
+            outcome.set_result("reset")
+        else:
+            outcome.set_result("end of stream")
+
+    server = RawServer(script, server_context(server_cert) if tls else None)
+    async with server:
+        mgr = ConnectionManager(policy=trusted())
+        if ending.endswith("lease"):
+            mgr.find_service_point(server.url()).connection_lease_timeout = 0
+        limit = len(body) if ending == "body too large" else None
+        async with mgr.request("GET", server.url(), timeout=30, max_body_size=limit) as response:
+            if finished:
+                assert await response.read() == body
+            else:
+                assert await response.content.readexactly(len(body)) == body
+            if ending == "response closed":
+                response.close()
+            elif ending == "read cancelled":
+                reading = asyncio.create_task(response.read())
+                await asyncio.sleep(0)  # the read waits for more of the body
+                reading.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await reading
+            elif ending == "body too large":
+                with pytest.raises(BodyTooLargeError):
+                    await response.read()
+            elif ending.endswith("manager closed"):
+                reading = asyncio.create_task(response.read())
+                await asyncio.sleep(0)
+                await mgr.aclose()
+                if finished:
+                    assert await reading == body
+                else:
+                    with pytest.raises(ManagerClosedError):
+                        await asyncio.wait_for(reading, 5)  # now, not at the request's timeout
+            # "response released": leaving the block releases it with its body unread
+        assert await asyncio.wait_for(outcome, 5) == seen
+        await mgr.aclose()
+        await settled(mgr, server.url())
+
+
+@pytest.mark.parametrize(
+    ("proxy_answer", "error"),
+    [
+        (None, TimeoutError),  # never answers CONNECT
+        (b"HTTP/1.1 200 Connection established\r\n\r\nunexpected", ProxyError),
+    ],
+    ids=["silent", "bytes before the handshake"],
+)
+async def test_a_tunnel_cut_off_during_its_setup_is_reset(
+    trusted: Trusted, proxy_answer: bytes | None, error: type[Exception]
+) -> None:
+    """A CONNECT tunnel given up before TLS ends in RST: a FIN would read as a finished
+    exchange to the proxy, which then holds its socket until its FIN timeout."""
+    outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def proxy_script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
+    ) -> None:
+        await proxy.read_head(reader)
+        if proxy_answer is not None:
+            writer.write(proxy_answer)
+            await writer.drain()
+        try:
+            await reader.read()
+        except ConnectionResetError:
+            outcome.set_result("reset")
+        else:
+            outcome.set_result("end of stream")
+
+    proxy = RawServer(proxy_script)
+    async with proxy, ConnectionManager(policy=trusted(), proxy=proxy.url()) as mgr:
+        with pytest.raises(error):
+            await mgr.get(f"https://{LOCAL}:9/", timeout=0.3)
+        assert await asyncio.wait_for(outcome, 5) == "reset"
+        assert proxy.heads[0].startswith(f"CONNECT {LOCAL}:9 ".encode())

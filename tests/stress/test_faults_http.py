@@ -4,6 +4,7 @@ never a hang, never a leaked socket. Misbehaving peers are scripted raw servers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 import threading
@@ -414,6 +415,60 @@ async def test_manager_closed_with_requests_in_flight(
             assert loop.time() - started < PROMPTLY
             assert mgr.find_service_point(app.url()).current_connections == 0
             await app.sockets.wait_closed()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+@pytest.mark.parametrize("ending", ["manager closed", "response closed", "read cancelled"])
+async def test_a_server_blocked_on_a_full_window_is_reset_when_the_client_gives_up(
+    server_cert: trustme.LeafCert, trusted: Trusted, tls: bool, ending: str
+) -> None:
+    """A server streaming a large body faster than it is read blocks on our full receive
+    window. When we give up, it must see a reset at once: after a FIN alone it would stay
+    blocked for its FIN timeout (60 s on Linux), holding its socket and buffers."""
+    chunk = b"x" * 65536
+    blocked = asyncio.Event()
+    outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        writer.write(OK_HEAD % (1 << 34))
+        high_water = writer.transport.get_write_buffer_limits()[1]
+        with contextlib.suppress(ConnectionError):  # how the connection ended is read below
+            for _ in range(1 << 18):  # 16 GiB: the window is full long before
+                writer.write(chunk)
+                if writer.transport.get_write_buffer_size() > high_water:
+                    blocked.set()  # the kernel takes no more: drain waits for our window
+                    await writer.drain()  # ...or for the connection's end
+                    break
+                await writer.drain()
+        try:
+            await reader.read()  # raises how the connection ended, if not by an end of stream
+        except ConnectionResetError:
+            outcome.set_result("reset")
+        except OSError as exc:
+            outcome.set_result(type(exc).__name__)
+        else:
+            outcome.set_result("end of stream")
+
+    async with RawServer(script, server_context(server_cert) if tls else None) as server:
+        mgr = ConnectionManager(policy=trusted())
+        async with mgr.request("GET", server.url(), timeout=PROMPTLY) as response:
+            assert len(await response.content.readexactly(len(chunk))) == len(chunk)
+            await asyncio.wait_for(blocked.wait(), PROMPTLY)
+            if ending == "response closed":
+                response.close()
+            else:
+                reading = asyncio.create_task(response.content.readexactly(1 << 33))
+                await asyncio.sleep(0)
+                if ending == "read cancelled":
+                    reading.cancel()
+                else:
+                    await mgr.aclose()
+                with pytest.raises((asyncio.CancelledError, ManagerClosedError)):
+                    await reading
+        assert await asyncio.wait_for(outcome, PROMPTLY) == "reset"
+        await mgr.aclose()
+        await server.sockets.wait_closed()
 
 
 async def test_five_hundred_failed_handshakes_and_five_hundred_timeouts(
