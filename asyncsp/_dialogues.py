@@ -8,16 +8,21 @@ refuse any byte that arrives between the go-ahead and the handshake, and then ca
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 import contextlib
 import dataclasses
 import ipaddress
+from collections.abc import AsyncIterator
 
 from ._errors import (
     AsyncspError,
     FtpProtocolError,
+    FtpReplyError,
     SmtpProtocolError,
     SmtpReplyError,
     StartTlsUnavailableError,
+    TimeoutError,
 )
 from ._ftp_protocol import FtpReply
 from ._ftp_protocol import ReplyParser as FtpReplyParser
@@ -42,6 +47,8 @@ MAX_PRELIMINARY_REPLIES = 8
 """``120 service ready in N minutes`` lines accepted before the FTP greeting (RFC 959)."""
 FTP_AUTH_OK = 234
 """RFC 4217 §4: the server accepts AUTH TLS; the handshake follows at once."""
+FTP_SERVICE_CLOSING = 421
+"""RFC 959 §4.2: service not available, the server is closing the control connection."""
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -206,17 +213,18 @@ async def _smtp_expect(stream: Stream, session: SmtpSession) -> SmtpReply:
 
 
 async def _smtp_reply(stream: Stream, session: SmtpSession) -> SmtpReply:
-    while True:
-        item = session.next_reply()
-        if item is not None:
-            return item[1]
-        data = await stream.read(READ_SIZE)
-        if not data:
-            raise SmtpProtocolError(
-                f"{session.endpoint} closed the connection mid-dialogue",
-                endpoint=session.endpoint,
-            )
-        session.receive(data)
+    async with _one_reply(stream, session.endpoint):
+        while True:
+            item = session.next_reply()
+            if item is not None:
+                return item[1]
+            data = await stream.read(READ_SIZE)
+            if not data:
+                raise SmtpProtocolError(
+                    f"{session.endpoint} closed the connection mid-dialogue",
+                    endpoint=session.endpoint,
+                )
+            session.receive(data)
 
 
 async def _smtp_quit(stream: Stream, session: SmtpSession) -> None:
@@ -229,19 +237,56 @@ async def _smtp_quit(stream: Stream, session: SmtpSession) -> None:
 
 
 async def _ftp_reply(stream: Stream, parser: FtpReplyParser, endpoint: str) -> FtpReply:
-    while True:
-        reply = parser.next_reply()
-        if reply is not None:
-            return reply
-        data = await stream.read(READ_SIZE)
-        if not data:
-            raise FtpProtocolError(
-                f"{endpoint} closed the connection mid-dialogue", endpoint=endpoint
-            )
-        try:
-            parser.feed(data)
-        except FtpProtocolError as exc:
-            raise FtpProtocolError(f"{endpoint}: {exc}", endpoint=endpoint) from exc
+    async with _one_reply(stream, endpoint):
+        while True:
+            reply = parser.next_reply()
+            if reply is not None:
+                break
+            data = await stream.read(READ_SIZE)
+            if not data:
+                raise FtpProtocolError(
+                    f"{endpoint} closed the connection mid-dialogue", endpoint=endpoint
+                )
+            try:
+                parser.feed(data)
+            except FtpProtocolError as exc:
+                raise FtpProtocolError(f"{endpoint}: {exc}", endpoint=endpoint) from exc
+    if reply.code == FTP_SERVICE_CLOSING:
+        # It may answer anything, the greeting included (RFC 959 §4.2): the server is going,
+        # so the dialogue ends here, as the server's refusal to serve, not to speak TLS.
+        stream.mark_broken()
+        raise FtpReplyError(
+            reply.code,
+            f"{reply.message}; the server is closing the connection (try again later)",
+            endpoint=endpoint,
+        )
+    return reply
+
+
+# -- both --------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _one_reply(stream: Stream, endpoint: str | None) -> AsyncIterator[None]:
+    """Bound the reading of one whole reply by the stream's timeout.
+
+    The stream bounds each read; a server sending a byte per read would never hit that, and
+    could hold the dialogue for as long as it likes.
+    """
+    deadline = asyncio.timeout(stream.timeout)
+    try:
+        async with deadline:
+            yield
+    except builtins.TimeoutError as exc:
+        if isinstance(exc, AsyncspError) or not deadline.expired():
+            raise  # the stream's own timeout, already ours (and the stream aborted)
+        stream.abort()
+        endpoint = endpoint or stream.endpoint
+        raise TimeoutError(
+            f"{endpoint} did not complete a reply within {stream.timeout} s (it trickled or "
+            "never finished); the connection was closed",
+            endpoint=endpoint,
+        ) from exc
 
 
 async def _send(stream: Stream, line: bytes) -> None:

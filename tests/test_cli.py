@@ -59,7 +59,12 @@ async def arun(*args: str) -> subprocess.CompletedProcess[str]:
         env=_env(),
         cwd=ROOT,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    except TimeoutError:
+        proc.kill()  # by its PID, never by name
+        await proc.wait()
+        raise
     assert proc.returncode is not None
     return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
 
@@ -472,6 +477,101 @@ async def test_probe_ftp_shows_control_characters_as_escapes() -> None:
     assert result.returncode == 1  # AUTH TLS refused: a finding
     assert f"ftp://127.0.0.1:{port} refused AUTH TLS: 534 no TLS" in result.stdout
     assert_no_controls(result.stdout + result.stderr)
+
+
+# -- what peers do never holds a step past its timeout ---------------------------------------
+
+TRICKLE_PACE = 0.2
+"""Seconds between the bytes of a trickled reply."""
+STEP_TIMEOUT = 1.0
+MARGIN = 2.0
+"""What a dialogue may take past its step's timeout (the connection and the checks after it)."""
+
+
+@contextlib.asynccontextmanager
+async def trickling_server(reply: bytes) -> AsyncIterator[tuple[int, list[float]]]:
+    """A server that sends *reply* one byte per `TRICKLE_PACE` to each connection, and lists
+    how long each client stayed (from the accept until it went)."""
+    stays: list[float] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        accepted = loop.time()
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            with contextlib.suppress(ConnectionError):
+                await reader.read()  # the client sends nothing before a whole greeting
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        with contextlib.suppress(ConnectionError):
+            for byte in reply:  # bounded by the reply's length
+                if gone.is_set():
+                    break
+                writer.write(bytes([byte]))
+                await writer.drain()
+                with contextlib.suppress(TimeoutError):  # the pace: the next byte is due
+                    await asyncio.wait_for(gone.wait(), TRICKLE_PACE)
+        await watcher  # the client's going (the reply is never finished)
+        stays.append(loop.time() - accepted)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], stays
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+NEVER_ENDING_SMTP = b"220-mx.example trickling\r\n" * 20  # 100 s of trickle, no final line
+NEVER_ENDING_FTP = b"220-ftp.example trickling\r\n" * 20
+
+
+async def test_smtp_check_bounds_each_reply_not_each_read() -> None:
+    """A greeting sent a byte at a time never lets one read time out; the timeout is the
+    whole reply's."""
+    async with trickling_server(NEVER_ENDING_SMTP) as (port, stays):
+        result = await arun("smtp-check", f"127.0.0.1:{port}", "--timeout", str(STEP_TIMEOUT))
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"asyncsp smtp-check: smtp://127.0.0.1:{port} did not complete a reply within "
+        f"{STEP_TIMEOUT} s"
+    ), result.stderr
+    assert len(stays) == 1 and STEP_TIMEOUT / 2 < stays[0] < STEP_TIMEOUT + MARGIN, stays
+
+
+async def test_probe_ftp_bounds_each_reply_not_each_read() -> None:
+    async with trickling_server(NEVER_ENDING_FTP) as (port, stays):
+        result = await arun("probe", f"ftp://127.0.0.1:{port}", "--timeout", str(STEP_TIMEOUT))
+    assert result.returncode == 1
+    assert f"ftp://127.0.0.1:{port} did not complete a reply within {STEP_TIMEOUT} s" in (
+        result.stdout
+    ), result.stdout
+    assert stays and all(STEP_TIMEOUT / 2 < stay < STEP_TIMEOUT + MARGIN for stay in stays), stays
+
+
+@pytest.mark.parametrize(
+    "replies",
+    [
+        (b"421 Too many connections, try later\r\n",),
+        (b"120 Ready in a minute\r\n421 Too many connections, try later\r\n",),
+        (b"220 ftp.example\r\n", b"421 Too many connections, try later\r\n"),
+    ],
+    ids=["greeting", "after 120", "to AUTH TLS"],
+)
+async def test_probe_ftp_ends_at_a_421(replies: tuple[bytes, ...]) -> None:
+    """421 is the server going away (RFC 959 §4.2), whatever it answers: said as such, not as
+    a server without TLS."""
+    async with hostile_server(*replies) as port:
+        result = await arun("probe", f"ftp://127.0.0.1:{port}", "--timeout", "5")
+    assert result.returncode == 1
+    assert "FTP reply 421" in result.stdout, result.stdout
+    assert "Too many connections, try later; the server is closing the connection" in (
+        result.stdout
+    )
+    assert "AUTH TLS" not in result.stdout and "greeted with" not in result.stdout
 
 
 @pytest.mark.parametrize("styled", [False, True])
