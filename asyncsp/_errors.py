@@ -3,15 +3,17 @@
 Every error raised to a caller is one of these. Errors that concern a connection carry the
 endpoint (``"https://host:port"``) in ``endpoint`` and name it in their message; none of them
 ever holds a password.
+
+Every change to what a caller catches (a new error, a new base, what an error carries)
+belongs in this file; this module imports nothing of asyncsp, so every layer may raise
+from it.
 """
 
 from __future__ import annotations
 
 import builtins
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ._smtp_protocol import SmtpReply
+from collections.abc import Mapping
+from typing import Protocol
 
 __all__ = [
     "AsyncspError",
@@ -166,15 +168,25 @@ class SmtpReplyError(SmtpError):
         self.message = message
 
 
+class Reply(Protocol):
+    """A server's reply as errors carry it (`asyncsp.SmtpReply` is one)."""
+
+    @property
+    def code(self) -> int: ...
+
+    @property
+    def message(self) -> str: ...
+
+
 class SmtpRecipientsRefused(SmtpError):
     """Every recipient of a message was refused; ``refused`` maps each to its reply."""
 
-    def __init__(self, refused: dict[str, SmtpReply], *, endpoint: str | None = None) -> None:
+    def __init__(self, refused: Mapping[str, Reply], *, endpoint: str | None = None) -> None:
         super().__init__(
             f"all {len(refused)} recipient(s) refused by {endpoint or 'the server'}",
             endpoint=endpoint,
         )
-        self.refused = refused
+        self.refused: dict[str, Reply] = dict(refused)
 
 
 class SmtpProtocolError(SmtpError):
