@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar, overload
 
 from ._errors import InvalidSecurityProtocolError, PolicyError
 from ._policy import TlsPolicy
@@ -12,12 +13,17 @@ from ._protocols import SecurityProtocol
 
 __all__ = [
     "Defaults",
+    "ProtocolsOf",
+    "Setting",
     "check_limit",
     "check_optional_seconds",
+    "check_policy",
     "check_seconds",
     "defaults",
     "policy_from_environment",
 ]
+
+T = TypeVar("T")
 
 ENV_SECURITY_PROTOCOL = "ASYNCSP_SECURITY_PROTOCOL"
 ENV_STRONG_CRYPTO = "ASYNCSP_STRONG_CRYPTO"
@@ -69,6 +75,87 @@ def policy_from_environment(env: Mapping[str, str]) -> TlsPolicy:
         ) from exc
 
 
+class Setting(Generic[T]):
+    """One mutable setting, said once: checked on assignment, inherited when unset.
+
+    ``check(name, value)`` returns the value to keep or raises (``ValueError``,
+    ``TypeError``) before anything is stored, so a failed assignment leaves the previous
+    value in force. With *inherit*, the stored value ``None`` means "follow
+    ``inherit(owner)`` live", and assigning ``None`` follows again. *changed* runs after each
+    successful assignment (a service point reschedules its reaper, for one). The value is kept
+    in the owner's ``_<name>`` attribute, which the owner may set directly when it is made.
+    """
+
+    def __init__(
+        self,
+        check: Callable[[str, object], T],
+        *,
+        inherit: Callable[[Any], T] | None = None,
+        changed: Callable[[Any], None] | None = None,
+        doc: str | None = None,
+    ) -> None:
+        self._check = check
+        self._inherit = inherit
+        self._changed = changed
+        self._name = self._store = ""
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+        self._store = f"_{name}"
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> Setting[T]: ...
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> T: ...
+    def __get__(self, obj: object | None, objtype: type | None = None) -> T | Setting[T]:
+        if obj is None:
+            return self
+        value: T | None = getattr(obj, self._store)
+        if value is None and self._inherit is not None:
+            return self._inherit(obj)
+        return value  # type: ignore[return-value]  # None only where the check allows it
+
+    def __set__(self, obj: object, value: T | None) -> None:
+        if value is not None or self._inherit is None:
+            value = self._check(self._name, value)
+        setattr(obj, self._store, value)
+        if self._changed is not None:
+            self._changed(obj)
+
+
+def check_policy(name: str, value: object) -> TlsPolicy:
+    """Validate a policy: a `TlsPolicy`."""
+    if not isinstance(value, TlsPolicy):
+        raise TypeError(f"{name} must be a TlsPolicy, not {type(value).__name__}")
+    return value
+
+
+class ProtocolsOf:
+    """``security_protocol``: the owner's ``policy.protocols``; setting it keeps the rest of
+    the policy. *convert* turns what may be assigned into a `SecurityProtocol` or raises."""
+
+    def __init__(self, convert: Callable[[Any], SecurityProtocol]) -> None:
+        self._convert = convert
+        self.__doc__ = "The versions new connections may use (the policy's `protocols`)."
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> ProtocolsOf: ...
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> SecurityProtocol: ...
+    def __get__(
+        self, obj: object | None, objtype: type | None = None
+    ) -> SecurityProtocol | ProtocolsOf:
+        if obj is None:
+            return self
+        protocols: SecurityProtocol = obj.policy.protocols  # type: ignore[attr-defined]
+        return protocols
+
+    def __set__(self, obj: object, value: SecurityProtocol | int | str) -> None:
+        policy = obj.policy  # type: ignore[attr-defined]
+        obj.policy = dataclasses.replace(policy, protocols=self._convert(value))  # type: ignore[attr-defined]
+
+
 class Defaults:
     """Process-wide settings that managers made without their own values follow, live.
 
@@ -76,15 +163,31 @@ class Defaults:
     validates first, so a failed assignment leaves the previous value in force.
     """
 
+    default_connection_limit = Setting(
+        check_limit,
+        doc="Sockets open at once to one endpoint, for service points without their own limit.",
+    )
+    max_idle_time = Setting(
+        check_seconds, doc="Seconds a pooled connection may stay idle before it is closed."
+    )
+    connection_lease_timeout = Setting(
+        check_optional_seconds,
+        doc="Seconds after which a pooled connection is not reused (``None``: unlimited).",
+    )
+    dns_refresh_timeout = Setting(
+        check_seconds, doc="Seconds a service point reuses its resolved addresses."
+    )
+    security_protocol = ProtocolsOf(SecurityProtocol.validate)
+
     def __init__(
         self, policy: TlsPolicy | None = None, *, environ: Mapping[str, str] | None = None
     ) -> None:
         """Defaults with *policy*, or else the policy *environ* names, read on first use."""
         self._policy = policy
         self._environ = environ
-        self._connection_limit = 10
+        self._default_connection_limit = 10
         self._max_idle_time = 15.0
-        self._lease_timeout: float | None = None
+        self._connection_lease_timeout: float | None = None
         self._dns_refresh_timeout = 120.0
 
     @classmethod
@@ -107,60 +210,13 @@ class Defaults:
 
     @policy.setter
     def policy(self, value: TlsPolicy) -> None:
-        if not isinstance(value, TlsPolicy):
-            raise TypeError(f"policy must be a TlsPolicy, not {type(value).__name__}")
-        self._policy = value
-
-    @property
-    def security_protocol(self) -> SecurityProtocol:
-        """The versions new connections may use (the policy's `protocols`)."""
-        return self.policy.protocols
-
-    @security_protocol.setter
-    def security_protocol(self, value: SecurityProtocol | int) -> None:
-        self._policy = dataclasses.replace(self.policy, protocols=SecurityProtocol.validate(value))
-
-    @property
-    def default_connection_limit(self) -> int:
-        """Sockets open at once to one endpoint, for service points without their own limit."""
-        return self._connection_limit
-
-    @default_connection_limit.setter
-    def default_connection_limit(self, value: int) -> None:
-        self._connection_limit = check_limit("default_connection_limit", value)
-
-    @property
-    def max_idle_time(self) -> float:
-        """Seconds a pooled connection may stay idle before it is closed."""
-        return self._max_idle_time
-
-    @max_idle_time.setter
-    def max_idle_time(self, value: float) -> None:
-        self._max_idle_time = check_seconds("max_idle_time", value)
-
-    @property
-    def connection_lease_timeout(self) -> float | None:
-        """Seconds after which a pooled connection is not reused (``None``: unlimited)."""
-        return self._lease_timeout
-
-    @connection_lease_timeout.setter
-    def connection_lease_timeout(self, value: float | None) -> None:
-        self._lease_timeout = check_optional_seconds("connection_lease_timeout", value)
-
-    @property
-    def dns_refresh_timeout(self) -> float:
-        """Seconds a service point reuses its resolved addresses."""
-        return self._dns_refresh_timeout
-
-    @dns_refresh_timeout.setter
-    def dns_refresh_timeout(self, value: float) -> None:
-        self._dns_refresh_timeout = check_seconds("dns_refresh_timeout", value)
+        self._policy = check_policy("policy", value)
 
     def __repr__(self) -> str:
         return (
             f"Defaults(policy={self._policy or 'from the environment'!r}, default_connection_limit="
-            f"{self._connection_limit}, max_idle_time={self._max_idle_time}, "
-            f"connection_lease_timeout={self._lease_timeout}, "
+            f"{self._default_connection_limit}, max_idle_time={self._max_idle_time}, "
+            f"connection_lease_timeout={self._connection_lease_timeout}, "
             f"dns_refresh_timeout={self._dns_refresh_timeout})"
         )
 

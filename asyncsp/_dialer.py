@@ -168,16 +168,16 @@ class Dialer:
                 policy=policy,
                 timeout=timeout,
                 server_hostname=hostname,
-                on_close=sp._stream_closed if peer is None else sp._side_stream_closed,
+                on_close=sp.stream_closed if peer is None else sp.side_stream_closed,
                 line_limit=line_limit,
             )
-            sp._active.add(stream)
+            sp.stream_opened(stream)
             return stream
 
     async def _connect_socket(self, peer: tuple[str, int] | None) -> socket.socket:
         addresses = await self.addresses.addresses() if peer is None else peer_address(peer)
         try:
-            return await connect_socket(addresses, self._sp.manager._socket_options.create_socket)
+            return await connect_socket(addresses, self._sp.manager.socket_options.create_socket)
         except OSError:
             if peer is None:
                 self.addresses.invalidate()  # the addresses may have moved: resolve again

@@ -1,5 +1,9 @@
 """The FTPS client (RFC 959, RFC 4217): pooled control sessions, honest passive transfers.
 
+Every change to what an FTP user calls (``mgr.ftp``, `FtpClient` and its transfers) belongs
+in this file; the protocol's rules belong in ``_ftp_protocol.py`` and the control and data
+connections' I/O in ``_ftp_session.py``.
+
 A session (`FtpSession`, one logged-in control connection) is made through its service
 point (``ftp://`` for explicit ``AUTH TLS`` and for ``"none"``, ``ftps://`` for implicit TLS)
 and pooled there per security mode and credentials; `FtpClient` lends it for one
@@ -16,7 +20,6 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from ._credentials import credential_digest
-from ._endpoint import normalise_host
 from ._errors import (
     FtpArgumentError,
     FtpError,
@@ -25,16 +28,16 @@ from ._errors import (
 )
 from ._ftp_protocol import FtpEntry, FtpReply, encode_command, parse_listing, parse_pwd, parse_size
 from ._ftp_session import READ_SIZE, FtpSession, Transfer
+from ._session_args import session_target
 from ._streams import Stream
 
 if TYPE_CHECKING:
-    from ._manager import ConnectionManager
+    from ._registry import ServicePointRegistry
     from ._servicepoint import ServicePoint
     from ._tls import TlsInfo
 
 __all__ = ["FtpClient", "FtpEntry", "open_ftp"]
 
-SECURITY_MODES = ("starttls", "tls", "none")
 IMPLICIT_TLS_PORT = 990
 DEFAULT_STEP_TIMEOUT = 300.0
 """Seconds each step may take when ``timeout`` is None: the connect and handshake, each
@@ -286,7 +289,7 @@ class FtpClient:
 
 @contextlib.asynccontextmanager
 async def open_ftp(
-    manager: ConnectionManager,
+    manager: ServicePointRegistry,
     host: str,
     port: int = 21,
     *,
@@ -295,30 +298,28 @@ async def open_ftp(
     password: str = "",
     timeout: float | None = None,
 ) -> AsyncIterator[FtpClient]:
-    """A pooled FTP session for ``async with``; see `ConnectionManager.ftp`.
+    """``async with mgr.ftp(host) as client:`` a pooled FTPS session (see `FtpClient`).
 
-    Explicit TLS and ``"none"`` use the ``ftp://host:port`` service point, implicit TLS
-    ``ftps://host:port``. Sessions are pooled there per security mode and credentials.
-    ``"none"`` allows only anonymous login: credentials never cross a plain connection.
-    *timeout* bounds every step; ``None`` means `DEFAULT_STEP_TIMEOUT` per step.
+    *security* is ``"starttls"`` (explicit ``AUTH TLS``; the default on every port but
+    990), ``"tls"`` (implicit; the default for 990) or ``"none"`` (anonymous login only:
+    credentials never cross in clear). *timeout* bounds every step (``None``:
+    `DEFAULT_STEP_TIMEOUT`, 300 s each). Explicit TLS and ``"none"`` use the ``ftp://host:port``
+    service point, implicit TLS ``ftps://host:port``; sessions are pooled there per security
+    mode and credentials.
     """
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise ValueError(f"port must be an int, not {port!r}")
-    if security is None:
-        security = "tls" if port == IMPLICIT_TLS_PORT else "starttls"
-    if security not in SECURITY_MODES:
-        raise ValueError(f"security must be one of {', '.join(SECURITY_MODES)}, not {security!r}")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
-        raise ValueError(f"timeout must be a number of seconds > 0 or None, not {timeout!r}")
-    step_timeout = DEFAULT_STEP_TIMEOUT if timeout is None else timeout
+    target = session_target(
+        host,
+        port,
+        security=security,
+        timeout=timeout,
+        schemes=("ftp", "ftps"),
+        implicit_tls_port=IMPLICIT_TLS_PORT,
+    )
+    security, address = target.security, target.address
+    step_timeout = DEFAULT_STEP_TIMEOUT if target.timeout is None else target.timeout
     for name, value in (("username", username), ("password", password)):
         if not isinstance(value, str) or "\r" in value or "\n" in value or "\0" in value:
             raise ValueError(f"{name} must be a str without CR, LF or NUL")
-    host = normalise_host(host)
-    netloc = f"[{host}]" if ":" in host else host
-    address = f"{'ftps' if security == 'tls' else 'ftp'}://{netloc}:{port}"
     if security == "none" and username.lower() not in ANONYMOUS_USERS:
         # Credentials never cross an unencrypted connection (RFC 4217 §1: USER/PASS in clear
         # are readable by anyone on the path); only anonymous FTP may run in plain text.

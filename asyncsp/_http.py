@@ -1,5 +1,10 @@
 """HTTP through service points, with aiohttp underneath.
 
+Every change to how an HTTP exchange runs (arguments, redirects, retries, reading the body)
+belongs in this file; the per-endpoint gate and connectors belong in ``_http_pool.py`` and
+``_http_connector.py``, the error translation in ``_http_errors.py``, and nothing of HTTP
+belongs outside the ``_http*`` modules.
+
 `request` (streaming) and `fetch` (body read, connection freed) are what
 ``ConnectionManager.request``/``get``/``post``/... call. Each hop of a redirect goes through the
 service point of its own endpoint (`HttpLayer.endpoint`) and so under that endpoint's policy,
@@ -33,7 +38,7 @@ if TYPE_CHECKING:
 
     from ._http_connector import Connector, TrackedResponse
     from ._http_pool import HttpEndpoint
-    from ._manager import ConnectionManager
+    from ._registry import ServicePointRegistry
 
 __all__ = ["Response", "ResponseContent", "fetch", "request"]
 
@@ -122,7 +127,7 @@ class _Call:
 
 
 def _prepare(
-    manager: ConnectionManager, method: str, url: str | URL, kwargs: dict[str, Any]
+    manager: ServicePointRegistry, method: str, url: str | URL, kwargs: dict[str, Any]
 ) -> _Call:
     known = _METHODS.get(method)
     if known is None:
@@ -482,7 +487,9 @@ def _stopped_by_close(layer: HttpLayer, call: _Call) -> ManagerClosedError | Non
     )
 
 
-async def fetch(manager: ConnectionManager, method: str, url: str | URL, **kwargs: Any) -> Response:
+async def fetch(
+    manager: ServicePointRegistry, method: str, url: str | URL, **kwargs: Any
+) -> Response:
     """Send a request, read its body (at most ``max_body_size``) and free the connection."""
     call = _prepare(manager, method, url, kwargs)
     layer = HttpLayer.of(manager)
@@ -506,7 +513,7 @@ class _RequestContext:
 
     __slots__ = ("_call", "_manager", "_response")
 
-    def __init__(self, manager: ConnectionManager, call: _Call) -> None:
+    def __init__(self, manager: ServicePointRegistry, call: _Call) -> None:
         self._manager = manager
         self._call = call
         self._response: Response | None = None
@@ -533,7 +540,7 @@ class _RequestContext:
 
 
 def request(
-    manager: ConnectionManager, method: str, url: str | URL, **kwargs: Any
+    manager: ServicePointRegistry, method: str, url: str | URL, **kwargs: Any
 ) -> _RequestContext:
     """``async with`` this to stream a response; see `Response`."""
     return _RequestContext(manager, _prepare(manager, method, url, kwargs))

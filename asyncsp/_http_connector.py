@@ -194,7 +194,7 @@ class Connector:
         sock.ticket = ticket
         self._tickets[ticket.fd] = ticket
         self.open_sockets += 1
-        self.endpoint.sp._extra_connections += 1
+        self.endpoint.sp.socket_opened()
         claim = CLAIM.get()
         if claim is not None:
             claim.ticket = ticket  # aiohttp connects in the request's own task
@@ -347,7 +347,7 @@ class Connector:
         if interrupt:
             self._interrupt()
         self.closing = True
-        self.endpoint.layer.manager._spawn(self.session.close())
+        self.endpoint.layer.manager.spawn(self.session.close())
 
     def _interrupt(self) -> None:
         idle = {protocol for protocol, _ in self._idle()}

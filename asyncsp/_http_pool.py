@@ -15,26 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import weakref
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from ._endpoint import Endpoint
 from ._errors import ManagerClosedError
 from ._http_connector import Connector, TrackedResponse
 from ._http_sockets import RequestClaim, SocketTicket
+from ._servicepoint import LayerSlot
 from ._tls import context_for_async
 
 if TYPE_CHECKING:
     from yarl import URL
 
-    from ._manager import ConnectionManager
     from ._proxy import ProxyRoute
+    from ._registry import ServicePointRegistry
     from ._servicepoint import ServicePoint
 
-__all__ = ["HttpEndpoint", "HttpLayer"]
-
-_LAYER_KEY = "http"
-"""The key of our `HttpEndpoint` in ``ServicePoint.layer_state``."""
+__all__ = ["ENDPOINT_SLOT", "LAYER_SLOT", "HttpEndpoint", "HttpLayer"]
 
 
 class HttpEndpoint:
@@ -104,11 +101,8 @@ class HttpEndpoint:
             self.orphans -= 1
         self.held -= ticket.held_slots
         ticket.held_slots = 0
-        sp = self.sp
-        sp._extra_connections -= 1
         self.wake()
-        if sp._extra_connections == 0:
-            sp._watch_idle()
+        self.sp.socket_closed()
 
     # -- the life of a request -------------------------------------------------------------
 
@@ -129,16 +123,14 @@ class HttpEndpoint:
         ):
             return None
         self.held += 1
-        sp._extra_busy += 1
-        if sp._extra_busy == 1:
-            sp._touch()
+        sp.begin_exchange()
         current.in_flight += 1
         sp.stats.requests += 1
         return current
 
     async def begin(self) -> Connector:
         """Start a request: wait for a gate slot, then pick (or make) the current connector."""
-        self._busy()
+        self.sp.begin_exchange()
         try:
             await self.admit()
             try:
@@ -147,7 +139,7 @@ class HttpEndpoint:
                 self.give_back()
                 raise
         except BaseException:
-            self._unbusy()
+            self.sp.end_exchange()
             raise
         connector.in_flight += 1  # no await since _pick: the connector is still current
         self.sp.stats.requests += 1
@@ -244,27 +236,12 @@ class HttpEndpoint:
             self.held -= 1
             if self._waiters or self._drain_waiters:
                 self.wake()
-        sp = self.sp
-        sp._extra_busy -= 1
-        if sp._extra_busy == 0:
-            sp._touch()  # idle_since becomes now
+        self.sp.end_exchange()
         if connector.retired:
             if connector.in_flight == 0:
                 connector.close()
             if connector.closing and connector in self.retired:
                 self.retired.remove(connector)
-
-    def _busy(self) -> None:
-        sp = self.sp
-        sp._extra_busy += 1
-        if sp._extra_busy == 1:
-            sp._touch()  # idle_since becomes None
-
-    def _unbusy(self) -> None:
-        sp = self.sp
-        sp._extra_busy -= 1
-        if sp._extra_busy == 0:
-            sp._touch()  # idle_since becomes now
 
     # -- connectors ------------------------------------------------------------------------
 
@@ -315,28 +292,21 @@ class HttpEndpoint:
 class HttpLayer:
     """The HTTP state of one manager: its endpoints, all closed with the manager."""
 
-    # By id(): a plain dict lookup per request. Weak: the manager keeps its layer alive
-    # (through its closers), never this table; each entry leaves with its manager.
-    _layers: ClassVar[dict[int, weakref.ref[HttpLayer]]] = {}
-
-    def __init__(self, manager: ConnectionManager) -> None:
+    def __init__(self, manager: ServicePointRegistry) -> None:
         self.manager = manager
         self.closed = False
         # The endpoints of live service points only: each leaves as its point is dropped
         # (HttpEndpoint.close), so a table entry is always the current one.
         self._endpoints: dict[tuple[str, str, int], HttpEndpoint] = {}
-        manager._add_closer(self.aclose)
+        manager.add_closer(self.aclose)
 
     @classmethod
-    def of(cls, manager: ConnectionManager) -> HttpLayer:
+    def of(cls, manager: ServicePointRegistry) -> HttpLayer:
         """The HTTP layer of *manager*, made on first use."""
-        ref = cls._layers.get(id(manager))
-        layer = ref() if ref is not None else None
-        if layer is None or layer.manager is not manager:
-            manager._check_open()
-            layer = cls(manager)
-            cls._layers[id(manager)] = weakref.ref(layer)
-            weakref.finalize(manager, cls._layers.pop, id(manager), None)
+        layer = manager.layer(LAYER_SLOT)
+        if layer is None:
+            manager.check_open()
+            layer = manager.attach_layer(LAYER_SLOT, cls(manager))
         return layer
 
     def endpoint(self, url: URL) -> HttpEndpoint:
@@ -354,12 +324,11 @@ class HttpLayer:
         # service point's identity, so a through-proxy endpoint has its own limits and stats.
         netloc = f"[{host}]" if ":" in host else host
         target = Endpoint.parse(f"{scheme}://{netloc}:{port}")
-        route = manager._proxies.route(target.scheme, target.host, target.port)
+        route = manager.route(target.scheme, target.host, target.port)
         sp = manager.find_service_point(target.address, proxy=route.url if route else None)
-        endpoint = sp.layer_state.get(_LAYER_KEY)
-        if not isinstance(endpoint, HttpEndpoint):
-            endpoint = HttpEndpoint(self, sp, route)
-            sp.layer_state[_LAYER_KEY] = endpoint
+        endpoint = sp.layer(ENDPOINT_SLOT)
+        if endpoint is None:
+            endpoint = sp.attach_layer(ENDPOINT_SLOT, HttpEndpoint(self, sp, route))
         # One endpoint may be spelt several ways in URLs (a trailing dot, another case).
         self._endpoints[key] = endpoint
         endpoint.keys.append(key)
@@ -384,7 +353,13 @@ class HttpLayer:
         # The service points have just shut their endpoints down (and left this table); each
         # endpoint's error now says why a request was stopped.
         for sp in self.manager.service_points:
-            endpoint = sp.layer_state.get(_LAYER_KEY)
-            if isinstance(endpoint, HttpEndpoint):
+            endpoint = sp.layer(ENDPOINT_SLOT)
+            if endpoint is not None:
                 endpoint.close(self._closed_error(sp.address))
         # Each endpoint spawned its connectors' closes; the manager waits for those tasks.
+
+
+LAYER_SLOT: LayerSlot[HttpLayer] = LayerSlot("http")
+"""Where a manager keeps its `HttpLayer`."""
+ENDPOINT_SLOT: LayerSlot[HttpEndpoint] = LayerSlot("http")
+"""Where a service point keeps its `HttpEndpoint`."""

@@ -1,7 +1,9 @@
 """`ServicePoint`: one endpoint's settings, pool, idle reaping, shutdown and statistics.
 
-Everything about when a service point's connections and the service point itself are idle,
-reaped and reclaimed lives here; the manager only removes a point it is told to.
+Every change to what one endpoint keeps and counts (its settings, its slots, when it and its
+connections are idle, reaped or reclaimed, what a protocol layer tells it through
+`begin_exchange`, `socket_opened` and their pairs) belongs in this file; the manager only
+removes a point it is told to.
 
 Connections are made by its `Dialer` (`asyncsp._dialer`), the one code path for connect,
 handshake, verification and TLS sessions that HTTP, SMTP, FTP and raw streams share; the
@@ -15,12 +17,13 @@ import builtins
 import contextlib
 import dataclasses
 import datetime
+import operator
 import ssl
 import time
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from ._defaults import check_limit, check_optional_seconds, check_seconds
+from ._defaults import Setting, check_limit, check_optional_seconds, check_policy, check_seconds
 from ._dialer import Dialer
 from ._endpoint import Endpoint
 from ._errors import ManagerClosedError, TimeoutError
@@ -29,9 +32,12 @@ from ._pool import Poolable, SlotPool
 from ._streams import DEFAULT_LINE_LIMIT, Stream
 
 if TYPE_CHECKING:
-    from ._manager import ConnectionManager
+    from ._registry import ServicePointRegistry
 
-__all__ = ["ServicePoint", "ServicePointStats"]
+__all__ = ["EndpointState", "LayerSlot", "ServicePoint", "ServicePointStats"]
+
+T = TypeVar("T")
+S = TypeVar("S", bound="EndpointState")
 
 _REAP_SLACK = 0.05
 """Seconds added to an idle deadline so the reaper never runs a hair early."""
@@ -53,6 +59,52 @@ class ServicePointStats:
     """Negotiated TLS version string -> number of connections that negotiated it."""
 
 
+class LayerSlot(Generic[T]):
+    """A typed key under which a protocol layer keeps its state on a core object.
+
+    The layer makes one slot at import and is the only one that reads it, so its state needs
+    neither a string key nor a probe of its type.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<LayerSlot {self.name}>"
+
+
+class EndpointState(Protocol):
+    """What a protocol layer with connections of its own keeps on a service point (HTTP)."""
+
+    def close_idle(self) -> None:
+        """Close its idle connections now (`ServicePoint.close`)."""
+
+    def close(self, error: ManagerClosedError) -> None:
+        """Fail its waiters with *error* and close every connection (the point is shut down)."""
+
+
+def _set_here(sp: ServicePoint) -> None:
+    sp._own_settings = True
+
+
+def _times_set_here(sp: ServicePoint) -> None:
+    sp._own_settings = True
+    sp._schedule_reaper()
+
+
+def _limit_set_here(sp: ServicePoint) -> None:
+    sp._own_settings = True
+    sp._pool.set_limit(sp._connection_limit)
+
+
+def _dns_refresh_set_here(sp: ServicePoint) -> None:
+    sp._own_settings = True
+    sp.dialer.addresses.refresh = sp._dns_refresh_timeout
+    sp.dialer.addresses.invalidate()
+
+
 class ServicePoint:
     """One endpoint (scheme, host, port): its connection limit, idle and lease times, policy.
 
@@ -69,16 +121,46 @@ class ServicePoint:
     point still reads its last state, but no request goes through it any more.
     """
 
+    connection_limit = Setting(
+        check_limit,
+        changed=_limit_set_here,
+        doc="Never more sockets open at once to this endpoint (int >= 1).",
+    )
+    max_idle_time = Setting(
+        check_seconds,
+        changed=_times_set_here,
+        doc="Seconds a pooled connection may stay idle before it is closed.",
+    )
+    connection_lease_timeout = Setting(
+        check_optional_seconds,
+        changed=_times_set_here,
+        doc="Seconds after which a connection is not reused (``None``: unlimited).",
+    )
+    dns_refresh_timeout = Setting(
+        check_seconds,
+        changed=_dns_refresh_set_here,
+        doc="Seconds resolved addresses are reused before new connections resolve again.",
+    )
+    policy = Setting(
+        check_policy,
+        inherit=operator.attrgetter("_manager.policy"),
+        changed=_set_here,
+        doc="The policy the next new connection uses; set to override, ``None`` to follow again.",
+    )
+
     def __init__(
-        self, manager: ConnectionManager, endpoint: Endpoint, *, proxy: str | None = None
+        self, manager: ServicePointRegistry, endpoint: Endpoint, *, proxy: str | None = None
     ) -> None:
         self._manager = manager
         self._endpoint = endpoint
         self._proxy = proxy
-        self._policy_override: TlsPolicy | None = None
+        # The settings start from the manager's (a snapshot; the policy follows it live).
+        self._policy: TlsPolicy | None = None
+        self._connection_limit = manager.default_connection_limit
         self._max_idle_time = manager.max_idle_time
-        self._lease_timeout = manager.connection_lease_timeout
-        self._pool: SlotPool[Any] = SlotPool(manager.default_connection_limit)
+        self._connection_lease_timeout = manager.connection_lease_timeout
+        self._dns_refresh_timeout = manager.dns_refresh_timeout
+        self._pool: SlotPool[Any] = SlotPool(self._connection_limit)
         self._active: set[Stream] = set()
         self._aborted: set[Stream] = set()  # closed streams whose socket asyncio closes later
         self._extra_busy = 0  # exchanges in flight on connections not counted by the pool
@@ -89,8 +171,7 @@ class ServicePoint:
         self._reclaimer: asyncio.TimerHandle | None = None
         self._own_settings = False  # set here by the user: never reclaimed (see the docstring)
         self._detached = False  # shut down: dropped by the manager, or the manager closed
-        self.layer_state: dict[str, Any] = {}
-        """Per-protocol state a layer keeps here (the HTTP connector, for one)."""
+        self._layers: dict[LayerSlot[Any], EndpointState] = {}
         self.stats = ServicePointStats()
         """Counters since the service point was made."""
         self.certificate: bytes | None = None
@@ -127,65 +208,8 @@ class ServicePoint:
         return self._proxy
 
     @property
-    def manager(self) -> ConnectionManager:
+    def manager(self) -> ServicePointRegistry:
         return self._manager
-
-    # -- settings --------------------------------------------------------------------------
-
-    @property
-    def connection_limit(self) -> int:
-        """Never more sockets open at once to this endpoint (int >= 1)."""
-        return self._pool.limit
-
-    @connection_limit.setter
-    def connection_limit(self, value: int) -> None:
-        self._pool.set_limit(check_limit("connection_limit", value))
-        self._own_settings = True
-
-    @property
-    def max_idle_time(self) -> float:
-        """Seconds a pooled connection may stay idle before it is closed."""
-        return self._max_idle_time
-
-    @max_idle_time.setter
-    def max_idle_time(self, value: float) -> None:
-        self._max_idle_time = check_seconds("max_idle_time", value)
-        self._own_settings = True
-        self._schedule_reaper()
-
-    @property
-    def connection_lease_timeout(self) -> float | None:
-        """Seconds after which a connection is not reused (``None``: unlimited)."""
-        return self._lease_timeout
-
-    @connection_lease_timeout.setter
-    def connection_lease_timeout(self, value: float | None) -> None:
-        self._lease_timeout = check_optional_seconds("connection_lease_timeout", value)
-        self._own_settings = True
-        self._schedule_reaper()
-
-    @property
-    def dns_refresh_timeout(self) -> float:
-        """Seconds resolved addresses are reused before new connections resolve again."""
-        return self.dialer.addresses.refresh
-
-    @dns_refresh_timeout.setter
-    def dns_refresh_timeout(self, value: float) -> None:
-        self.dialer.addresses.refresh = check_seconds("dns_refresh_timeout", value)
-        self._own_settings = True
-        self.dialer.addresses.invalidate()
-
-    @property
-    def policy(self) -> TlsPolicy:
-        """The policy the next new connection uses; set to override, ``None`` to follow again."""
-        return self._policy_override or self._manager.policy
-
-    @policy.setter
-    def policy(self, value: TlsPolicy | None) -> None:
-        if value is not None and not isinstance(value, TlsPolicy):
-            raise TypeError(f"policy must be a TlsPolicy or None, not {type(value).__name__}")
-        self._policy_override = value
-        self._own_settings = True
 
     # -- state -----------------------------------------------------------------------------
 
@@ -208,10 +232,52 @@ class ServicePoint:
             if self._idle_since is None:
                 self._idle_since = _utcnow()
                 self._idle_at = time.monotonic()
-            self._watch_idle()
+            self.watch_idle()
         else:
             self._idle_since = None
-        self._manager._used(self)
+        self._manager.note_use(self)
+
+    # -- what a protocol layer tells it ----------------------------------------------------
+
+    def layer(self, slot: LayerSlot[S]) -> S | None:
+        """The state *slot*'s layer keeps here, or ``None`` before `attach_layer`."""
+        state: S | None = self._layers.get(slot)  # type: ignore[assignment]
+        return state
+
+    def attach_layer(self, slot: LayerSlot[S], state: S) -> S:
+        """Keep *state* here for *slot*'s layer: closed with the point, idle ones by `close`."""
+        self._layers[slot] = state
+        return state
+
+    def begin_exchange(self) -> None:
+        """An exchange started on a connection the slot pool does not count (HTTP's own)."""
+        self._extra_busy += 1
+        if self._extra_busy == 1:
+            self._touch()  # idle_since becomes None
+
+    def end_exchange(self) -> None:
+        """The exchange `begin_exchange` announced ended."""
+        self._extra_busy -= 1
+        if self._extra_busy == 0:
+            self._touch()  # idle_since becomes now
+
+    def socket_opened(self) -> None:
+        """A layer's own pool opened a socket to this endpoint (counted in the connections)."""
+        self._extra_connections += 1
+
+    def socket_closed(self) -> None:
+        """A socket `socket_opened` announced is closed."""
+        self._extra_connections -= 1
+        if self._extra_connections == 0:
+            self.watch_idle()
+
+    def stream_opened(self, stream: Stream) -> None:
+        """The dialer made *stream* for this endpoint: the manager's close aborts it."""
+        self._active.add(stream)
+
+    def streams_in_use(self) -> list[Stream]:
+        """The streams open to this endpoint now (pooled ones included)."""
+        return list(self._active)
 
     def __repr__(self) -> str:
         via = f" via {self._proxy}" if self._proxy else ""
@@ -238,7 +304,7 @@ class ServicePoint:
         each. With ``reuse_key=None`` a new stream is always opened. ``tls=None`` means the
         scheme's default (implicit TLS for ``https``, ``smtps``, ``ftps``, ``tls``).
         """
-        self._manager._check_open()
+        self._manager.check_open()
         policy = self.policy
         try:
             async with asyncio.timeout(timeout):
@@ -273,8 +339,8 @@ class ServicePoint:
             or not conn.is_reusable()
             or conn.policy != self.policy
             or (
-                self._lease_timeout is not None
-                and time.monotonic() - conn.opened_at >= self._lease_timeout
+                self._connection_lease_timeout is not None
+                and time.monotonic() - conn.opened_at >= self._connection_lease_timeout
             )
         ):
             await close_quietly(conn)
@@ -287,30 +353,29 @@ class ServicePoint:
         """Close this endpoint's idle connections now (connections in use are not touched)."""
         for conn in self._pool.drain_idle():
             await close_quietly(conn)
-        for state in list(self.layer_state.values()):
-            # A layer with a pool of its own (HTTP: aiohttp's) closes its idle connections too.
-            close_idle = getattr(state, "close_idle", None)
-            if callable(close_idle):
-                close_idle()
+        for state in list(self._layers.values()):
+            state.close_idle()  # a layer with a pool of its own (HTTP: aiohttp's)
         self._touch()
 
     async def _acquire(self, reuse_key: Hashable | None, policy: TlsPolicy) -> Any:
         while True:
-            self._manager._check_open()
+            self._manager.check_open()
             conn = None
             if reuse_key is not None:
                 conn, stale = self._pool.take_idle(
                     reuse_key,
                     policy=policy,
                     max_idle=self._max_idle_time,
-                    lease=self._lease_timeout,
+                    lease=self._connection_lease_timeout,
                 )
             else:
                 stale = self._pool.expire(
-                    policy=policy, max_idle=self._max_idle_time, lease=self._lease_timeout
+                    policy=policy,
+                    max_idle=self._max_idle_time,
+                    lease=self._connection_lease_timeout,
                 )
             for old in stale:
-                self._manager._spawn(close_quietly(old))
+                self._manager.spawn(close_quietly(old))
             if conn is not None:
                 self._touch()
                 return conn
@@ -320,7 +385,7 @@ class ServicePoint:
             victim = self._pool.evict_idle()
             if victim is not None:
                 # Closing frees its slot; shielded so a cancelled waiter still closes it.
-                await asyncio.shield(self._manager._spawn(close_quietly(victim)))
+                await asyncio.shield(self._manager.spawn(close_quietly(victim)))
                 continue
             self._idle_since = None
             await self._pool.wait()
@@ -342,7 +407,7 @@ class ServicePoint:
         when the policy's ``resume_sessions`` is off: a data channel resumes its control
         connection, which is no cache).
         """
-        self._manager._check_open()
+        self._manager.check_open()
         stream = await self.dialer.open(
             policy=policy,
             tls=tls,
@@ -358,10 +423,11 @@ class ServicePoint:
         # The manager may have closed while we connected: the new stream is not handed out.
         if self._manager.closed:
             stream.abort(by_manager=True)
-            self._manager._check_open()
+            self._manager.check_open()
         return stream
 
-    def _stream_closed(self, stream: Stream) -> None:
+    def stream_closed(self, stream: Stream) -> None:
+        """*stream*, one of this endpoint's, closed: its slot is free (the dialer's on_close)."""
         self._active.discard(stream)
         self._aborted = {s for s in self._aborted if not s.socket_closed}  # a loop turn at most
         if not stream.socket_closed:
@@ -377,9 +443,10 @@ class ServicePoint:
         for stream in list(self._aborted):
             await stream.wait_closed()
 
-    def _side_stream_closed(self, stream: Stream) -> None:
+    def side_stream_closed(self, stream: Stream) -> None:
+        """*stream*, from `open_side_stream`, closed (it held no slot)."""
         self._active.discard(stream)
-        self._watch_idle()
+        self.watch_idle()
 
     # -- idle reaping and shutdown ---------------------------------------------------------
 
@@ -387,7 +454,9 @@ class ServicePoint:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
-        deadline = self._pool.next_expiry(max_idle=self._max_idle_time, lease=self._lease_timeout)
+        deadline = self._pool.next_expiry(
+            max_idle=self._max_idle_time, lease=self._connection_lease_timeout
+        )
         if deadline is not None and not self._manager.closed:
             loop = asyncio.get_running_loop()
             self._reaper = loop.call_at(deadline + _REAP_SLACK, self._reap)
@@ -395,9 +464,9 @@ class ServicePoint:
     def _reap(self) -> None:
         self._reaper = None
         for conn in self._pool.expire(
-            policy=self.policy, max_idle=self._max_idle_time, lease=self._lease_timeout
+            policy=self.policy, max_idle=self._max_idle_time, lease=self._connection_lease_timeout
         ):
-            self._manager._spawn(close_quietly(conn))
+            self._manager.spawn(close_quietly(conn))
         self._schedule_reaper()
 
     def _reclaimable(self) -> bool:
@@ -411,7 +480,7 @@ class ServicePoint:
             and not self._manager.closed
         )
 
-    def _watch_idle(self) -> None:
+    def watch_idle(self) -> None:
         """Arm the reclaim timer once the point may be reclaimed (each path that can make it
         so calls this: the end of a use, the close of a connection).
 
@@ -430,11 +499,11 @@ class ServicePoint:
         if not self._reclaimable():
             return  # in use again: its next idle moment arms the timer anew
         if time.monotonic() < self._idle_at + self._max_idle_time:
-            self._watch_idle()  # used and idle again since the timer was armed
+            self.watch_idle()  # used and idle again since the timer was armed
             return
-        self._manager._reclaim(self)
+        self._manager.reclaim(self)
 
-    def _shutdown(self) -> list[Any]:
+    def shutdown(self) -> list[Any]:
         """Fail waiters, abort streams in use; return idle connections for the caller to close."""
         self._detached = True
         if self._reaper is not None:
@@ -455,11 +524,9 @@ class ServicePoint:
             if stream not in pooled:  # idle sessions get a polite close from the caller
                 stream.abort(by_manager=True)
         self.dialer.interrupt()
-        for state in list(self.layer_state.values()):
+        for state in list(self._layers.values()):
             # A layer with sockets of its own (HTTP) fails its waiters and closes them.
-            close = getattr(state, "close", None)
-            if callable(close):
-                close(ManagerClosedError(f"{endpoint} was closed", endpoint=endpoint))
+            state.close(ManagerClosedError(f"{endpoint} was closed", endpoint=endpoint))
         return idle
 
 

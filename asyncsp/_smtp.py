@@ -1,5 +1,9 @@
 """SMTP client on asyncsp streams: STARTTLS done right, AUTH only under TLS, pipelining, pooling.
 
+Every change to what an SMTP user calls (``mgr.smtp``, `SmtpClient`, how a message becomes
+bytes) belongs in this file; the protocol's rules belong in ``_smtp_protocol.py`` and its I/O
+loop in ``_smtp_connection.py``.
+
 The protocol lives in ``_smtp_protocol.py`` (sans I/O) and the loop around it in
 ``_smtp_connection.py``; this module is the public face. A session runs on a `Stream` from the
 service point ``smtp://host:port`` (``smtps://`` for implicit TLS), so connect, handshake,
@@ -23,8 +27,8 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from ._credentials import credential_digest
-from ._endpoint import normalise_host
 from ._errors import SmtpArgumentError, SmtpError
+from ._session_args import session_target
 from ._smtp_connection import DEFAULT_STEP_TIMEOUT, SmtpConnection
 from ._smtp_protocol import (
     Command,
@@ -39,13 +43,12 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
-    from ._manager import ConnectionManager
+    from ._registry import ServicePointRegistry
     from ._servicepoint import ServicePoint
     from ._tls import TlsInfo
 
 __all__ = ["SendResult", "SmtpClient", "SmtpReply", "open_smtp"]
 
-SECURITY_MODES = ("starttls", "tls", "none")
 IMPLICIT_TLS_PORT = 465
 """RFC 8314 §3.3: submission over implicit TLS; every other port starts in clear."""
 
@@ -171,7 +174,7 @@ class _SmtpContext:
 
     def __init__(
         self,
-        manager: ConnectionManager,
+        manager: ServicePointRegistry,
         host: str,
         port: int,
         *,
@@ -181,16 +184,15 @@ class _SmtpContext:
         local_hostname: str | None,
         timeout: float | None,
     ) -> None:
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"port must be an int from 1 to 65535, not {port!r}")
-        if security is None:
-            security = "tls" if port == IMPLICIT_TLS_PORT else "starttls"
-        if security not in SECURITY_MODES:
-            raise ValueError(f"security must be one of {SECURITY_MODES}, not {security!r}")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-        ):
-            raise ValueError(f"timeout must be a number of seconds > 0 or None, not {timeout!r}")
+        target = session_target(
+            host,
+            port,
+            security=security,
+            timeout=timeout,
+            schemes=("smtp", "smtps"),
+            implicit_tls_port=IMPLICIT_TLS_PORT,
+        )
+        security = target.security
         if username is not None and security == "none":
             raise SmtpError(
                 "credentials are never sent over an unencrypted connection; use "
@@ -200,16 +202,13 @@ class _SmtpContext:
             check_argument(local_hostname, "local_hostname")
             if not local_hostname or " " in local_hostname:
                 raise SmtpArgumentError(f"local_hostname {local_hostname!r} is not a domain")
-        host = normalise_host(host)
-        netloc = f"[{host}]" if ":" in host else host
-        scheme = "smtps" if security == "tls" else "smtp"
         self._manager = manager
-        self._address = f"{scheme}://{netloc}:{port}"
+        self._address = target.address
         self._security = security
         self._username = username
         self._password = password or ""
         self._local_hostname = local_hostname
-        self._timeout = timeout
+        self._timeout = target.timeout
         self._key = (security, local_hostname, username, credential_digest(password))
         self._conn: SmtpConnection | None = None
         self._client: SmtpClient | None = None
@@ -262,7 +261,7 @@ class _SmtpContext:
 
 
 def open_smtp(
-    manager: ConnectionManager,
+    manager: ServicePointRegistry,
     host: str,
     port: int = 587,
     *,
@@ -272,12 +271,14 @@ def open_smtp(
     local_hostname: str | None = None,
     timeout: float | None = None,
 ) -> AbstractAsyncContextManager[SmtpClient]:
-    """``async with open_smtp(mgr, host, port) as client``: a pooled session (see `SmtpClient`).
+    """``async with mgr.smtp(host) as client:`` a pooled SMTP session (see `SmtpClient`).
 
-    *security*: ``"starttls"`` (required; the default on every port but 465), ``"tls"``
-    (implicit; the default for 465) or ``"none"``. *timeout* bounds every step, each
-    complete reply included; ``None`` uses RFC 5321 §4.5.3.2's limits (5 minutes for most
-    replies, 10 for the one after the message content).
+    *security* is ``"starttls"`` (required; the default on every port but 465), ``"tls"``
+    (implicit; the default for 465) or ``"none"``. Credentials never cross in clear.
+    *timeout* bounds every step, each complete reply included; ``None`` uses RFC 5321
+    §4.5.3.2's limits (5 minutes for most replies, 10 for the one after the message content).
+    The session comes from the ``smtp://host:port`` (``smtps://``) service point's pool and
+    goes back to it, reset, when the block ends.
     """
     return _SmtpContext(
         manager,

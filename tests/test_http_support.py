@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from asyncsp import ConnectionManager, TlsPolicy
-from asyncsp._http_pool import HttpEndpoint
+from asyncsp._http_pool import ENDPOINT_SLOT, HttpEndpoint
 
 from .servers import LOCAL, wait_until
 
@@ -27,7 +27,7 @@ Trusted = collections.abc.Callable[..., TlsPolicy]
 
 def endpoint_of(mgr: ConnectionManager, url: str) -> HttpEndpoint:
     """The HTTP pool state of the service point for *url*."""
-    state = mgr.find_service_point(url).layer_state["http"]
+    state = mgr.find_service_point(url).layer(ENDPOINT_SLOT)
     assert isinstance(state, HttpEndpoint)
     return state
 

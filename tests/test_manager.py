@@ -254,7 +254,7 @@ async def idle_session_that_never_answers_quit(mgr: ConnectionManager, port: int
 async def test_aclose_cuts_off_a_goodbye_that_outlasts_the_grace(
     monkeypatch: pytest.MonkeyPatch, service_points: int
 ) -> None:
-    monkeypatch.setattr("asyncsp._manager._CLOSE_GRACE", 0.2)  # QUIT waits 2 s for its reply
+    monkeypatch.setattr("asyncsp._registry._CLOSE_GRACE", 0.2)  # QUIT waits 2 s for its reply
     async with scripted(responder(answers={b"QUIT": b""})) as (server, port):
         mgr = ConnectionManager()
         sock = await idle_session_that_never_answers_quit(mgr, port)
