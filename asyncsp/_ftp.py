@@ -28,7 +28,7 @@ from ._errors import (
 )
 from ._ftp_protocol import FtpEntry, FtpReply, encode_command, parse_listing, parse_pwd, parse_size
 from ._ftp_session import READ_SIZE, FtpSession, Transfer
-from ._session_args import session_target
+from ._session_args import SessionKind
 from ._streams import Stream
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["FtpClient", "FtpEntry", "open_ftp"]
 
 IMPLICIT_TLS_PORT = 990
+"""IANA's ``ftps`` port: implicit TLS (RFC 4217 defines only ``AUTH TLS``); other ports start
+in clear."""
+SESSIONS = SessionKind("ftp", "ftps", IMPLICIT_TLS_PORT)
 DEFAULT_STEP_TIMEOUT = 300.0
 """Seconds each step may take when ``timeout`` is None: the connect and handshake, each
 complete reply, each read or write of a data connection. RFC 959 names no limit, so this is
@@ -307,14 +310,7 @@ async def open_ftp(
     service point, implicit TLS ``ftps://host:port``; sessions are pooled there per security
     mode and credentials.
     """
-    target = session_target(
-        host,
-        port,
-        security=security,
-        timeout=timeout,
-        schemes=("ftp", "ftps"),
-        implicit_tls_port=IMPLICIT_TLS_PORT,
-    )
+    target = SESSIONS.target(host, port, security=security, timeout=timeout)
     security, address = target.security, target.address
     step_timeout = DEFAULT_STEP_TIMEOUT if target.timeout is None else target.timeout
     for name, value in (("username", username), ("password", password)):

@@ -11,7 +11,7 @@ import dataclasses
 
 from ._endpoint import normalise_host
 
-__all__ = ["SECURITY_MODES", "SessionTarget", "session_target"]
+__all__ = ["SECURITY_MODES", "SessionKind", "SessionTarget"]
 
 SECURITY_MODES = ("starttls", "tls", "none")
 """``starttls``: upgrade in place (required); ``tls``: implicit TLS; ``none``: plain text."""
@@ -29,36 +29,39 @@ class SessionTarget:
     """Seconds each step may take (``None``: the protocol's own limits)."""
 
 
-def session_target(
-    host: str,
-    port: object,
-    *,
-    security: str | None,
-    timeout: object,
-    schemes: tuple[str, str],
-    implicit_tls_port: int,
-) -> SessionTarget:
-    """Check a session's arguments and name its service point.
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionKind:
+    """A protocol's sessions: its (plain, implicit TLS) schemes and its implicit-TLS port."""
 
-    *schemes* is the protocol's (plain, implicit TLS) pair, e.g. ``("smtp", "smtps")``; the
-    implicit one is used for ``security="tls"``, which is the default on *implicit_tls_port*.
-    `ValueError` names the argument that is wrong.
-    """
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise ValueError(f"port must be an int from 1 to 65535, not {port!r}")
-    if security is None:
-        security = "tls" if port == implicit_tls_port else "starttls"
-    if security not in SECURITY_MODES:
-        raise ValueError(f"security must be one of {', '.join(SECURITY_MODES)}, not {security!r}")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
-        raise ValueError(f"timeout must be a number of seconds > 0 or None, not {timeout!r}")
-    host = normalise_host(host)
-    netloc = f"[{host}]" if ":" in host else host
-    scheme = schemes[1] if security == "tls" else schemes[0]
-    return SessionTarget(
-        address=f"{scheme}://{netloc}:{port}",
-        security=security,
-        timeout=None if timeout is None else float(timeout),
-    )
+    plain_scheme: str
+    tls_scheme: str
+    implicit_tls_port: int
+    """The port where ``security="tls"`` is the default (``"starttls"`` on every other)."""
+
+    def target(
+        self, host: str, port: object, *, security: str | None, timeout: object
+    ) -> SessionTarget:
+        """Check a session's arguments and name its service point.
+
+        `ValueError` names the argument that is wrong.
+        """
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"port must be an int from 1 to 65535, not {port!r}")
+        if security is None:
+            security = "tls" if port == self.implicit_tls_port else "starttls"
+        if security not in SECURITY_MODES:
+            raise ValueError(
+                f"security must be one of {', '.join(SECURITY_MODES)}, not {security!r}"
+            )
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            raise ValueError(f"timeout must be a number of seconds > 0 or None, not {timeout!r}")
+        host = normalise_host(host)
+        netloc = f"[{host}]" if ":" in host else host
+        scheme = self.tls_scheme if security == "tls" else self.plain_scheme
+        return SessionTarget(
+            address=f"{scheme}://{netloc}:{port}",
+            security=security,
+            timeout=None if timeout is None else float(timeout),
+        )

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from ._credentials import credential_digest
 from ._errors import SmtpArgumentError, SmtpError
-from ._session_args import session_target
+from ._session_args import SessionKind
 from ._smtp_connection import DEFAULT_STEP_TIMEOUT, SmtpConnection
 from ._smtp_protocol import (
     Command,
@@ -51,6 +51,7 @@ __all__ = ["SendResult", "SmtpClient", "SmtpReply", "open_smtp"]
 
 IMPLICIT_TLS_PORT = 465
 """RFC 8314 §3.3: submission over implicit TLS; every other port starts in clear."""
+SESSIONS = SessionKind("smtp", "smtps", IMPLICIT_TLS_PORT)
 
 
 class SmtpClient:
@@ -184,14 +185,7 @@ class _SmtpContext:
         local_hostname: str | None,
         timeout: float | None,
     ) -> None:
-        target = session_target(
-            host,
-            port,
-            security=security,
-            timeout=timeout,
-            schemes=("smtp", "smtps"),
-            implicit_tls_port=IMPLICIT_TLS_PORT,
-        )
+        target = SESSIONS.target(host, port, security=security, timeout=timeout)
         security = target.security
         if username is not None and security == "none":
             raise SmtpError(
