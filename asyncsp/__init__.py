@@ -3,6 +3,10 @@
 .NET's ``ServicePointManager`` model for await-based Python: a process-wide (or per-manager,
 or per-endpoint) `TlsPolicy` is snapshotted into an `ssl.SSLContext` for each new
 connection, and every TLS connection reports and verifies what it actually negotiated.
+
+Every change to the public surface (a name users import) belongs in this file and nowhere
+else; the layers below it, and the rule that their imports go one way, are in
+``tests/test_layers.py``.
 """
 
 from ._defaults import Defaults, defaults
