@@ -101,8 +101,8 @@ class HttpEndpoint:
             self.orphans -= 1
         self.held -= ticket.held_slots
         ticket.held_slots = 0
+        self.sp.socket_closed()  # first: a request woken below finds the socket gone
         self.wake()
-        self.sp.socket_closed()
 
     # -- the life of a request -------------------------------------------------------------
 
