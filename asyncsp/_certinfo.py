@@ -10,13 +10,21 @@ import dataclasses
 import datetime
 import hashlib
 import ipaddress
+import itertools
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
-__all__ = ["CertificateFacts", "certificate_findings", "describe_certificate", "names_host"]
+__all__ = [
+    "CertificateFacts",
+    "ChainReport",
+    "certificate_findings",
+    "describe_certificate",
+    "describe_chain",
+    "names_host",
+]
 
 EXPIRY_WARNING = datetime.timedelta(days=30)
 """A certificate that expires sooner than this is flagged, so it can be renewed in time."""
@@ -48,15 +56,104 @@ class CertificateFacts:
     signature_hash: str | None
     """The signature's digest (``"sha256"``), ``None`` for Ed25519/Ed448."""
 
+    self_signed: bool = False
+    """Issued by itself (subject and issuer alike, and its own key verifies its signature)."""
+    is_ca: bool = False
+    """basicConstraints says CA."""
+
     def to_json(self) -> dict[str, object]:
-        """The certificate object of ``asyncsp probe --json``."""
+        """The certificate object of ``asyncsp probe --json`` (the contract's fields first)."""
         return {
             "subject": self.subject,
             "issuer": self.issuer,
             "san": list(self.san),
             "not_after": self.not_after.isoformat(),
             "sha256": self.sha256,
+            "not_before": self.not_before.isoformat(),
+            "key": self.key,
+            "key_bits": self.key_bits,
+            "signature_hash": self.signature_hash,
         }
+
+    @property
+    def key_bits(self) -> int | None:
+        """The key's size in bits (``"RSA 2048 bits"``: 2048; ``"EC secp256r1"``: 256)."""
+        for word in self.key.replace("secp", " ").replace("r1", " ").split():
+            if word.isdigit():
+                return int(word)
+        return {"Ed25519": 256, "Ed448": 456}.get(self.key)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ChainReport:
+    """The certificates a server sent, in its order, and what is wrong with their order."""
+
+    certificates: tuple[CertificateFacts, ...]
+    findings: tuple[str, ...]
+    notes: tuple[str, ...]
+    """What is worth knowing but weakens nothing (a root sent along)."""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "count": len(self.certificates),
+            "certificates": [
+                {
+                    "subject": c.subject,
+                    "issuer": c.issuer,
+                    "key": c.key,
+                    "key_bits": c.key_bits,
+                    "signature_hash": c.signature_hash,
+                    "self_signed": c.self_signed,
+                    "ca": c.is_ca,
+                    "not_after": c.not_after.isoformat(),
+                    "sha256": c.sha256,
+                }
+                for c in self.certificates
+            ],
+            "findings": list(self.findings),
+            "notes": list(self.notes),
+        }
+
+    @property
+    def top(self) -> CertificateFacts | None:
+        """The last certificate that chains from the leaf (where the server's chain ends)."""
+        if not self.certificates:
+            return None
+        top = self.certificates[0]
+        for cert in self.certificates[1:]:
+            if cert.subject != top.issuer:
+                break
+            top = cert
+        return top
+
+
+def describe_chain(ders: list[bytes]) -> ChainReport:
+    """Describe the certificates a server sent (leaf first); `ValueError` if one cannot be
+    parsed."""
+    chain = tuple(describe_certificate(der) for der in ders)
+    findings: list[str] = []
+    notes: list[str] = []
+    for index, (cert, following) in enumerate(itertools.pairwise(chain)):
+        if following.subject != cert.issuer:
+            findings.append(
+                f"chain out of order: certificate {index + 2} ({following.subject}) did not "
+                f"issue certificate {index + 1} ({cert.subject})"
+            )
+            break
+    for index, cert in enumerate(chain[1:], start=2):
+        if cert.self_signed:
+            notes.append(
+                f"the server sends its root along ({cert.subject}, certificate {index}): "
+                "clients never use it, it only costs bytes in every handshake"
+            )
+            continue
+        if cert.key_is_weak:
+            findings.append(f"weak key in the chain: {cert.subject} has {cert.key}")
+        if cert.signature_hash in _WEAK_SIGNATURE_HASHES:
+            findings.append(
+                f"weak signature in the chain: {cert.subject} is signed with {cert.signature_hash}"
+            )
+    return ChainReport(certificates=chain, findings=tuple(findings), notes=tuple(notes))
 
 
 def describe_certificate(der: bytes) -> CertificateFacts:
@@ -76,7 +173,13 @@ def describe_certificate(der: bytes) -> CertificateFacts:
         digest = cert.signature_hash_algorithm
     except UnsupportedAlgorithm:
         digest = None
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
     return CertificateFacts(
+        self_signed=_self_signed(cert),
+        is_ca=is_ca,
         subject=cert.subject.rfc4514_string(),
         issuer=cert.issuer.rfc4514_string(),
         san=san,
@@ -141,6 +244,16 @@ def _same_ip(name: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bo
         return ipaddress.ip_address(name) == ip
     except ValueError:
         return False
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    if cert.subject != cert.issuer:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, UnsupportedAlgorithm, InvalidSignature):
+        return False
+    return True
 
 
 def _describe_key(cert: x509.Certificate) -> tuple[str, bool]:

@@ -117,10 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     probe = commands.add_parser(
         "probe",
         parents=[debug, tls],
-        help="which TLS versions a server accepts, its certificate, weak findings",
+        help="versions, suites, groups, chain and resumption a server accepts; weak findings",
         description="Probe each TLS version (TLSv1 to TLSv1.3) through asyncsp's own handshake "
-        "path with a policy pinned to that version. Exits 1 when there is a finding or the "
-        "target cannot be reached.",
+        "path with a policy pinned to that version; then, with bare ClientHellos, the suites "
+        "each version accepts in the server's order, the groups, ALPN, the certificate chain "
+        "as sent and session resumption. Exits 1 when there is a finding or the target "
+        "cannot be reached.",
     )
     probe.add_argument(
         "target",
@@ -129,10 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
         "(STARTTLS), smtps://, ftp://host[:port] (AUTH TLS) or ftps://",
     )
     probe.add_argument(
+        "--no-legacy",
+        action="store_true",
+        help="skip TLSv1 and TLSv1.1 (tried by default under the legacy opt-out, inside the "
+        "probe only; nothing but the handshake is sent)",
+    )
+    probe.add_argument(
         "--insecure-legacy",
         action="store_true",
-        help="also probe every version with the legacy opt-out (strong_crypto=False), which "
-        "can reach TLSv1 and TLSv1.1; nothing but the handshake is sent",
+        help="also probe TLSv1.2 and TLSv1.3 with the legacy opt-out (strong_crypto=False), "
+        "to learn whether a server the policy refuses is reachable at all",
+    )
+    probe.add_argument(
+        "--quick",
+        action="store_true",
+        help="versions and certificate only: no suites, groups, ALPN, chain or resumption",
     )
     probe.add_argument("--json", action="store_true", help="print one JSON object (see README)")
 
@@ -308,16 +321,20 @@ async def _probe(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     policy = policy_from(args, opt_out=_asks_for_legacy(args) and args.insecure_legacy)
+    legacy = not args.no_legacy
     with warnings.catch_warnings():
         # The user asked for these handshakes; the report says which ones used the opt-out.
         warnings.simplefilter("ignore", InsecurePolicyWarning)
-        total = probe.steps(policy, target, args.insecure_legacy)
+        total = probe.steps(policy, target, legacy, args.insecure_legacy)
+        total += 0 if args.quick else len(probe.VERSIONS)
         with progress(sys.stderr, f"probing {target.address}", total) as advance:
             report = await probe.run_probe(
                 target,
                 policy,
                 target_text=args.target,
-                legacy=args.insecure_legacy,
+                legacy=legacy,
+                every_opt_out=args.insecure_legacy,
+                enumerate=not args.quick,
                 timeout=args.timeout,
                 on_step=advance,
             )
@@ -325,7 +342,9 @@ async def _probe(args: argparse.Namespace) -> int:
         json.dump(report.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        probe.render(report, Output(sys.stdout))
+        from ._probe_render import render
+
+        render(report, Output(sys.stdout))
     return EXIT_FINDING if report.findings else EXIT_OK
 
 

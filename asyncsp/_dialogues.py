@@ -38,6 +38,7 @@ __all__ = [
     "name_as",
     "protocol_address",
     "smtp_starttls",
+    "until_tls",
     "upgrade",
 ]
 
@@ -75,6 +76,19 @@ async def upgrade(stream: Stream, protocol: str, host: str) -> TlsInfo:
     raise ValueError(f"no STARTTLS dialogue for {protocol!r}")
 
 
+async def until_tls(stream: Stream, protocol: str, host: str) -> None:
+    """Run *protocol*'s (``"smtp"`` or ``"ftp"``) dialogue up to the go-ahead, and stop there:
+    the caller speaks TLS (or a bare ClientHello) next."""
+    if protocol == "smtp":
+        session = SmtpSession(protocol_address(stream, "smtp"))
+        await _smtp_expect(stream, session)
+        await _smtp_go_ahead(stream, session, SmtpTranscript(), ehlo_name(stream))
+    elif protocol == "ftp":
+        await _ftp_go_ahead(stream, protocol_address(stream, "ftp"))
+    else:
+        raise ValueError(f"no STARTTLS dialogue for {protocol!r}")
+
+
 async def smtp_starttls(
     stream: Stream,
     host: str,
@@ -100,6 +114,20 @@ async def smtp_starttls(
         transcript.after = dict(session.extensions)
         await _smtp_quit(stream, session)
         return
+    await _smtp_go_ahead(stream, session, transcript, name)
+    transcript.tls = await stream.start_tls(server_hostname=host)
+    session.tls_started()
+    if ehlo_again:
+        await _smtp_ehlo(stream, session, name)
+        transcript.after = dict(session.extensions)
+    await _smtp_quit(stream, session)
+
+
+async def _smtp_go_ahead(
+    stream: Stream, session: SmtpSession, transcript: SmtpTranscript, name: str
+) -> None:
+    """EHLO and STARTTLS up to the server's ``220``: the next byte is the ClientHello."""
+    endpoint = session.endpoint
     await _smtp_ehlo(stream, session, name)
     transcript.before = dict(session.extensions)
     if "STARTTLS" not in session.extensions:
@@ -120,17 +148,21 @@ async def smtp_starttls(
             "before the TLS handshake (possible injection)",
             endpoint=endpoint,
         )
-    transcript.tls = await stream.start_tls(server_hostname=host)
-    session.tls_started()
-    if ehlo_again:
-        await _smtp_ehlo(stream, session, name)
-        transcript.after = dict(session.extensions)
-    await _smtp_quit(stream, session)
 
 
 async def ftp_auth_tls(stream: Stream, host: str) -> TlsInfo:
     """Greeting, ``AUTH TLS`` and the handshake, then ``QUIT`` over TLS."""
     endpoint = protocol_address(stream, "ftp")
+    parser = await _ftp_go_ahead(stream, endpoint)
+    info = await stream.start_tls(server_hostname=host)
+    with contextlib.suppress(AsyncspError):
+        await _send(stream, encode_ftp_command("QUIT"))
+        await _ftp_reply(stream, parser, endpoint)
+    return info
+
+
+async def _ftp_go_ahead(stream: Stream, endpoint: str) -> FtpReplyParser:
+    """Greeting and ``AUTH TLS`` up to the server's ``234``: the next byte is the ClientHello."""
     parser = FtpReplyParser()
     greeting = await _ftp_reply(stream, parser, endpoint)
     for _ in range(MAX_PRELIMINARY_REPLIES):
@@ -154,11 +186,7 @@ async def ftp_auth_tls(stream: Stream, host: str) -> TlsInfo:
             "handshake (possible injection)",
             endpoint=endpoint,
         )
-    info = await stream.start_tls(server_hostname=host)
-    with contextlib.suppress(AsyncspError):
-        await _send(stream, encode_ftp_command("QUIT"))
-        await _ftp_reply(stream, parser, endpoint)
-    return info
+    return parser
 
 
 def protocol_address(stream: Stream, scheme: str) -> str:

@@ -12,7 +12,7 @@ from ._errors import AsyncspError, CertificateVerificationError, StartTlsUnavail
 from ._manager import ConnectionManager
 from ._output import Output
 from ._policy import TlsPolicy
-from ._probe import explain, explain_untrusted
+from ._probe_explain import explain, explain_untrusted
 from ._tls import TlsInfo
 
 __all__ = ["DEFAULT_PORT", "IMPLICIT_TLS_PORT", "parse_server", "run_smtp_check"]
@@ -30,7 +30,10 @@ def parse_server(text: str) -> tuple[str, int]:
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"{text!r}: the port is not a number from 0 to 65535") from None
+        port = -1
+    if port is not None and not 0 < port < 65536:
+        shown = text.strip().rpartition(":")[2]
+        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535, not {shown!r}")
     if not parts.hostname or parts.username or parts.path or parts.query or text.endswith(":"):
         raise ValueError(f"{text!r}: give HOST or HOST:PORT, e.g. mail.example.org:25")
     return parts.hostname, port or DEFAULT_PORT

@@ -92,27 +92,61 @@ def closed_port() -> int:
 VERSION_NAMES = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 
 
+CONTRACT_KEYS = {"target", "versions", "certificate", "findings"}
+CONTRACT_VERSION_KEYS = {"accepted", "cipher", "alpn", "error"}
+CONTRACT_CERT_KEYS = {"subject", "issuer", "san", "not_after", "sha256"}
+# The contract lets fields be added, never removed or renamed: these are the ones added, each
+# pinned here so that a new one is a documented decision, not an accident.
+ADDED_KEYS = {
+    "notes",
+    "legacy_probed",
+    "groups",
+    "alpn_accepted",
+    "chain",
+    "resumption",
+    "enumeration_complete",
+    "seconds",
+}
+ADDED_VERSION_KEYS = {"opt_out_only", "suites", "preference"}
+ADDED_CERT_KEYS = {"not_before", "key", "key_bits", "signature_hash", "trusted"}
+
+
 def check_probe_schema(report: object) -> None:
-    """Exactly CONTRACT.md's ``probe --json`` object: keys, nothing more, and their types."""
+    """CONTRACT.md's ``probe --json`` object: its keys with their types, and besides them
+    exactly the documented added keys, nothing more."""
     assert isinstance(report, dict)
-    assert set(report) == {"target", "versions", "certificate", "findings"}
+    assert set(report) == CONTRACT_KEYS | ADDED_KEYS
     assert isinstance(report["target"], str)
     versions = report["versions"]
     assert isinstance(versions, dict) and list(versions) == VERSION_NAMES
     for v in versions.values():
-        assert set(v) == {"accepted", "cipher", "alpn", "error"}
+        assert set(v) == CONTRACT_VERSION_KEYS | ADDED_VERSION_KEYS
         assert isinstance(v["accepted"], bool)
         for key in ("cipher", "alpn", "error"):
             assert v[key] is None or isinstance(v[key], str)
+        assert isinstance(v["opt_out_only"], bool)
+        assert v["suites"] is None or all(
+            set(s) == {"name", "iana", "key_exchange", "weak"} for s in v["suites"]
+        )
+        assert v["preference"] in (None, "server", "client")
     cert = report["certificate"]
     if cert is not None:
-        assert set(cert) == {"subject", "issuer", "san", "not_after", "sha256"}
+        assert set(cert) == CONTRACT_CERT_KEYS | ADDED_CERT_KEYS
         assert all(isinstance(cert[k], str) for k in ("subject", "issuer", "not_after", "sha256"))
         assert isinstance(cert["san"], list) and all(isinstance(s, str) for s in cert["san"])
 
         datetime.datetime.fromisoformat(cert["not_after"])  # ISO 8601
+        datetime.datetime.fromisoformat(cert["not_before"])
+        assert cert["trusted"] in (True, False)
     assert isinstance(report["findings"], list)
     assert all(isinstance(f, str) for f in report["findings"])
+    assert all(isinstance(n, str) for n in report["notes"])
+    assert isinstance(report["legacy_probed"], bool)
+    assert isinstance(report["resumption"], list)
+    for r in report["resumption"]:
+        assert r["mechanism"] in ("session ID", "ticket") and isinstance(r["supported"], bool)
+    if report["chain"] is not None:
+        assert report["chain"]["count"] == len(report["chain"]["certificates"])
 
 
 # -- probe ---------------------------------------------------------------------------------
@@ -144,12 +178,21 @@ def test_probe_json_tls12_only(
     assert versions["TLSv1.2"]["cipher"] and versions["TLSv1.2"]["error"] is None
     assert versions["TLSv1.3"]["accepted"] is False
     assert versions["TLSv1.3"]["error"]
-    # Without --insecure-legacy the legacy versions are not tried, and say so.
-    assert not versions["TLSv1"]["accepted"] and "not tried" in versions["TLSv1"]["error"]
+    # The legacy versions are tried by default (under the opt-out) and refused here.
+    assert not versions["TLSv1"]["accepted"] and versions["TLSv1"]["error"]
+    assert "not tried" not in versions["TLSv1"]["error"]
+    assert report["legacy_probed"] is True
     assert report["certificate"]["sha256"] == leaf_sha256(server_cert)
     assert set(report["certificate"]["san"]) >= {"localhost", "127.0.0.1"}
     assert report["findings"] == []
     assert result.returncode == 0
+
+    # --no-legacy skips them, and says so.
+    skipped = json.loads(run("probe", target, "--cafile", cafile, "--json", "--no-legacy").stdout)
+    check_probe_schema(skipped)
+    assert not skipped["versions"]["TLSv1"]["accepted"]
+    assert "not tried" in skipped["versions"]["TLSv1"]["error"]
+    assert skipped["legacy_probed"] is False
 
 
 def test_probe_flags_a_tls11_capable_server(tls11_server: ThreadedServer, cafile: str) -> None:
@@ -169,6 +212,13 @@ def test_probe_flags_a_tls11_capable_server(tls11_server: ThreadedServer, cafile
     assert "TLSv1.1 accepted" in human.stdout
     assert "effective here: TLSv1.2, TLSv1.3 (system configuration:" in human.stdout
     assert "\x1b[" not in human.stdout  # plain text when piped
+
+    # By default too: TLS 1.0 and 1.1 are tried under the opt-out without being asked.
+    default = json.loads(run("probe", target, "--cafile", cafile, "--json").stdout)
+    check_probe_schema(default)
+    assert default["versions"]["TLSv1.1"]["accepted"] is True
+    assert default["versions"]["TLSv1.1"]["opt_out_only"] is True
+    assert any(f.startswith("TLSv1.1 accepted") for f in default["findings"])
 
 
 def test_probe_untrusted_certificate_is_a_finding(tls12_server: ThreadedServer) -> None:
@@ -668,7 +718,11 @@ def test_probe_ftp_auth_tls(tmp_path: Path, server_cert: trustme.LeafCert, cafil
     assert report["versions"]["TLSv1.2"]["accepted"] is True
     assert report["versions"]["TLSv1.3"]["accepted"] is True
     assert report["certificate"]["sha256"] == leaf_sha256(server_cert)
-    assert result.returncode == 0
+    assert report["certificate"]["trusted"] is True
+    # pyftpdlib's default suites include ECDHE-ECDSA-AES*-SHA: the one weakness it has.
+    assert report["findings"], report["findings"]
+    assert all(f.startswith("TLSv1.2 accepts CBC with SHA-1:") for f in report["findings"])
+    assert result.returncode == 1
 
 
 def test_debug_adds_the_traceback(tls12_server: ThreadedServer) -> None:
