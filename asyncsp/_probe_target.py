@@ -73,7 +73,10 @@ def parse_target(text: str) -> Target:
     if tail or "?" in netloc or "#" in netloc or "@" in netloc:
         raise ValueError(f"{text!r}: a probe target is scheme://host[:port], nothing more")
     _check_brackets(text, scheme, netloc, bare)
-    parts = urllib.parse.urlsplit(f"//{netloc}")
+    try:
+        parts = urllib.parse.urlsplit(f"//{netloc}")
+    except ValueError as exc:  # "Invalid IPv6 URL": an unclosed bracket
+        raise ValueError(f"{text!r}: not a host or host:port ({exc})") from None
     port_text = netloc.rpartition("]")[2] if netloc.startswith("[") else netloc
     if ":" in port_text:
         _check_port(text, port_text.rpartition(":")[2])
@@ -89,19 +92,23 @@ def _check_brackets(text: str, scheme: str, netloc: str, bare: bool) -> None:
     if netloc.startswith("[") or netloc.count(":") < 2:
         return
     prefix = "" if bare else f"{scheme}://"
+    address, _, port = netloc.rpartition(":")
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        address = ""
     try:
         ipaddress.IPv6Address(netloc)
     except ValueError:
-        address, _, port = netloc.rpartition(":")
-        try:
-            ipaddress.IPv6Address(address)
-        except ValueError:
+        if not address:
             raise ValueError(f"{text!r}: not a host or host:port") from None
-        raise ValueError(
-            f"{text!r}: an IPv6 address takes brackets before its port: {prefix}[{address}]:{port}"
-        ) from None
-    example = f"[{netloc}]:443" if bare else f"{prefix}[{netloc}]"
-    raise ValueError(f"{text!r}: an IPv6 address takes brackets: {example}")
+    else:
+        if not bare:  # "::1:8443" is an address too: both readings, the port one first
+            split = f" ({prefix}[{address}]:{port} for port {port})" if address else ""
+            raise ValueError(f"{text!r}: an IPv6 address takes brackets: {prefix}[{netloc}]{split}")
+    raise ValueError(
+        f"{text!r}: an IPv6 address takes brackets before its port: {prefix}[{address}]:{port}"
+    )
 
 
 def _check_port(text: str, port: str) -> None:
