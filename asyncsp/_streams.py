@@ -64,7 +64,13 @@ def _abort(transport: asyncio.Transport, protocol: StreamProtocol) -> None:
 
 
 class StreamProtocol(asyncio.Protocol):
-    """Buffers what arrives, pauses the peer past a high-water mark, wakes one reader."""
+    """Buffers what arrives, pauses the peer past a high-water mark, wakes one reader.
+
+    Each chunk is copied into one ``bytearray`` and the transport's ``bytes`` freed at once.
+    (Keeping the chunk itself to hand it out uncopied was tried: a chunk from ``recv`` lives
+    in a block sized for the largest read, and a thousand of them held between reads cost
+    more in memory mappings than the copy saves.) A read copies out of it once.
+    """
 
     def __init__(self, high_water: int) -> None:
         self._buffer = bytearray()
@@ -73,7 +79,7 @@ class StreamProtocol(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._reading_paused = False
-        self._writing_paused = False
+        self.writing_paused = False
         self.eof = False
         self.eof_is_tls_close = False
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -87,11 +93,14 @@ class StreamProtocol(asyncio.Protocol):
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        self._wake()
+        buffer = self._buffer
+        buffer += data
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         if (
             not self._reading_paused
-            and len(self._buffer) > self._high_water
+            and len(buffer) > self._high_water
             and self._transport is not None
         ):
             self._transport.pause_reading()
@@ -105,17 +114,15 @@ class StreamProtocol(asyncio.Protocol):
         # Under TLS asyncio calls this both for the peer's close_notify and for a bare TCP FIN
         # (a truncation). Only after close_notify does OpenSSL report a zero return on read.
         self.eof_is_tls_close = ssl_object is not None and received_close_notify(ssl_object)
-        self._wake()
+        self.wake_reader()
         return ssl_object is None  # plain TCP: keep our half open (the owner closes)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
         if exc is not None and self.exception is None:
             self.exception = exc
-        self._wake()
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self.wake_reader()
+        self.wake_drainers()
         self.mark_lost()
 
     def mark_lost(self) -> None:
@@ -123,14 +130,11 @@ class StreamProtocol(asyncio.Protocol):
             self.lost.set_result(None)
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
+        self.writing_paused = True
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._drain_waiters.clear()
+        self.writing_paused = False
+        self.wake_drainers()
 
     # -- used by Stream --------------------------------------------------------------------
 
@@ -142,8 +146,14 @@ class StreamProtocol(asyncio.Protocol):
         self._transport = transport
 
     def take(self, n: int) -> bytes:
-        data = bytes(self._buffer[:n])
-        del self._buffer[:n]
+        buffer = self._buffer
+        if n >= len(buffer):
+            data = bytes(buffer)
+            buffer.clear()
+        else:
+            with memoryview(buffer) as view:  # one copy out (a slice would copy twice)
+                data = bytes(view[:n])
+            del buffer[:n]
         if self._reading_paused and len(self._buffer) <= self._high_water // 2:
             self._reading_paused = False
             if self._transport is not None and not self._transport.is_closing():
@@ -153,32 +163,54 @@ class StreamProtocol(asyncio.Protocol):
     def find(self, sep: bytes, start: int) -> int:
         return self._buffer.find(sep, start)
 
-    async def wait_data(self, what: str = "this connection") -> None:
-        """Wait until more bytes, EOF or a lost connection arrive; one task at a time."""
+    def reader_waiter(self, what: str | Callable[[], str]) -> asyncio.Future[None]:
+        """A future set when more bytes, EOF or a lost connection arrive (one reader only);
+        the reader calls `reader_done` once it has been woken. *what* names the connection
+        in the error (a callable is only called then)."""
         if self._waiter is not None:
             # Two readers would split the bytes at random: as asyncio's StreamReader does.
+            what = what if isinstance(what, str) else what()
             raise RuntimeError(f"another task is reading {what}; only one task may read it")
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter = self.lost.get_loop().create_future()
         if self._reading_paused and self._transport is not None:
             self._reading_paused = False
             self._transport.resume_reading()
+        return waiter
+
+    def reader_done(self) -> None:
+        self._waiter = None
+
+    async def wait_data(self, what: str = "this connection") -> None:
+        """Wait until more bytes, EOF or a lost connection arrive; one task at a time."""
+        waiter = self.reader_waiter(what)
         try:
-            await self._waiter
+            await waiter
         finally:
             self._waiter = None
 
     async def drain(self) -> None:
+        """Wait until the transport takes writes again; `ConnectionResetError` once lost."""
         if self.lost.done():
             raise ConnectionResetError("connection lost")
-        if not self._writing_paused:
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._drain_waiters.append(waiter)
-        await waiter
+        if self.writing_paused:
+            await self.drain_waiter()
 
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+    def drain_waiter(self) -> asyncio.Future[None]:
+        """A future set once the transport takes writes again (or the connection is lost)."""
+        waiter: asyncio.Future[None] = self.lost.get_loop().create_future()
+        self._drain_waiters.append(waiter)
+        return waiter
+
+    def wake_reader(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def wake_drainers(self) -> None:
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
 
 
 class Stream:
@@ -187,6 +219,12 @@ class Stream:
     Every operation is bounded by the stream's ``timeout`` (when set); a timed-out or failed
     operation closes the stream, since the peer's state is then unknown. Errors are asyncsp's:
     `TimeoutError`, `ConnectionClosedError`, `ReadLimitError`, `ManagerClosedError`.
+
+    The bound costs no timer per operation. An operation records its deadline; only when it
+    has to wait does the stream make sure its one timer is armed no later than that, and the
+    timer, when it fires, ends the waits whose deadline has passed and re-arms itself for the
+    rest. An operation that finds its bytes already buffered (or room to write) never waits,
+    so it touches no timer at all; back-to-back operations share the timer armed by the first.
     """
 
     def __init__(
@@ -211,6 +249,14 @@ class Stream:
         self._closed = False
         self._broken = False
         self._closed_by_manager = False
+        self._loop = protocol.lost.get_loop()
+        # The deadline of the read (and of the drain) in progress, and whether it passed.
+        self._read_deadline: float | None = None
+        self._read_expired = False
+        self._drain_deadline: float | None = None
+        self._drain_expired = False
+        self._drain_waiting: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self.timeout = timeout
         """Seconds each operation may take (``None``: unbounded)."""
         self.opened_at = time.monotonic()
@@ -300,18 +346,22 @@ class Stream:
         if n == 0:
             return b""
         if n < 0:
-            return await self._guard(self._read_all())
-        return await self._guard(self._read_some(n))
+            return await self._guard(self._read_all(), _READ)
+        if self._protocol._buffer and not self._closed:  # nothing to wait for
+            return self._protocol.take(n)
+        return await self._guard(self._read_some(n), _READ)
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly *n* bytes; `ConnectionClosedError` if the stream ends first."""
-        return await self._guard(self._readexactly(n))
+        if len(self._protocol._buffer) >= n and not self._closed:  # nothing to wait for
+            return self._protocol.take(n)
+        return await self._guard(self._readexactly(n), _READ)
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         """Bytes up to and including *separator*, at most the stream's line limit."""
         if not separator:
             raise ValueError("separator must not be empty")
-        return await self._guard(self._readuntil(separator))
+        return await self._guard(self._readuntil(separator), _READ)
 
     async def readline(self) -> bytes:
         """One line, ending with ``\\n``; at EOF the rest (possibly ``b""``)."""
@@ -327,7 +377,13 @@ class Stream:
             self._raise_if_lost()
             if self._protocol.eof:
                 return b""
-            await self._protocol.wait_data(f"the stream to {self.endpoint}")
+            waiter = self._data_waiter()
+            try:
+                await waiter
+            finally:
+                self._protocol.reader_done()
+            if self._read_expired:
+                raise builtins.TimeoutError
         return self._protocol.take(n)
 
     async def _read_all(self) -> bytes:
@@ -348,7 +404,13 @@ class Stream:
                     endpoint=self.endpoint,
                     partial=partial,
                 )
-            await self._protocol.wait_data(f"the stream to {self.endpoint}")
+            waiter = self._data_waiter()
+            try:
+                await waiter
+            finally:
+                self._protocol.reader_done()
+            if self._read_expired:
+                raise builtins.TimeoutError
         return self._protocol.take(n)
 
     async def _readuntil(self, separator: bytes) -> bytes:
@@ -371,12 +433,31 @@ class Stream:
                     endpoint=self.endpoint,
                     partial=partial,
                 )
-            await self._protocol.wait_data(f"the stream to {self.endpoint}")
+            waiter = self._data_waiter()
+            try:
+                await waiter
+            finally:
+                self._protocol.reader_done()
+            if self._read_expired:
+                raise builtins.TimeoutError
         self._broken = True
         raise ReadLimitError(
             f"{self.endpoint} sent more than {self._line_limit} bytes without {separator!r}",
             endpoint=self.endpoint,
         )
+
+    def _data_waiter(self) -> asyncio.Future[None]:
+        """The future a read awaits for more bytes, EOF or a lost connection, with the timer
+        armed for the read's deadline. (Awaited in place: a coroutine around it would cost
+        a layer per wait.) After it: `StreamProtocol.reader_done`, then `_read_expired`."""
+        waiter = self._protocol.reader_waiter(self._describe)
+        deadline = self._read_deadline
+        if deadline is not None:
+            self._arm(deadline)
+        return waiter
+
+    def _describe(self) -> str:
+        return f"the stream to {self.endpoint}"
 
     def _raise_if_lost(self) -> None:
         if self._closed:
@@ -401,7 +482,28 @@ class Stream:
 
     async def drain(self) -> None:
         """Wait until the write buffer is below its high-water mark."""
-        await self._guard(self._protocol.drain())
+        protocol = self._protocol
+        if not protocol.writing_paused and not self._closed and not protocol.lost.done():
+            return  # room to write: nothing to wait for
+        await self._guard(self._drain(), _DRAIN)
+
+    async def _drain(self) -> None:
+        protocol = self._protocol
+        if protocol.lost.done():
+            raise ConnectionResetError("connection lost")
+        if not protocol.writing_paused:
+            return
+        waiter = protocol.drain_waiter()
+        deadline = self._drain_deadline
+        if deadline is not None:
+            self._drain_waiting = waiter
+            self._arm(deadline)
+        try:
+            await waiter
+        finally:
+            self._drain_waiting = None
+        if self._drain_expired:
+            raise builtins.TimeoutError
 
     # -- TLS upgrade -----------------------------------------------------------------------
 
@@ -414,7 +516,7 @@ class Stream:
         if self.tls is not None:
             raise TlsError(f"{self.endpoint}: the stream already runs TLS", endpoint=self.endpoint)
         hostname = server_hostname or self._server_hostname
-        return await self._guard(self._service_point.dialer.upgrade(self, hostname))
+        return await self._guard(self._service_point.dialer.upgrade(self, hostname), _WHOLE)
 
     def _replace_transport(self, transport: asyncio.Transport, server_hostname: str) -> None:
         self._transport = transport
@@ -430,6 +532,7 @@ class Stream:
             await self.wait_closed()
             return
         self._closed = True
+        self._disarm()
         transport = self._transport
         try:
             if not self._broken:
@@ -459,6 +562,7 @@ class Stream:
         self._broken = True
         if not self._transport.is_closing() or not self._protocol.lost.done():
             _abort(self._transport, self._protocol)
+        self._disarm()
         if not self._closed:
             self._closed = True
             self._report_closed("closed by the manager" if by_manager else "aborted")
@@ -498,13 +602,33 @@ class Stream:
             )
         return ConnectionClosedError(f"stream to {self.endpoint} is closed", endpoint=self.endpoint)
 
-    async def _guard(self, operation: Awaitable[T]) -> T:
+    async def _guard(self, operation: Awaitable[T], kind: int) -> T:
+        """Run *operation* under the stream's timeout and translate what it raises.
+
+        *kind* says which deadline the operation's waits observe: a read's (`_READ`), a
+        drain's (`_DRAIN`), or, for an operation that waits on something other than our
+        protocol (the TLS upgrade), a timeout of its own around the whole of it (`_WHOLE`).
+        A second read or drain running at the same time as the first gets `_WHOLE` too.
+        """
         if self._closed:
             if asyncio.iscoroutine(operation):
                 operation.close()
             raise self._closed_error()
+        timeout = self.timeout
+        owned = 0
+        if timeout is not None:
+            if kind == _READ and self._read_deadline is None:
+                self._read_deadline = self._loop.time() + timeout
+                self._read_expired = False
+                owned = _READ
+            elif kind == _DRAIN and self._drain_deadline is None:
+                self._drain_deadline = self._loop.time() + timeout
+                self._drain_expired = False
+                owned = _DRAIN
         try:
-            async with asyncio.timeout(self.timeout):
+            if owned or timeout is None:
+                return await operation
+            async with asyncio.timeout(timeout):
                 return await operation
         except builtins.TimeoutError as exc:
             self.abort()
@@ -528,3 +652,55 @@ class Stream:
             raise ConnectionClosedError(
                 f"connection to {self.endpoint} failed: {exc}", endpoint=self.endpoint
             ) from exc
+        finally:
+            if owned == _READ:
+                self._read_deadline = None
+            elif owned == _DRAIN:
+                self._drain_deadline = None
+
+    # -- the one timer behind every deadline -----------------------------------------------
+
+    def _arm(self, deadline: float) -> None:
+        """Make sure the timer fires no later than *deadline*."""
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return  # it fires first, and then re-arms for what is left
+            timer.cancel()  # the timeout was shortened in between
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        """End the waits whose deadline has passed; re-arm for the nearest one left."""
+        self._timer = None
+        # A loop may run a timer a hair early (uvloop counts whole milliseconds): within
+        # _TIMER_SLACK of the deadline counts as reached, rather than re-arming in a spin.
+        now = self._loop.time() + _TIMER_SLACK
+        next_deadline: float | None = None
+        deadline = self._read_deadline
+        if deadline is not None:
+            if deadline <= now:
+                self._read_expired = True
+                self._protocol.wake_reader()
+            else:
+                next_deadline = deadline
+        deadline = self._drain_deadline
+        if deadline is not None:
+            if deadline <= now:
+                self._drain_expired = True
+                waiter = self._drain_waiting
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            elif next_deadline is None or deadline < next_deadline:
+                next_deadline = deadline
+        if next_deadline is not None:
+            self._timer = self._loop.call_at(next_deadline, self._on_timer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+_TIMER_SLACK = 0.001
+_READ, _DRAIN, _WHOLE = 1, 2, 3
+"""Which deadline an operation observes (see `Stream._guard`)."""
