@@ -46,9 +46,13 @@ __all__ = [
     "context_for_async",
     "established_info",
     "received_close_notify",
+    "set_context_cache_size",
 ]
 
 _CONTEXT_CACHE_SIZE = 64
+"""Policies whose contexts are kept built by default (`set_context_cache_size` changes it).
+More policies than this in rotation rebuild a context on each switch back (15-100 ms and a
+full handshake, since a session belongs to the context that made it)."""
 _INFO_MEMO_SIZE = 16
 """Distinct negotiations (server certificate, version, cipher...) remembered per context; past
 it the memo starts again."""
@@ -525,6 +529,17 @@ class _ContextCache:
         self._lock = threading.Lock()  # contexts may be built in worker threads
         self.builds = 0
 
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def resize(self, size: int) -> None:
+        """Keep at most *size* contexts built; the least recently used go first."""
+        with self._lock:
+            self._size = size
+            while len(self._contexts) > size:
+                self._contexts.popitem(last=False)
+
     def peek(self, policy: TlsPolicy) -> _PolicyContext | None:
         with self._lock:
             return self._contexts.get(policy) or self._alive.get(policy)
@@ -546,6 +561,16 @@ class _ContextCache:
 
 
 CONTEXTS = _ContextCache(_CONTEXT_CACHE_SIZE)
+
+
+def set_context_cache_size(size: int) -> int:
+    """Keep the contexts of the *size* most recently used policies built (process-wide);
+    return the previous size. A context still held by a connection outlives its eviction."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"the context cache size must be an int >= 1, not {size!r}")
+    previous = CONTEXTS.size
+    CONTEXTS.resize(size)
+    return previous
 
 
 def context_for(policy: TlsPolicy) -> ssl.SSLContext:
