@@ -283,12 +283,15 @@ class Dialer:
         policy = getattr(ssl_object.context, "policy", None)
         if isinstance(policy, TlsPolicy):
             event = HandshakeFinished(endpoint=self._sp.address, tls=info, policy=policy)
-            self._sp.manager.tracer.emit(
-                event,
-                TLS_LOG,
+            # The message is for the DEBUG log only; a policy's repr costs more than the rest
+            # of this bookkeeping, so it is built only when that log is on.
+            message = (
                 f"{info.version} {info.cipher}, "
-                f"{'resumed' if info.session_reused else 'full handshake'}, under {policy!r}",
+                f"{'resumed' if info.session_reused else 'full handshake'}, under {policy!r}"
+                if TLS_LOG.isEnabledFor(logging.DEBUG)
+                else ""
             )
+            self._sp.manager.tracer.emit(event, TLS_LOG, message)
 
     def remember_stream_session(self, stream: Stream) -> None:
         """Keep *stream*'s TLS session for the next connection under the same policy and name."""
