@@ -1,16 +1,22 @@
 """SMTP messages per second: asyncsp vs aiosmtplib (and smtplib in a thread), same run.
 
 A loopback SMTP server runs in its own process (``smtp_server.py``: a small sink offering
-PIPELINING, or aiosmtpd with ``--server aiosmtpd``). Each client sends small messages
+PIPELINING, or aiosmtpd with ``--server aiosmtpd``, or Postfix's ``smtp-sink`` with
+``--server smtp-sink`` / ``smtp-sink-nopipe``: plain text only, the latter without
+PIPELINING). Each client sends small messages
 
 - over one session, with 1 and with 3 recipients per message (asyncsp pipelines MAIL, every
   RCPT and DATA in one write; aiosmtplib and smtplib wait for each reply), and
 - over a new session per message (connect, EHLO, STARTTLS when on, send, QUIT).
 
-Plain text (``security="none"``) and STARTTLS each; clients take turns within each round and
-the best round of each is compared (the median is shown too).
+Plain text (``security="none"``) and STARTTLS each; clients take turns within each round (in
+a rotating order). Printed per client: the best and median rate, the paired ratio to
+aiosmtplib (median over rounds of the two rates in the same round) and this process's CPU
+time per message (the server is another process; smtplib's thread counts too), with its
+paired ratio (aiosmtplib's CPU over the client's: above 1 is cheaper).
 
-    python benchmarks/smtp_client.py [--messages 2000] [--rounds 3] [--server sink|aiosmtpd]
+    python benchmarks/smtp_client.py [--quick] [--messages 2000] [--rounds 3]
+                                     [--server sink|aiosmtpd|smtp-sink|smtp-sink-nopipe]
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import pathlib
 import smtplib
 import socket
@@ -54,9 +61,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+SMTP_SINK = "/usr/sbin/smtp-sink"
+
+
 @contextlib.contextmanager
 def smtp_server(kind: str) -> Iterator[tuple[int, str]]:
     """Start the server process; yield its port and the CA file that trusts it."""
+    if kind.startswith("smtp-sink"):
+        with postfix_sink(pipelining=kind == "smtp-sink") as port:
+            yield port, ""
+        return
     with tempfile.TemporaryDirectory(prefix="asyncsp-smtp-bench-") as tmp:
         ca = trustme.CA()
         leaf = ca.issue_cert("127.0.0.1", "localhost")
@@ -81,6 +95,31 @@ def smtp_server(kind: str) -> Iterator[tuple[int, str]]:
                 proc.wait(5)
 
 
+@contextlib.contextmanager
+def postfix_sink(pipelining: bool) -> Iterator[int]:
+    """Postfix's smtp-sink on a free port (it drops to ``nobody`` as root: ended by PID)."""
+    port = free_port()
+    options = ["-u", "nobody"] if os.geteuid() == 0 else []
+    if not pipelining:
+        options.append("-p")
+    proc = subprocess.Popen([SMTP_SINK, *options, f"127.0.0.1:{port}", "1024"])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+                    if probe.recv(64).startswith(b"220"):
+                        break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("smtp-sink did not start") from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
 def recipients(n: int) -> list[str]:
     return [f"r{k}@example.org" for k in range(n)]
 
@@ -96,7 +135,7 @@ def make_asyncsp(port: int, cafile: str, security: str, rcpts: int, new_sessions
         # per message, like the other clients' connect-send-quit.
         lease = 0.0 if new_sessions else None
         async with ConnectionManager(
-            policy=TlsPolicy(cafile=cafile), connection_lease_timeout=lease
+            policy=TlsPolicy(cafile=cafile or None), connection_lease_timeout=lease
         ) as mgr:
             if new_sessions:
                 for i in range(n):
@@ -112,7 +151,7 @@ def make_asyncsp(port: int, cafile: str, security: str, rcpts: int, new_sessions
 
 def make_aiosmtplib(port: int, cafile: str, security: str, rcpts: int, new_sessions: bool) -> Run:
     to = recipients(rcpts)
-    ctx = ssl.create_default_context(cafile=cafile)
+    ctx = ssl.create_default_context(cafile=cafile or None)
 
     def client() -> aiosmtplib.SMTP:
         return aiosmtplib.SMTP(
@@ -138,7 +177,7 @@ def make_aiosmtplib(port: int, cafile: str, security: str, rcpts: int, new_sessi
 
 def make_smtplib(port: int, cafile: str, security: str, rcpts: int, new_sessions: bool) -> Run:
     to = recipients(rcpts)
-    ctx = ssl.create_default_context(cafile=cafile)
+    ctx = ssl.create_default_context(cafile=cafile or None)
 
     def connect() -> smtplib.SMTP:
         smtp = smtplib.SMTP("127.0.0.1", port, local_hostname="bench.example.org", timeout=TIMEOUT)
@@ -165,67 +204,102 @@ def make_smtplib(port: int, cafile: str, security: str, rcpts: int, new_sessions
 CLIENTS = {"asyncsp": make_asyncsp, "aiosmtplib": make_aiosmtplib, "smtplib (thread)": make_smtplib}
 
 
-def delivered(port: int) -> tuple[int, int]:
+def delivered(port: int, kind: str) -> tuple[int, int]:
     """(messages, recipients) the server has taken so far, from its NOOP reply."""
+    if kind.startswith("smtp-sink"):
+        return (0, 0)  # it keeps no count we can read
     with smtplib.SMTP("127.0.0.1", port, local_hostname="bench.example.org", timeout=10) as s:
         text = s.noop()[1].decode()
     counts = dict(part.split("=") for part in text.split() if "=" in part)
     return int(counts["messages"]), int(counts["recipients"])
 
 
+Rounds = dict[str, list[tuple[float, float]]]
+
+
 async def scenario(
-    port: int, cafile: str, security: str, rcpts: int, new_sessions: bool, n: int, rounds: int
-) -> dict[str, list[float]]:
+    port: int,
+    cafile: str,
+    security: str,
+    rcpts: int,
+    new_sessions: bool,
+    n: int,
+    rounds: int,
+    kind: str,
+) -> Rounds:
+    """Each client's rounds as (messages per second, CPU µs per message)."""
     runs = {
         name: make(port, cafile, security, rcpts, new_sessions) for name, make in CLIENTS.items()
     }
-    rates: dict[str, list[float]] = {name: [] for name in runs}
+    results: Rounds = {name: [] for name in runs}
     for run in runs.values():
         await run(min(n, 50))  # warm up: imports, contexts, first connections
-    for _ in range(rounds):
-        for name, run in runs.items():
-            before = delivered(port)
-            start = time.perf_counter()
-            await run(n)
-            rates[name].append(n / (time.perf_counter() - start))
-            after = delivered(port)
-            assert after[0] - before[0] == n and after[1] - before[1] == n * rcpts, (
+    names = list(runs)
+    for round_no in range(rounds):
+        for name in names[round_no % len(names) :] + names[: round_no % len(names)]:
+            before = delivered(port, kind)
+            start, cpu = time.perf_counter(), time.process_time()
+            await runs[name](n)
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+            results[name].append((n / wall, cpu / n * 1e6))
+            after = delivered(port, kind)
+            assert after[0] - before[0] == n * (not kind.startswith("smtp-sink")), (
                 f"{name}: the server did not take every message"
             )
-    return rates
+            assert after[1] - before[1] == n * rcpts * (not kind.startswith("smtp-sink"))
+    return results
+
+
+def report(results: Rounds) -> None:
+    base = results["aiosmtplib"]
+    print(
+        f"  {'client':18} {'best msg/s':>11} {'median':>9} {'paired':>7}"
+        f" {'CPU µs/msg':>11} {'paired':>7}"
+    )
+    for name, values in results.items():
+        rates = [rate for rate, _ in values]
+        paired = statistics.median(a / b for (a, _), (b, _) in zip(values, base, strict=True))
+        paired_cpu = statistics.median(b / a for (_, a), (_, b) in zip(values, base, strict=True))
+        cpu = statistics.median(c for _, c in values)
+        print(
+            f"  {name:18} {max(rates):11.0f} {statistics.median(rates):9.0f} {paired:6.2f}x"
+            f" {cpu:11.0f} {paired_cpu:6.2f}x"
+        )
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true", help="500 messages, 3 rounds")
+    parser.add_argument("--messages", type=int, default=None, help="default 2000")
     parser.add_argument("--new-session-messages", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--server", choices=("sink", "aiosmtpd"), default="sink")
+    parser.add_argument(
+        "--server", choices=("sink", "aiosmtpd", "smtp-sink", "smtp-sink-nopipe"), default="sink"
+    )
     parser.add_argument("--security", choices=("none", "starttls", "both"), default="both")
     args = parser.parse_args()
+    messages = args.messages or (500 if args.quick else 2000)
     securities = ("none", "starttls") if args.security == "both" else (args.security,)
-    new_n = args.new_session_messages or args.messages
+    if args.server.startswith("smtp-sink"):
+        securities = ("none",)  # smtp-sink offers no STARTTLS
+    new_n = args.new_session_messages or messages
     print(
         f"asyncsp {asyncsp.__version__}, aiosmtplib {aiosmtplib.__version__}, Python "
-        f"{sys.version.split()[0]}; server: {args.server} (separate process); best of "
-        f"{args.rounds} rounds"
+        f"{sys.version.split()[0]}; server: {args.server} (separate process); "
+        f"{args.rounds} rounds interleaved"
     )
     with smtp_server(args.server) as (port, cafile):
-        header = f"  {'client':18} {'best msg/s':>11} {'median':>9} {'vs aiosmtplib':>14}"
         for security in securities:
             for label, rcpts, new_sessions, n in (
-                ("one session, 1 recipient", 1, False, args.messages),
-                ("one session, 3 recipients", 3, False, args.messages),
+                ("one session, 1 recipient", 1, False, messages),
+                ("one session, 3 recipients", 3, False, messages),
                 ("new session per message, 1 recipient", 1, True, new_n),
             ):
-                rates = await scenario(port, cafile, security, rcpts, new_sessions, n, args.rounds)
-                base = max(rates["aiosmtplib"])
-                print(f"\n{security}: {label} ({n} messages)\n{header}")
-                for name, values in rates.items():
-                    print(
-                        f"  {name:18} {max(values):11.0f} {statistics.median(values):9.0f} "
-                        f"{max(values) / base:13.2f}x"
-                    )
+                results = await scenario(
+                    port, cafile, security, rcpts, new_sessions, n, args.rounds, args.server
+                )
+                print(f"\n{security}: {label} ({n} messages)")
+                report(results)
 
 
 if __name__ == "__main__":
