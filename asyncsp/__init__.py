@@ -60,7 +60,7 @@ from ._smtp import SendResult, SmtpClient, SmtpReply
 from ._sockets import SocketOptions
 from ._streams import Stream
 from ._system import SystemTlsConfig, system_tls_config
-from ._tls import TlsInfo
+from ._tls import TlsInfo, set_context_cache_size
 
 __version__ = "0.1.0"
 
@@ -121,5 +121,6 @@ __all__ = [
     "UnexpectedPlaintextError",
     "__version__",
     "defaults",
+    "set_context_cache_size",
     "system_tls_config",
 ]

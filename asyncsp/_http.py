@@ -31,7 +31,7 @@ from ._http_errors import cause_for, raise_from, translate_http_error
 from ._http_pool import HttpLayer
 from ._http_response import Response, ResponseContent
 from ._http_sockets import CLAIM, RequestClaim
-from ._tls import _ATTEMPT
+from ._tls import CURRENT_ATTEMPT
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -242,7 +242,7 @@ async def _send(
         # What `_tls.connect_attempt` does, without its generator machinery (this is the hot
         # path): a connection aiohttp opens in this task offers the service point's session
         # and reports its handshake to the service point.
-        token = _ATTEMPT.set(connector.attempt)
+        token = CURRENT_ATTEMPT.set(connector.attempt)
         claimed = CLAIM.set(claim)
         try:
             # ClientSession._request is what .request() wraps in a context manager we do not
@@ -250,7 +250,7 @@ async def _send(
             aio = await connector.session._request(method, url, allow_redirects=False, **options)
         finally:
             CLAIM.reset(claimed)
-            _ATTEMPT.reset(token)
+            CURRENT_ATTEMPT.reset(token)
     except BaseException as exc:
         endpoint.request_ended(connector, None, claim)
         if not isinstance(exc, Exception):

@@ -195,7 +195,7 @@ class ConnectAttempt:
     on_established: Callable[[ssl.SSLObject, TlsInfo, bytes | None], None] | None = None
 
 
-_ATTEMPT: contextvars.ContextVar[ConnectAttempt | None] = contextvars.ContextVar(
+CURRENT_ATTEMPT: contextvars.ContextVar[ConnectAttempt | None] = contextvars.ContextVar(
     "asyncsp_connect_attempt", default=None
 )
 
@@ -203,11 +203,11 @@ _ATTEMPT: contextvars.ContextVar[ConnectAttempt | None] = contextvars.ContextVar
 @contextlib.contextmanager
 def connect_attempt(attempt: ConnectAttempt) -> Iterator[ConnectAttempt]:
     """Make *attempt* the one that connections opened inside this ``with`` block belong to."""
-    token = _ATTEMPT.set(attempt)
+    token = CURRENT_ATTEMPT.set(attempt)
     try:
         yield attempt
     finally:
-        _ATTEMPT.reset(token)
+        CURRENT_ATTEMPT.reset(token)
 
 
 class HandshakeRefused(ssl.SSLError):
@@ -340,7 +340,7 @@ class _PolicyContext(_SSLContext):
         server_hostname: str | bytes | None = None,
         session: ssl.SSLSession | None = None,
     ) -> ssl.SSLObject:
-        attempt = _ATTEMPT.get()
+        attempt = CURRENT_ATTEMPT.get()
         if (
             session is None
             and attempt is not None

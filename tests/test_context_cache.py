@@ -6,8 +6,8 @@ import gc
 
 import pytest
 
-from asyncsp import TlsPolicy
-from asyncsp._tls import CONTEXTS, context_for, set_context_cache_size
+from asyncsp import TlsPolicy, set_context_cache_size
+from asyncsp._tls import CONTEXTS, context_for
 
 
 def test_the_context_cache_size_can_be_set() -> None:

@@ -69,11 +69,7 @@ LAYERS: dict[str, tuple[int, str | None]] = {
     "_dialogues": (CLI, None),
 }
 
-PRIVATE_NAMES_ALLOWED = {
-    # The HTTP hot path sets the TLS layer's connect-attempt variable itself rather than
-    # through `_tls.connect_attempt`'s generator (a microsecond a request, see `_http`).
-    ("_http", "_tls", "_ATTEMPT"),
-}
+PRIVATE_NAMES_ALLOWED: set[tuple[str, str, str]] = set()
 
 
 def layer_of(module: str) -> tuple[int, str | None]:
