@@ -39,7 +39,8 @@ cannot_run() {
     exit "$CI_CANNOT_RUN"
 }
 
-# apt-get install the packages not installed yet, keeping packaged daemons from starting:
+# apt-get install the packages not installed yet, keeping packaged daemons from starting and
+# removing nothing (a package that conflicts with an installed one is not installed):
 # invoke-rc.d asks policy-rc.d first, and 101 means "action not allowed". Nothing here ever has
 # to stop a server by name, which on a shared machine would end servers others started.
 apt_install() {
@@ -62,7 +63,7 @@ apt_install() {
     chmod 755 "$policy"
     (export DEBIAN_FRONTEND=noninteractive &&
         apt-get update -qq &&
-        apt-get install -y -qq --no-install-recommends "${missing[@]}") || status=$?
+        apt-get install -y -qq --no-install-recommends --no-remove "${missing[@]}") || status=$?
     _restore_policy
     [ "$status" = 0 ] || echo "warning: could not install ${missing[*]}" >&2
     return "$status"

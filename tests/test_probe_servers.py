@@ -1,5 +1,5 @@
 """``asyncsp probe`` against real servers on loopback: ``openssl s_server`` pinned per version
-and suite, nginx and vsftpd, each a child process on a free port, stopped by its PID.
+and suite, nginx, vsftpd and Postfix, each on a free port, stopped by its PID.
 
 Where sslscan is installed, its accepted versions and TLS 1.2 suites on the same servers must
 be the probe's. Servers a machine lacks are skipped with the reason.
@@ -11,9 +11,11 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from .test_cli import check_probe_schema, run
 
 OPENSSL = shutil.which("openssl")
 NGINX = "/usr/sbin/nginx"
+POSTFIX = "/usr/sbin/postfix"
 SSLSCAN = shutil.which("sslscan")
 NGINX_TEMPLATE = Path(__file__).parent / "nginx" / "nginx.conf.in"
 START_TIMEOUT = 10.0
@@ -379,13 +382,120 @@ def test_vsftpd(tmp_path: Path, server_cert: trustme.LeafCert, ca: trustme.CA) -
     assert any(r["supported"] for r in report["resumption"]), report["resumption"]
 
 
+# -- Postfix ------------------------------------------------------------------------------------
+
+POSTFIX_MAIN_CF = """\
+compatibility_level = 3.6
+queue_directory = {root}/queue
+data_directory = {root}/data
+mail_owner = postfix
+myhostname = localhost
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+maillog_file = /dev/stdout
+smtpd_tls_chain_files = {root}/server.pem
+smtpd_tls_security_level = may
+"""
+"""A private Postfix with its TLS settings as Debian ships them (opportunistic TLS: TLS 1.0 and
+up, anonymous suites offered), listening on loopback only."""
+
+
+def wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture(scope="module")
+def postfix() -> Iterator[int]:
+    """A Postfix instance of its own (config, queue and log in a temporary folder), started
+    with ``postfix -c``; its master is stopped by the PID in its pid file."""
+    if not os.path.exists(POSTFIX):
+        pytest.skip(f"Postfix is not installed ({POSTFIX}); Debian: apt-get install postfix")
+    if os.geteuid() != 0:
+        pytest.skip("Postfix's master starts as root only")
+    import pwd
+
+    try:
+        owner = pwd.getpwnam("postfix")
+    except KeyError:
+        pytest.skip("no postfix user on this machine")
+    # Postfix's daemons, running as its user, must reach every folder on the way.
+    root = Path(tempfile.mkdtemp(prefix="asyncsp-postfix-"))
+    root.chmod(0o755)
+    for folder in ("queue", "data"):
+        (root / folder).mkdir()
+    os.chown(root / "data", owner.pw_uid, owner.pw_gid)
+    ca = trustme.CA()
+    ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(root / "server.pem")
+    )
+    ca.cert_pem.write_to_path(str(root / "ca.pem"))
+    port = free_port()
+    (root / "main.cf").write_text(POSTFIX_MAIN_CF.format(root=root))
+    master_cf = Path("/etc/postfix/master.cf").read_text().splitlines()
+    smtp = f"127.0.0.1:{port} inet n - n - - smtpd"
+    (root / "master.cf").write_text(
+        "\n".join(smtp if line.startswith("smtp ") else line for line in master_cf) + "\n"
+    )
+    # Its log goes to its standard output (no syslog needed), here a file.
+    log = root / "maillog"
+    with log.open("wb") as output:
+        started = subprocess.run(
+            [POSTFIX, "-c", str(root), "start"], stdout=output, stderr=output, timeout=60
+        )
+    pid_file = root / "queue" / "pid" / "master.pid"
+    try:
+        if started.returncode != 0 or not pid_file.exists():
+            pytest.fail(f"postfix start: {started.returncode}: {log.read_text()[-800:]}")
+        pid = int(pid_file.read_text())
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline:
+                with contextlib.suppress(OSError):
+                    socket.create_connection(("127.0.0.1", port), 1).close()
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail(f"Postfix did not listen on port {port}")
+            yield port
+        finally:
+            os.kill(pid, signal.SIGTERM)  # its master, by PID: the machine is shared
+            if not wait_gone(pid, 10):
+                os.kill(pid, signal.SIGKILL)
+                wait_gone(pid, 5)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postfix_legacy_versions_and_anonymous_suites(postfix: int) -> None:
+    report, result = probe(f"smtp://127.0.0.1:{postfix}")
+    assert accepted_versions(report) == {"TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"}
+    assert report["versions"]["TLSv1"]["opt_out_only"] is True
+    names = set(suite_names(report, "TLSv1.2"))
+    assert {"AECDH-AES256-SHA", "ADH-AES256-GCM-SHA384"} <= names, names
+    findings = report["findings"]
+    for expected in (
+        "TLSv1 accepted: a deprecated version",
+        "TLSv1.1 accepted: a deprecated version",
+        "TLSv1.2 accepts anonymous (no authentication): ",
+        "TLSv1.2 accepts CBC with SHA-1: ",
+    ):
+        assert any(f.startswith(expected) for f in findings), (expected, findings)
+    assert result.returncode == 1
+
+
 # -- the same servers through sslscan ----------------------------------------------------------
 
 
-def sslscan(port: int) -> tuple[set[str], set[str]]:
+def sslscan(port: int, *options: str) -> tuple[set[str], set[str]]:
     """sslscan's enabled versions and accepted TLS 1.2 suites on 127.0.0.1:*port*."""
     assert SSLSCAN is not None
-    command = [SSLSCAN, "--xml=-", "--no-colour", "--no-heartbleed", f"127.0.0.1:{port}"]
+    command = [SSLSCAN, "--xml=-", "--no-colour", "--no-heartbleed", *options, f"127.0.0.1:{port}"]
     out = subprocess.run(command, capture_output=True, text=True, timeout=SSLSCAN_TIMEOUT)
     root = ElementTree.fromstring(out.stdout[out.stdout.index("<?xml") :])
     versions = {
@@ -402,14 +512,17 @@ def sslscan(port: int) -> tuple[set[str], set[str]]:
 
 
 @pytest.mark.skipif(SSLSCAN is None, reason="sslscan is not installed (Debian package sslscan)")
-@pytest.mark.parametrize("server", ["weak_server", "pinned_server", "tls1_server", "nginx"])
+@pytest.mark.parametrize(
+    "server", ["weak_server", "pinned_server", "tls1_server", "nginx", "postfix"]
+)
 def test_probe_agrees_with_sslscan(server: str, request: pytest.FixtureRequest) -> None:
     port = request.getfixturevalue(server)
+    scheme, options = ("smtp://", ("--starttls-smtp",)) if server == "postfix" else ("", ())
     started = time.perf_counter()
-    report, _ = probe(f"127.0.0.1:{port}", "--insecure-legacy")
+    report, _ = probe(f"{scheme}127.0.0.1:{port}", "--insecure-legacy")
     probe_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    versions, suites = sslscan(port)
+    versions, suites = sslscan(port, *options)
     scan_seconds = time.perf_counter() - started
     print(
         f"{server}: probe {probe_seconds:.2f} s, sslscan {scan_seconds:.2f} s; versions "
