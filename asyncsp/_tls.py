@@ -78,6 +78,9 @@ class TlsInfo:
     """Lower-case hex SHA-256 of the peer's leaf certificate (DER), if it sent one."""
     session_reused: bool
     """Whether this connection resumed an earlier TLS session (abbreviated handshake)."""
+    group: str | None = None
+    """The key-exchange group negotiated (``"x25519"``, ``"X25519MLKEM768"``), where the `ssl`
+    module can tell: an `ssl` object with a ``group()`` method (CPython 3.15); None before."""
 
     @classmethod
     def from_ssl_object(cls, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TlsInfo:
@@ -95,7 +98,16 @@ class TlsInfo:
             alpn=ssl_object.selected_alpn_protocol(),
             peer_cert_sha256=hashlib.sha256(der).hexdigest() if der else None,
             session_reused=bool(ssl_object.session_reused),
+            group=_negotiated_group(ssl_object),
         )
+
+
+def _negotiated_group(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+    group = getattr(ssl_object, "group", None)
+    if group is None:
+        return None
+    name = group()
+    return name if isinstance(name, str) else None
 
 
 class _HandshakeCheck:

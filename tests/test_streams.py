@@ -533,3 +533,20 @@ asyncio.run(main())
 def test_a_second_reader_is_refused_under_python_optimised() -> None:
     result = run_python(SECOND_READER, check=False, options=("-O",))
     assert result.stdout.split() == ["RuntimeError", "b'hello\\n'"], result.stderr[-2000:]
+
+
+async def test_negotiated_group_where_the_ssl_module_tells_it(
+    tls_server: ThreadedServer, trusted: Callable[..., TlsPolicy]
+) -> None:
+    """The key-exchange group (a post-quantum hybrid with OpenSSL 3.5) is reported by Pythons
+    whose `ssl` objects have ``group()``; before them it is None, never a guess."""
+    async with ConnectionManager(policy=trusted()) as mgr:
+        async with mgr.open_stream("localhost", tls_server.port, tls=True, timeout=5) as stream:
+            assert stream.tls is not None
+            ssl_object = stream.get_extra_info("ssl_object")
+            assert ssl_object is not None
+            if hasattr(ssl_object, "group"):
+                assert stream.tls.group == ssl_object.group()
+                assert isinstance(stream.tls.group, str) and stream.tls.group
+            else:
+                assert stream.tls.group is None
