@@ -10,11 +10,13 @@ from typing import Any, Generic, TypeVar, overload
 from ._errors import InvalidSecurityProtocolError, PolicyError
 from ._policy import TlsPolicy
 from ._protocols import SecurityProtocol
+from ._resolve import HAPPY_EYEBALLS_DELAY
 
 __all__ = [
     "Defaults",
     "ProtocolsOf",
     "Setting",
+    "check_interleave",
     "check_limit",
     "check_optional_seconds",
     "check_policy",
@@ -48,6 +50,11 @@ def check_seconds(name: str, value: object) -> float:
 def check_optional_seconds(name: str, value: object) -> float | None:
     """Like `check_seconds`, with ``None`` meaning unlimited."""
     return None if value is None else check_seconds(name, value)
+
+
+def check_interleave(name: str, value: object) -> int | None:
+    """Validate an address-family count: an int of at least 1, ``None`` for the default."""
+    return None if value is None else check_limit(name, value)
 
 
 def policy_from_environment(env: Mapping[str, str]) -> TlsPolicy:
@@ -177,6 +184,16 @@ class Defaults:
     dns_refresh_timeout = Setting(
         check_seconds, doc="Seconds a service point reuses its resolved addresses."
     )
+    happy_eyeballs_delay = Setting(
+        check_optional_seconds,
+        doc="Seconds before the next resolved address is tried while one is still connecting "
+        "(RFC 8305's Connection Attempt Delay; ``None``: one address at a time).",
+    )
+    interleave = Setting(
+        check_interleave,
+        doc="Addresses of the first family tried before the other's (RFC 8305's First Address "
+        "Family Count; ``None``: 1 when there is a delay).",
+    )
     security_protocol = ProtocolsOf(SecurityProtocol.validate)
 
     def __init__(
@@ -189,6 +206,8 @@ class Defaults:
         self._max_idle_time = 15.0
         self._connection_lease_timeout: float | None = None
         self._dns_refresh_timeout = 120.0
+        self._happy_eyeballs_delay: float | None = HAPPY_EYEBALLS_DELAY
+        self._interleave: int | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Defaults:
@@ -217,7 +236,8 @@ class Defaults:
             f"Defaults(policy={self._policy or 'from the environment'!r}, default_connection_limit="
             f"{self._default_connection_limit}, max_idle_time={self._max_idle_time}, "
             f"connection_lease_timeout={self._connection_lease_timeout}, "
-            f"dns_refresh_timeout={self._dns_refresh_timeout})"
+            f"dns_refresh_timeout={self._dns_refresh_timeout}, "
+            f"happy_eyeballs_delay={self._happy_eyeballs_delay}, interleave={self._interleave})"
         )
 
 

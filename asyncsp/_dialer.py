@@ -175,9 +175,15 @@ class Dialer:
             return stream
 
     async def _connect_socket(self, peer: tuple[str, int] | None) -> socket.socket:
+        sp = self._sp
         addresses = await self.addresses.addresses() if peer is None else peer_address(peer)
         try:
-            return await connect_socket(addresses, self._sp.manager.socket_options.create_socket)
+            return await connect_socket(
+                addresses,
+                sp.manager.socket_options.create_socket,
+                delay=sp.happy_eyeballs_delay,
+                interleave=sp.interleave,
+            )
         except OSError:
             if peer is None:
                 self.addresses.invalidate()  # the addresses may have moved: resolve again

@@ -110,6 +110,8 @@ class Connector:
         self.limit = sp.connection_limit
         self.max_idle_time = sp.max_idle_time
         self.dns_refresh_timeout = sp.dns_refresh_timeout
+        self.happy_eyeballs_delay = sp.happy_eyeballs_delay
+        self.interleave = sp.interleave
         self.retired = False
         self.closing = False
         self.in_flight = 0
@@ -134,8 +136,10 @@ class Connector:
             keepalive_timeout=self.max_idle_time,
             use_dns_cache=dns > 0,
             ttl_dns_cache=max(1, math.ceil(dns)),
-            # One address at a time: racing two families would open two sockets at once.
-            happy_eyeballs_delay=None,
+            # Every attempt's socket comes from our factory, so each is counted while it
+            # exists; the attempts that lose are closed as soon as one connects.
+            happy_eyeballs_delay=self.happy_eyeballs_delay,
+            interleave=self.interleave,
             socket_factory=self._make_socket,
         )
         proxied: dict[str, Any] = {}
@@ -148,6 +152,8 @@ class Connector:
                 context=context,
                 make_socket=self._make_socket,
                 dns_refresh_timeout=dns,
+                happy_eyeballs_delay=self.happy_eyeballs_delay,
+                interleave=self.interleave,
             )
         elif route is not None:
             # Plain HTTP through a proxy: aiohttp sends absolute-form requests to it (RFC 9112
@@ -178,6 +184,8 @@ class Connector:
             and self.limit == sp.connection_limit
             and self.max_idle_time == sp.max_idle_time
             and self.dns_refresh_timeout == sp.dns_refresh_timeout
+            and self.happy_eyeballs_delay == sp.happy_eyeballs_delay
+            and self.interleave == sp.interleave
         )
 
     # -- sockets ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from ._proxy import (
     connect_request,
     parse_connect_reply,
 )
-from ._resolve import Address, AddressCache, connect_socket
+from ._resolve import HAPPY_EYEBALLS_DELAY, Address, AddressCache, connect_socket
 from ._streams import StreamProtocol
 from ._translate import raise_connect_error
 
@@ -62,11 +62,15 @@ class Tunnel:
         context: ssl.SSLContext,
         make_socket: SocketFactory,
         dns_refresh_timeout: float,
+        happy_eyeballs_delay: float | None = HAPPY_EYEBALLS_DELAY,
+        interleave: int | None = None,
     ) -> None:
         self.route = route
         self.endpoint = endpoint
         self.context = context
         self._make_socket = make_socket
+        self._happy_eyeballs_delay = happy_eyeballs_delay
+        self._interleave = interleave
         self._addresses = AddressCache(
             route.host, route.port, dns_refresh_timeout, endpoint=endpoint
         )
@@ -126,7 +130,12 @@ class Tunnel:
         async with self._bounded(step_timeout, "did not accept the connection"):
             addresses = await self._resolve()
             try:
-                return await connect_socket(addresses, self._new_socket)
+                return await connect_socket(
+                    addresses,
+                    self._new_socket,
+                    delay=self._happy_eyeballs_delay,
+                    interleave=self._interleave,
+                )
             except OSError as exc:
                 failure = exc
         self._addresses.invalidate()  # the proxy may have moved: resolve again next time

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from ._defaults import (
     ProtocolsOf,
     Setting,
+    check_interleave,
     check_limit,
     check_optional_seconds,
     check_policy,
@@ -92,6 +93,16 @@ class ServicePointRegistry:
         inherit=_from_defaults("dns_refresh_timeout"),
         doc="How long new service points reuse resolved addresses.",
     )
+    happy_eyeballs_delay = Setting(
+        check_optional_seconds,
+        inherit=_from_defaults("happy_eyeballs_delay"),
+        doc="The Happy Eyeballs delay new service points start with (``None``: the default's).",
+    )
+    interleave = Setting(
+        check_interleave,
+        inherit=_from_defaults("interleave"),
+        doc="The address-family interleave new service points start with.",
+    )
 
     def __init__(
         self,
@@ -103,6 +114,8 @@ class ServicePointRegistry:
         connection_lease_timeout: float | None = None,
         max_service_points: int = 0,
         dns_refresh_timeout: float | None = None,
+        happy_eyeballs_delay: float | None = None,
+        interleave: int | None = None,
         max_body_size: int | None = 64 * 2**20,
         proxy: str | None = None,
         trust_env: bool = False,
@@ -118,6 +131,8 @@ class ServicePointRegistry:
         self._max_idle_time: float | None = None
         self._connection_lease_timeout: float | None = None
         self._dns_refresh_timeout: float | None = None
+        self._happy_eyeballs_delay: float | None = None
+        self._interleave: int | None = None
         self._closed = False
         self._service_points: collections.OrderedDict[tuple[Endpoint, str | None], ServicePoint] = (
             collections.OrderedDict()
@@ -133,6 +148,8 @@ class ServicePointRegistry:
         self.max_idle_time = max_idle_time
         self.connection_lease_timeout = connection_lease_timeout
         self.dns_refresh_timeout = dns_refresh_timeout
+        self.happy_eyeballs_delay = happy_eyeballs_delay
+        self.interleave = interleave
         if (
             isinstance(max_service_points, bool)
             or not isinstance(max_service_points, int)

@@ -23,7 +23,14 @@ import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from ._defaults import Setting, check_limit, check_optional_seconds, check_policy, check_seconds
+from ._defaults import (
+    Setting,
+    check_interleave,
+    check_limit,
+    check_optional_seconds,
+    check_policy,
+    check_seconds,
+)
 from ._dialer import Dialer
 from ._endpoint import Endpoint
 from ._errors import ManagerClosedError, TimeoutError
@@ -141,6 +148,17 @@ class ServicePoint:
         changed=_dns_refresh_set_here,
         doc="Seconds resolved addresses are reused before new connections resolve again.",
     )
+    happy_eyeballs_delay = Setting(
+        check_optional_seconds,
+        changed=_set_here,
+        doc="Seconds before the next resolved address is tried while one is still connecting "
+        "(``None``: one address at a time, each to its end).",
+    )
+    interleave = Setting(
+        check_interleave,
+        changed=_set_here,
+        doc="Addresses of the first family tried before the other's (``None``: 1 with a delay).",
+    )
     policy = Setting(
         check_policy,
         inherit=operator.attrgetter("_manager.policy"),
@@ -160,6 +178,8 @@ class ServicePoint:
         self._max_idle_time = manager.max_idle_time
         self._connection_lease_timeout = manager.connection_lease_timeout
         self._dns_refresh_timeout = manager.dns_refresh_timeout
+        self._happy_eyeballs_delay = manager.happy_eyeballs_delay
+        self._interleave = manager.interleave
         self._pool: SlotPool[Any] = SlotPool(self._connection_limit)
         self._active: set[Stream] = set()
         self._aborted: set[Stream] = set()  # closed streams whose socket asyncio closes later

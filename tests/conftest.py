@@ -69,9 +69,13 @@ def _restore_defaults() -> collections.abc.Iterator[None]:
     idle = asyncsp.defaults.max_idle_time
     lease = asyncsp.defaults.connection_lease_timeout
     dns = asyncsp.defaults.dns_refresh_timeout
+    delay = asyncsp.defaults.happy_eyeballs_delay
+    interleave = asyncsp.defaults.interleave
     yield
     asyncsp.defaults.policy = saved
     asyncsp.defaults.default_connection_limit = limit
     asyncsp.defaults.max_idle_time = idle
     asyncsp.defaults.connection_lease_timeout = lease
     asyncsp.defaults.dns_refresh_timeout = dns
+    asyncsp.defaults.happy_eyeballs_delay = delay
+    asyncsp.defaults.interleave = interleave

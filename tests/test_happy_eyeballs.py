@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pathlib
 import select
 import socket
 import time
@@ -18,10 +19,15 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import trustme
+from OpenSSL import SSL
 
-from asyncsp import ConnectionManager
+import asyncsp
+from asyncsp import ConnectionManager, TimeoutError
 
 from .servers import LOCAL, RawServer
+from .test_ftp import PAYLOAD, PyFtpd
+from .test_http_support import WebServer
 from .test_smtp import responder, scripted
 
 NAME = "dual.test"
@@ -103,3 +109,111 @@ async def test_an_smtp_session_reaches_the_next_address_within_the_delay(
                 async with mgr.smtp(NAME, port, security="none", timeout=5) as client:
                     assert (await client.noop()).code == 250
     assert server.connections == 1
+
+
+async def test_ftp_control_and_data_reach_the_next_address_within_the_delay(
+    resolver: list[tuple[str, int]], tmp_path: pathlib.Path, server_cert: trustme.LeafCert
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "payload.bin").write_bytes(PAYLOAD)
+    with PyFtpd(root, server_cert, SSL.TLS1_3_VERSION) as ftpd, black_hole() as silent:
+        resolver[:] = [(LOCAL, silent), (LOCAL, ftpd.port)]
+        async with ConnectionManager() as mgr, timed(1.5):
+            async with mgr.ftp(NAME, ftpd.port, security="none", timeout=5) as ftp:
+                assert await ftp.retrieve("payload.bin") == PAYLOAD
+
+
+async def test_an_http_request_reaches_the_next_address_within_the_delay(
+    resolver: list[tuple[str, int]],
+) -> None:
+    async with WebServer() as web:
+        with black_hole() as silent:
+            resolver[:] = [(LOCAL, silent), (LOCAL, web.port)]
+            async with ConnectionManager() as mgr, timed(1.5):
+                response = await mgr.get(f"http://{NAME}:{web.port}/hello", timeout=5)
+                assert response.status == 200
+            # Every attempt's socket was counted while it existed, and the loser is gone.
+            sp = mgr.find_service_point(f"http://{NAME}:{web.port}")
+            assert sp.current_connections <= 1
+    assert web.seen.connections == 1
+
+
+async def test_the_manager_s_delay_reaches_http(resolver: list[tuple[str, int]]) -> None:
+    async with WebServer() as web:
+        with black_hole() as silent:
+            resolver[:] = [(LOCAL, silent), (LOCAL, web.port)]
+            async with ConnectionManager(happy_eyeballs_delay=0.6) as mgr:
+                started = time.monotonic()
+                await mgr.get(f"http://{NAME}:{web.port}/hello", timeout=5)
+                assert time.monotonic() - started >= 0.6
+                # A new setting on the service point gives its next connection a new connector.
+                sp = mgr.find_service_point(f"http://{NAME}:{web.port}")
+                sp.happy_eyeballs_delay = 0.05
+                await sp.close()
+                async with timed(0.55):
+                    await mgr.get(f"http://{NAME}:{web.port}/hello", timeout=5)
+
+
+async def test_one_address_at_a_time_spends_the_timeout_on_a_silent_one(
+    resolver: list[tuple[str, int]],
+) -> None:
+    """What every protocol did before Happy Eyeballs: the first address took the whole timeout."""
+    async with RawServer(echo) as good:
+        with black_hole() as silent:
+            resolver[:] = [(LOCAL, silent), (LOCAL, good.port)]
+            async with ConnectionManager() as mgr:
+                sp = mgr.find_service_point(f"tcp://{NAME}:{good.port}")
+                sp.happy_eyeballs_delay = None
+                started = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    async with mgr.open_stream(NAME, good.port, timeout=0.5):
+                        pass
+                assert time.monotonic() - started >= 0.5
+    assert good.connections == 0
+
+
+# -- the settings ------------------------------------------------------------------------------
+
+
+def test_the_settings_start_at_rfc_8305_s_values_and_are_inherited() -> None:
+    assert asyncsp.defaults.happy_eyeballs_delay == 0.25
+    assert asyncsp.defaults.interleave is None
+    mgr = ConnectionManager()
+    asyncsp.defaults.happy_eyeballs_delay = 0.1
+    asyncsp.defaults.interleave = 2
+    assert (mgr.happy_eyeballs_delay, mgr.interleave) == (0.1, 2)
+    own = ConnectionManager(happy_eyeballs_delay=0.3, interleave=1)
+    sp = own.find_service_point("tcp://a.test:1")
+    assert (sp.happy_eyeballs_delay, sp.interleave) == (0.3, 1)
+    own.happy_eyeballs_delay = None  # follows the defaults again
+    assert own.happy_eyeballs_delay == 0.1
+    assert sp.happy_eyeballs_delay == 0.3  # a service point keeps what it started with
+    sp.happy_eyeballs_delay = None  # one address at a time, here only
+    assert sp.happy_eyeballs_delay is None
+    asyncsp.defaults.happy_eyeballs_delay = None
+    assert ConnectionManager().happy_eyeballs_delay is None
+
+
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [
+        ("happy_eyeballs_delay", -0.1),
+        ("happy_eyeballs_delay", float("nan")),
+        ("happy_eyeballs_delay", "0.25"),
+        ("happy_eyeballs_delay", True),
+        ("interleave", 0),
+        ("interleave", 1.5),
+        ("interleave", "2"),
+    ],
+)
+def test_invalid_values_are_refused_and_leave_the_old_one(name: str, bad: object) -> None:
+    mgr = ConnectionManager(happy_eyeballs_delay=0.2, interleave=2)
+    sp = mgr.find_service_point("tcp://a.test:1")
+    for owner in (asyncsp.defaults, mgr, sp):
+        before = getattr(owner, name)
+        with pytest.raises(ValueError, match=name):
+            setattr(owner, name, bad)
+        assert getattr(owner, name) == before
+    with pytest.raises(ValueError, match=name):
+        ConnectionManager(**{name: bad})  # type: ignore[arg-type]
