@@ -15,6 +15,7 @@ import base64
 import builtins
 import contextlib
 import logging
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -111,9 +112,12 @@ class SmtpConnection(OnStream):
         try:
             if self.is_reusable():
                 with contextlib.suppress(Exception):
-                    async with asyncio.timeout(min(QUIT_TIMEOUT, self.timeout or QUIT_TIMEOUT)):
-                        await self._write(self.session.command(Command.QUIT), Command.QUIT)
-                        await self._replies(1)
+                    # QUIT is a few bytes (written at once, never drained): the reply's
+                    # deadline is the whole goodbye's.
+                    limit = min(QUIT_TIMEOUT, self.timeout or QUIT_TIMEOUT)
+                    until = (asyncio.get_running_loop().time() + limit, "the reply to QUIT")
+                    await self._write(self.session.command(Command.QUIT), Command.QUIT)
+                    await self._replies(1, until=until)
         except BaseException:
             self.abort()
             raise
@@ -183,8 +187,7 @@ class SmtpConnection(OnStream):
                         if until is not None:
                             deadline = min(deadline, until[0])
                     try:
-                        async with asyncio.timeout_at(deadline):
-                            data = await self.stream.read(READ_CHUNK)
+                        data = await self.stream.read_before(READ_CHUNK, deadline)
                     except builtins.TimeoutError as exc:
                         what = until[1] if until and deadline >= until[0] else _awaited(command)
                         raise self._timed_out(command, what) from exc
@@ -480,12 +483,29 @@ class SmtpConnection(OnStream):
         try:
             # Pooled sessions start clean: RSET also clears anything a server kept across
             # transactions (RFC 5321 §4.1.1.5), and proves the session alive before it waits.
-            if self.session.state in (State.READY, State.MAIL, State.RCPT):
+            # A clean session the pool will close anyway goes straight to QUIT: an RSET
+            # there would cost a round trip for nothing.
+            state = self.session.state
+            if state in (State.MAIL, State.RCPT) or (
+                state is State.READY and not self._closing_at_checkin()
+            ):
                 await self._reset()
             await self.service_point.checkin(self, self.reuse_key)
         except BaseException:
             self.abort()
             raise
+
+    def _closing_at_checkin(self) -> bool:
+        """Whether the service point's checkin will close this session rather than pool it
+        (its manager closing, its lease over, or its policy no longer the endpoint's): the
+        same tests, read first. (A test that turns true in between only costs the RSET.)"""
+        sp = self.service_point
+        lease = sp.connection_lease_timeout
+        return (
+            sp.manager.closed
+            or (lease is not None and time.monotonic() - self.opened_at >= lease)
+            or self.policy != sp.policy
+        )
 
 
 def _awaited(command: Command) -> str:

@@ -351,6 +351,35 @@ class Stream:
             return self._protocol.take(n)
         return await self._guard(self._read_some(n), _READ)
 
+    async def read_before(self, n: int, deadline: float) -> bytes:
+        """Up to *n* bytes (at least one unless at EOF) that arrive before *deadline* (loop
+        time), and within the stream's own timeout when it has one; past either, the stream
+        is aborted and `TimeoutError` raised.
+
+        For a protocol that bounds a whole reply, not each read: the stream's one timer
+        watches *deadline*, where an ``asyncio.timeout_at`` around `read` would arm a timer
+        of its own per read.
+        """
+        if n <= 0:
+            raise ValueError("n must be at least 1")
+        if self._protocol._buffer and not self._closed:  # nothing to wait for
+            return self._protocol.take(n)
+        timeout = self.timeout
+        if timeout is not None:
+            deadline = min(deadline, self._loop.time() + timeout)
+        if self._read_deadline is not None:  # another read is running: a timer of its own
+            return await self._guard(self._read_some_before(n, deadline), _SET)
+        self._read_deadline = deadline
+        self._read_expired = False
+        try:
+            return await self._guard(self._read_some(n), _SET)
+        finally:
+            self._read_deadline = None
+
+    async def _read_some_before(self, n: int, deadline: float) -> bytes:
+        async with asyncio.timeout_at(deadline):
+            return await self._read_some(n)
+
     async def readexactly(self, n: int) -> bytes:
         """Exactly *n* bytes; `ConnectionClosedError` if the stream ends first."""
         if len(self._protocol._buffer) >= n and not self._closed:  # nothing to wait for
@@ -609,6 +638,7 @@ class Stream:
         drain's (`_DRAIN`), or, for an operation that waits on something other than our
         protocol (the TLS upgrade), a timeout of its own around the whole of it (`_WHOLE`).
         A second read or drain running at the same time as the first gets `_WHOLE` too.
+        `_SET`: the caller set the read's deadline (and folded the stream's timeout into it).
         """
         if self._closed:
             if asyncio.iscoroutine(operation):
@@ -626,15 +656,15 @@ class Stream:
                 self._drain_expired = False
                 owned = _DRAIN
         try:
-            if owned or timeout is None:
+            if owned or timeout is None or kind == _SET:
                 return await operation
             async with asyncio.timeout(timeout):
                 return await operation
         except builtins.TimeoutError as exc:
             self.abort()
+            within = "in time" if kind == _SET else f"within {self.timeout} s"
             raise TimeoutError(
-                f"{self.endpoint} did not answer within {self.timeout} s; the connection was "
-                "closed",
+                f"{self.endpoint} did not answer {within}; the connection was closed",
                 endpoint=self.endpoint,
             ) from exc
         except asyncio.CancelledError:
@@ -702,5 +732,6 @@ class Stream:
 
 
 _TIMER_SLACK = 0.001
-_READ, _DRAIN, _WHOLE = 1, 2, 3
-"""Which deadline an operation observes (see `Stream._guard`)."""
+_READ, _DRAIN, _WHOLE, _SET = 1, 2, 3, 4
+"""Which deadline an operation observes (see `Stream._guard`); `_SET`: the one its caller
+set already (`Stream.read_before`)."""

@@ -176,3 +176,28 @@ async def test_no_timeout_means_no_timer(peer: tuple[_Peer, int]) -> None:
             asyncio.get_running_loop().call_later(0.05, state.writers[0].write, b"k")
             assert await s.read(1) == b"k"
             assert s._timer is None
+
+
+async def test_read_before_a_deadline(peer: tuple[_Peer, int]) -> None:
+    """`read_before` bounds a read by the caller's deadline (a whole reply's) through the
+    stream's one timer, and the stream's own timeout still applies when it is shorter."""
+    state, port = peer
+    async with ConnectionManager() as mgr:
+        loop = asyncio.get_running_loop()
+        async with mgr.open_stream("127.0.0.1", port) as s:
+            await state.connected.wait()
+            loop.call_later(0.05, state.writers[0].write, b"ab")
+            assert await s.read_before(1, loop.time() + 5) == b"a"
+            assert await s.read_before(5, loop.time() - 1) == b"b"  # buffered: no wait
+            assert s._timer is not None  # armed for the first deadline, left to lapse
+            started = time.monotonic()
+            with pytest.raises(asyncsp.TimeoutError, match="did not answer in time"):
+                await s.read_before(1, loop.time() + 0.1)
+            assert 0.05 <= time.monotonic() - started < 2
+            assert s.closed
+        async with mgr.open_stream("127.0.0.1", port, timeout=0.1) as s:
+            started = time.monotonic()
+            with pytest.raises(asyncsp.TimeoutError):
+                await s.read_before(1, loop.time() + 30)
+            assert time.monotonic() - started < 2
+            assert s.closed

@@ -34,7 +34,7 @@ from asyncsp import (
 )
 from asyncsp._errors import SmtpArgumentError
 from asyncsp._smtp import serialise_message
-from asyncsp._smtp_protocol import normalise_line_ends
+from asyncsp._smtp_protocol import Command, normalise_line_ends
 
 from .servers import LOCAL, LineServer, fd_baseline, server_context
 
@@ -1161,3 +1161,23 @@ async def test_plain_text_after_the_220_to_starttls_is_one_error(when: str) -> N
             assert mgr.find_service_point(f"smtp://{LOCAL}:{port}").current_connections == 0
             await server.sockets.wait_closed(5)
     assert PASSWORD.encode() not in server.received
+
+
+async def test_a_session_closed_at_checkin_says_quit_without_rset() -> None:
+    # Its lease is over when the block ends: the pool closes it, so no RSET goes first.
+    async with scripted(responder("PIPELINING")) as (server, port):
+        async with ConnectionManager(connection_lease_timeout=0) as mgr:
+            async with mgr.smtp(LOCAL, port, **PLAIN) as client:
+                await client.sendmail("a@example.org", ["b@example.org"], b"x\r\n")
+    assert server.received.endswith(b"\r\n.\r\nQUIT\r\n")
+    assert b"RSET" not in server.received
+
+
+async def test_a_session_left_mid_transaction_is_reset_before_its_quit() -> None:
+    # Not between transactions: RSET first even though it is closed, as before.
+    async with scripted(responder("PIPELINING")) as (server, port):
+        async with ConnectionManager(connection_lease_timeout=0) as mgr:
+            async with mgr.smtp(LOCAL, port, **PLAIN) as client:
+                conn = client._live()
+                await conn.exchange(Command.MAIL, "FROM:<a@example.org>")
+    assert server.received.endswith(b"MAIL FROM:<a@example.org>\r\nRSET\r\nQUIT\r\n")
