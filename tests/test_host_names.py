@@ -4,6 +4,7 @@ encoded is refused before any lookup."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -110,3 +111,42 @@ async def test_tls_verifies_the_name_in_its_idna_2008_spelling(
             async with mgr.open_stream("127.0.0.1", fass_server.port, timeout=5) as stream:
                 await stream.start_tls(server_hostname=JOINER)
     assert fass_server.record.received == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "127.0.0.1",
+        "0.0.0.0",
+        "255.255.255.255",
+        "01.2.3.4",
+        "1.2.3.04",
+        "1.2.3",
+        "1.2.3.4.5",
+        "256.1.1.1",
+        "0x7f.0.0.1",
+        "1..2.3",
+        "12345678",
+        "+1.2.3.4",
+        "١٢٧.0.0.1",
+        "::ffff:1.2.3.4",
+        "fe80::1%eth0",
+        "[2001:DB8::1]",
+    ],
+)
+def test_addresses_are_what_ipaddress_makes_of_them(text: str) -> None:
+    """The IPv4 fast path (inet_pton) takes exactly what ipaddress takes, spelled alike;
+    anything else is a name (and refused or IDNA-encoded as one)."""
+    bare = text.strip("[]").lower()
+    try:
+        expected: str | None = ipaddress.ip_address(bare).compressed
+    except ValueError:
+        expected = None
+    try:
+        got: str | None = normalise_host(text)
+    except InvalidHostNameError:
+        got = None
+    if expected is not None:
+        assert got == expected
+    else:
+        assert got is None or got == bare or got.startswith("xn--")
