@@ -47,6 +47,7 @@ from ._events import (
     ConnectionOpened,
     HandshakeFailed,
     HandshakeFinished,
+    PolicySwapped,
     SlotWaited,
     TraceEvent,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "ManagerClosedError",
     "PinMismatchError",
     "PolicyError",
+    "PolicySwapped",
     "ProtocolNotAllowedError",
     "ProxyError",
     "ReadLimitError",

@@ -27,6 +27,7 @@ __all__ = [
     "ConnectionOpened",
     "HandshakeFailed",
     "HandshakeFinished",
+    "PolicySwapped",
     "SlotWaited",
     "TraceEvent",
     "TraceHook",
@@ -61,7 +62,8 @@ class ConnectionOpened(TraceEvent):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class HandshakeFinished(TraceEvent):
-    """A TLS handshake passed every check; ``tls.session_reused`` says whether it resumed."""
+    """A TLS handshake passed every check; ``tls.session_reused`` says whether it resumed
+    (a resumed session has no event of its own: this one, with that flag, is it)."""
 
     tls: TlsInfo
     policy: TlsPolicy
@@ -80,6 +82,18 @@ class SlotWaited(TraceEvent):
     """An operation waited for a free connection under the endpoint's limit."""
 
     seconds: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PolicySwapped(TraceEvent):
+    """A manager's or a service point's policy was set: new connections use ``policy``.
+
+    ``endpoint`` is the service point's address, or ``""`` for the manager's own policy (which
+    every service point without one of its own follows). Idle connections made under the old
+    policy are never handed out again; those in use finish under it.
+    """
+
+    policy: TlsPolicy
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +125,11 @@ class Tracer:
         if not callable(hook):
             raise TypeError(f"a trace hook must be callable, not {type(hook).__name__}")
         self._hooks = (*self._hooks, hook)
+
+    def wants(self, logger: logging.Logger) -> bool:
+        """Whether an event for *logger* has a reader (a hook, or its DEBUG log): a caller
+        whose event costs work to measure asks first."""
+        return bool(self._hooks) or logger.isEnabledFor(logging.DEBUG)
 
     def emit(self, event: TraceEvent, logger: logging.Logger, message: str) -> None:
         """Log *message* at DEBUG through *logger*, then hand *event* to each hook.

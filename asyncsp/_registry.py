@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -27,7 +29,7 @@ from ._defaults import (
 )
 from ._endpoint import Endpoint, normalise_host
 from ._errors import AsyncspError, ManagerClosedError
-from ._events import TraceHook, Tracer
+from ._events import PolicySwapped, TraceHook, Tracer
 from ._policy import TlsPolicy
 from ._protocols import SecurityProtocol
 from ._proxy import ProxyRoute, ProxySettings
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["ServicePointLimitError", "ServicePointRegistry"]
 
 T = TypeVar("T")
+TLS_LOG = logging.getLogger("asyncsp.tls")
 _CLOSE_GRACE = 2.0
 """Seconds `aclose` lets idle connections say goodbye before it aborts them."""
 
@@ -52,6 +55,15 @@ class ServicePointLimitError(AsyncspError):
 def _from_defaults(name: str) -> Callable[[object], Any]:
     """A manager setting left as ``None`` follows `asyncsp.defaults` live."""
     return lambda _manager: getattr(defaults, name)
+
+
+def _policy_swapped(manager: ServicePointRegistry) -> None:
+    try:
+        policy = manager.policy
+    except AsyncspError:  # it follows process defaults that cannot be read: the next use says so
+        return
+    message = f"manager policy now {policy!r}" if TLS_LOG.isEnabledFor(logging.DEBUG) else ""
+    manager.tracer.emit(PolicySwapped(endpoint="", policy=policy), TLS_LOG, message)
 
 
 def _as_protocol(value: SecurityProtocol | int | str) -> SecurityProtocol:
@@ -70,6 +82,7 @@ class ServicePointRegistry:
     policy = Setting(
         check_policy,
         inherit=_from_defaults("policy"),
+        changed=_policy_swapped,
         doc="The policy new connections use (the process default unless set here).",
     )
     security_protocol = ProtocolsOf(_as_protocol)
@@ -137,13 +150,17 @@ class ServicePointRegistry:
         self._service_points: collections.OrderedDict[tuple[Endpoint, str | None], ServicePoint] = (
             collections.OrderedDict()
         )
-        self.policy = policy
+        # Set without the descriptors, whose change is a `PolicySwapped` event: making a
+        # manager swaps nothing.
+        self._policy = None if policy is None else check_policy("policy", policy)
         if policy is None and security_protocol is None:
             # It follows the process defaults: a bad ASYNCSP_* value raises now, naming the
             # variable, rather than at the first request.
             defaults.policy  # noqa: B018 (the read is the check)
         if security_protocol is not None:
-            self.security_protocol = security_protocol
+            self._policy = dataclasses.replace(
+                self.policy, protocols=_as_protocol(security_protocol)
+            )
         self.default_connection_limit = default_connection_limit
         self.max_idle_time = max_idle_time
         self.connection_lease_timeout = connection_lease_timeout

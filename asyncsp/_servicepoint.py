@@ -17,6 +17,7 @@ import builtins
 import contextlib
 import dataclasses
 import datetime
+import logging
 import operator
 import ssl
 import time
@@ -33,7 +34,8 @@ from ._defaults import (
 )
 from ._dialer import Dialer
 from ._endpoint import Endpoint
-from ._errors import ManagerClosedError, TimeoutError
+from ._errors import AsyncspError, ManagerClosedError, TimeoutError
+from ._events import PolicySwapped, SlotWaited
 from ._policy import TlsPolicy
 from ._pool import Poolable, SlotPool
 from ._streams import DEFAULT_LINE_LIMIT, Stream
@@ -45,6 +47,9 @@ __all__ = ["EndpointState", "LayerSlot", "ServicePoint", "ServicePointStats"]
 
 T = TypeVar("T")
 S = TypeVar("S", bound="EndpointState")
+
+TLS_LOG = logging.getLogger("asyncsp.tls")
+POOL_LOG = logging.getLogger("asyncsp.pool")
 
 _REAP_SLACK = 0.05
 """Seconds added to an idle deadline so the reaper never runs a hair early."""
@@ -94,6 +99,16 @@ class EndpointState(Protocol):
 
 def _set_here(sp: ServicePoint) -> None:
     sp._own_settings = True
+
+
+def _policy_set_here(sp: ServicePoint) -> None:
+    sp._own_settings = True
+    try:
+        policy = sp.policy
+    except AsyncspError:  # it follows process defaults that cannot be read: the next use says so
+        return
+    message = f"policy now {policy!r}" if TLS_LOG.isEnabledFor(logging.DEBUG) else ""
+    sp.manager.tracer.emit(PolicySwapped(endpoint=sp.address, policy=policy), TLS_LOG, message)
 
 
 def _times_set_here(sp: ServicePoint) -> None:
@@ -162,7 +177,7 @@ class ServicePoint:
     policy = Setting(
         check_policy,
         inherit=operator.attrgetter("_manager.policy"),
-        changed=_set_here,
+        changed=_policy_set_here,
         doc="The policy the next new connection uses; set to override, ``None`` to follow again.",
     )
 
@@ -378,6 +393,7 @@ class ServicePoint:
         self._touch()
 
     async def _acquire(self, reuse_key: Hashable | None, policy: TlsPolicy) -> Any:
+        waited_since: float | None = None
         while True:
             self._manager.check_open()
             conn = None
@@ -398,9 +414,15 @@ class ServicePoint:
                 self._manager.spawn(close_quietly(old))
             if conn is not None:
                 self._touch()
+                if waited_since is not None:
+                    self.slot_waited(waited_since)
+                if POOL_LOG.isEnabledFor(logging.DEBUG):
+                    POOL_LOG.debug("%s: reusing an idle connection", self.address)
                 return conn
             if self._pool.try_reserve():
                 self._touch()
+                if waited_since is not None:
+                    self.slot_waited(waited_since)
                 return None
             victim = self._pool.evict_idle()
             if victim is not None:
@@ -408,7 +430,23 @@ class ServicePoint:
                 await asyncio.shield(self._manager.spawn(close_quietly(victim)))
                 continue
             self._idle_since = None
+            if waited_since is None:
+                waited_since = self.slot_wait_started()
             await self._pool.wait()
+
+    def slot_wait_started(self) -> float | None:
+        """The time (`time.monotonic`) an operation starts to wait for a slot, for
+        `slot_waited`; ``None`` when nobody would read the report (no hook, DEBUG off)."""
+        return time.monotonic() if self._manager.tracer.wants(POOL_LOG) else None
+
+    def slot_waited(self, since: float) -> None:
+        """Report an operation that waited for a slot from *since* until now (`SlotWaited`)."""
+        seconds = time.monotonic() - since
+        self._manager.tracer.emit(
+            SlotWaited(endpoint=self.address, seconds=seconds),
+            POOL_LOG,
+            f"waited {seconds * 1000:.1f} ms for a slot (connection_limit={self.connection_limit})",
+        )
 
     async def open_side_stream(
         self,

@@ -3,6 +3,7 @@ nothing secret in either."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 
@@ -12,7 +13,7 @@ import trustme
 import asyncsp
 from asyncsp import ConnectionManager, TraceEvent
 
-from .servers import ThreadedServer, server_context
+from .servers import ThreadedServer, server_context, wait_until
 from .test_http_support import Trusted
 
 
@@ -109,3 +110,50 @@ async def test_debug_logs_say_version_resumption_and_why_refused(
     pool = [r.getMessage() for r in caplog.records if r.name == "asyncsp.pool"]
     assert any("connection opened" in m for m in pool)
     assert any("connection closed" in m for m in pool)
+
+
+async def test_a_wait_for_a_slot_is_an_event_with_its_time(
+    server: ThreadedServer, trusted: Trusted, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[TraceEvent] = []
+    async with ConnectionManager(policy=trusted(), trace=[seen.append]) as mgr:
+        sp = mgr.find_service_point(f"tls://localhost:{server.port}")
+        sp.connection_limit = 1
+        async with mgr.open_stream("localhost", server.port, tls=True, timeout=5):
+            waiter = asyncio.ensure_future(_exchange(mgr, server.port))
+            await wait_until(lambda: sp.is_idle is False and sp._pool.waiting == 1)
+            await asyncio.sleep(0.05)  # the measured wait: at least this long
+        with caplog.at_level(logging.DEBUG, logger="asyncsp.pool"):
+            await waiter
+    waits = [e for e in seen if isinstance(e, asyncsp.SlotWaited)]
+    assert len(waits) == 1 and waits[0].seconds >= 0.05
+    assert waits[0].endpoint == sp.address
+    assert any("for a slot (connection_limit=1)" in r.getMessage() for r in caplog.records)
+
+
+async def test_no_wait_no_event(server: ThreadedServer, trusted: Trusted) -> None:
+    seen: list[TraceEvent] = []
+    async with ConnectionManager(policy=trusted(), trace=[seen.append]) as mgr:
+        await _exchange(mgr, server.port)
+    assert not [e for e in seen if isinstance(e, asyncsp.SlotWaited)]
+
+
+def test_a_policy_set_on_the_manager_or_a_service_point_is_an_event(trusted: Trusted) -> None:
+    seen: list[TraceEvent] = []
+    mgr = ConnectionManager(policy=trusted(), security_protocol="Tls13", trace=[seen.append])
+    assert seen == []  # making a manager swaps nothing
+    mgr.security_protocol = asyncsp.SecurityProtocol.TLS12
+    sp = mgr.find_service_point("https://a.test")
+    sp.policy = trusted()
+    sp.policy = None  # follows the manager again
+    assert [(type(e).__name__, e.endpoint) for e in seen] == [
+        ("PolicySwapped", ""),
+        ("PolicySwapped", "https://a.test:443"),
+        ("PolicySwapped", "https://a.test:443"),
+    ]
+    swaps = [e for e in seen if isinstance(e, asyncsp.PolicySwapped)]
+    assert swaps[0].policy.protocols == asyncsp.SecurityProtocol.TLS12
+    assert swaps[1].policy == trusted() and swaps[2].policy == mgr.policy
+    with pytest.raises(TypeError):
+        mgr.policy = "Tls12"  # type: ignore[assignment]
+    assert len(seen) == 3  # a refused value swaps nothing
