@@ -69,6 +69,7 @@ class HttpEndpoint:
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters[waiter] = None
+        since = self.sp.slot_wait_started()
         self.wake()
         try:
             await waiter  # resolved with the slot already taken for us (see wake)
@@ -78,6 +79,8 @@ class HttpEndpoint:
             raise
         finally:
             self._waiters.pop(waiter, None)
+        if since is not None:
+            self.sp.slot_waited(since)
 
     def give_back(self) -> None:
         """Return a gate slot."""
