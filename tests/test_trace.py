@@ -12,9 +12,10 @@ import trustme
 
 import asyncsp
 from asyncsp import ConnectionManager, TraceEvent
+from asyncsp._http_pool import ENDPOINT_SLOT
 
 from .servers import ThreadedServer, server_context, wait_until
-from .test_http_support import Trusted
+from .test_http_support import Trusted, WebServer
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +158,20 @@ def test_a_policy_set_on_the_manager_or_a_service_point_is_an_event(trusted: Tru
     with pytest.raises(TypeError):
         mgr.policy = "Tls12"  # type: ignore[assignment]
     assert len(seen) == 3  # a refused value swaps nothing
+
+
+async def test_an_http_request_that_waited_for_a_slot_is_an_event() -> None:
+    seen: list[TraceEvent] = []
+    async with WebServer() as web, ConnectionManager(trace=[seen.append]) as mgr:
+        sp = mgr.find_service_point(web.url())
+        sp.connection_limit = 1
+        async with mgr.request("GET", web.url("/stream")) as first:
+            await web.stream_started.wait()
+            second = asyncio.ensure_future(mgr.get(web.url(), timeout=5))
+            await wait_until(lambda: bool(sp.layer(ENDPOINT_SLOT)._waiters))  # type: ignore[union-attr]
+            await asyncio.sleep(0.05)  # the measured wait: at least this long
+            web.release_stream.set()
+            await first.read()
+        assert (await second).status == 200
+    waits = [e for e in seen if isinstance(e, asyncsp.SlotWaited)]
+    assert len(waits) == 1 and waits[0].seconds >= 0.05 and waits[0].endpoint == sp.address
