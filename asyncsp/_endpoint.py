@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import re
 import socket
 import urllib.parse
 
@@ -17,6 +18,8 @@ __all__ = ["DEFAULT_PORTS", "Endpoint"]
 DEFAULT_PORTS = {"http": 80, "https": 443, "smtp": 25, "smtps": 465, "ftp": 21, "ftps": 990}
 """Well-known ports; ``tcp://`` and ``tls://`` (raw streams) always name theirs."""
 SCHEMES = frozenset(DEFAULT_PORTS) | {"tcp", "tls"}
+_SIMPLE = re.compile(r"([a-z]+)://([a-z0-9][a-z0-9.\-]*):([0-9]{1,5})/?")
+"""An endpoint given as lower-case scheme, ASCII host name or IPv4 address, and port."""
 TLS_SCHEMES = frozenset({"https", "smtps", "ftps", "tls"})
 
 
@@ -50,6 +53,14 @@ class Endpoint:
     @classmethod
     def _parse(cls, url_or_address: str) -> Endpoint:
         text = url_or_address.strip()
+        simple = _SIMPLE.fullmatch(text)
+        if simple is not None:
+            # "scheme://name-or-ipv4:port", how the front-ends name their endpoints: what
+            # urlsplit would make of it, without its general parse.
+            scheme, host, digits = simple.groups()
+            number = int(digits)
+            if scheme in SCHEMES and 0 < number < 65536:
+                return cls(scheme, normalise_host(host, url_or_address), number)
         parts = urllib.parse.urlsplit(text)
         scheme = parts.scheme.lower()
         if scheme not in SCHEMES:

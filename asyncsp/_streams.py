@@ -569,7 +569,7 @@ class Stream:
             if not transport.is_closing():
                 transport.close()
             if not self._protocol.lost.done():
-                await asyncio.wait_for(asyncio.shield(self._protocol.lost), _CLOSE_TIMEOUT)
+                await self._lost_within(_CLOSE_TIMEOUT)
         except asyncio.CancelledError:
             _abort(transport, self._protocol)
             raise
@@ -578,7 +578,32 @@ class Stream:
         finally:
             self._report_closed("closed")
             self._on_close(self)
-        await self.wait_closed()
+        if not self._protocol.lost.done():
+            await self.wait_closed()
+
+    async def _lost_within(self, timeout: float) -> None:
+        """Wait until the socket is closed; `TimeoutError` after *timeout* seconds.
+
+        What ``wait_for(shield(lost), timeout)`` does (a cancelled wait leaves the socket's
+        future alone), with one future and one timer instead of a task, two futures and a
+        timeout object.
+        """
+        lost = self._protocol.lost
+        waiter = self._loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        lost.add_done_callback(wake)
+        timer = self._loop.call_later(timeout, wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            lost.remove_done_callback(wake)
+        if not lost.done():
+            raise builtins.TimeoutError
 
     def _report_closed(self, reason: str) -> None:
         event = ConnectionClosed(endpoint=self.endpoint, reason=reason)
@@ -604,7 +629,8 @@ class Stream:
 
     async def wait_closed(self) -> None:
         """Wait until the socket is closed, after `aclose` or `abort`."""
-        await asyncio.shield(self._protocol.lost)
+        if not self._protocol.lost.done():
+            await asyncio.shield(self._protocol.lost)
 
     def mark_broken(self) -> None:
         """Never reuse this stream (its protocol state is unknown)."""

@@ -13,7 +13,7 @@ from yarl import URL
 
 import asyncsp
 from asyncsp import ConnectionManager, InvalidHostNameError, TlsPolicy
-from asyncsp._endpoint import normalise_host
+from asyncsp._endpoint import Endpoint, normalise_host
 
 from .servers import ThreadedServer, server_context
 
@@ -150,3 +150,27 @@ def test_addresses_are_what_ipaddress_makes_of_them(text: str) -> None:
         assert got == expected
     else:
         assert got is None or got == bare or got.startswith("xn--")
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("tcp://127.0.0.1:0080", "tcp://127.0.0.1:80"),
+        ("tcp://Host.Example.:7", "tcp://host.example:7"),
+        ("tls://127.0.0.1.:5/", "tls://127.0.0.1:5"),
+        ("smtp://mx.example:25", "smtp://mx.example:25"),
+        ("https://[::1]:8443/x?y", "https://[::1]:8443"),
+        ("http://01.2.3.4:80", "http://01.2.3.4:80"),  # not an address: a (numeric) name
+    ],
+)
+def test_endpoint_texts_parse_alike_on_every_path(text: str, address: str) -> None:
+    endpoint = Endpoint.parse(text)
+    assert endpoint.address == address
+    assert endpoint == Endpoint(endpoint.scheme, endpoint.host, endpoint.port)
+    assert str(endpoint) == address and endpoint.netloc == address.split("://", 1)[1]
+
+
+@pytest.mark.parametrize("text", ["tcp://127.0.0.1:0", "tls://a:65536", "tcp://a:99999", "tcp://a"])
+def test_endpoint_ports_out_of_range_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="port"):
+        Endpoint.parse(text)
