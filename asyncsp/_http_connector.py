@@ -9,6 +9,7 @@ creation until it is closed, and each connection is recorded on its first respon
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import socket
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
+from ._events import ConnectionClosed, ConnectionOpened
 from ._http_sockets import CLAIM, NagleSocket, SocketTicket, TrackedSocket, reset_on_close
 from ._http_tunnel import Tunnel, TunnelConnector
 from ._tls import ConnectAttempt, TlsInfo, established_info
@@ -27,11 +29,16 @@ from ._tls import ConnectAttempt, TlsInfo, established_info
 if TYPE_CHECKING:
     import ssl
 
+    from aiohttp.client_reqrep import ClientRequest
+
     from ._http_pool import HttpEndpoint
     from ._policy import TlsPolicy
     from ._servicepoint import ServicePoint
 
 __all__ = ["ConnectionState", "Connector", "TrackedResponse"]
+
+HTTP_LOG = logging.getLogger("asyncsp.http")
+PROXY_LOG = logging.getLogger("asyncsp.proxy")
 
 _EXPIRY_SLACK = 0.1
 """Seconds before keep-alive expiry from which a pool lookup watches what aiohttp expires (its
@@ -209,6 +216,8 @@ class Connector:
         return sock
 
     def _socket_gone(self, ticket: SocketTicket) -> None:
+        if ticket.reported:
+            self._report_closed(ticket)
         if self._tickets.get(ticket.fd) is ticket:
             del self._tickets[ticket.fd]
         if ticket.protocol is not None:
@@ -216,6 +225,50 @@ class Connector:
             ticket.protocol = None
         self.open_sockets -= 1
         self.endpoint.socket_closed(ticket)
+
+    # -- what operators see ----------------------------------------------------------------
+
+    def connected(self, protocol: ResponseHandler) -> None:
+        """Report the connection aiohttp just made (after its TLS handshake, if any): a
+        `ConnectionOpened` event, and the proxy it goes through in the asyncsp.proxy log."""
+        transport = protocol.transport
+        raw = transport.get_extra_info("socket") if transport is not None else None
+        ticket = self._tickets.get(raw.fileno()) if raw is not None else None
+        if ticket is None or transport is None:
+            return
+        ticket.reported = True
+        sp = self.endpoint.sp
+        tracer = sp.manager.tracer
+        if not tracer.wants(HTTP_LOG):
+            return
+        peername = transport.get_extra_info("peername")
+        peer = (peername[0], peername[1]) if peername else None
+        tracer.emit(
+            ConnectionOpened(endpoint=sp.address, peer=peer),
+            HTTP_LOG,
+            f"connection opened to {peer}",
+        )
+        route = self.endpoint.route
+        if route is not None and PROXY_LOG.isEnabledFor(logging.DEBUG):
+            how = "a CONNECT tunnel" if self.context is not None else "absolute-form requests"
+            PROXY_LOG.debug("%s: through the proxy %s (%s)", sp.address, route.url, how)
+
+    def _report_closed(self, ticket: SocketTicket) -> None:
+        sp = self.endpoint.sp
+        tracer = sp.manager.tracer
+        if not tracer.wants(HTTP_LOG):
+            return
+        if sp.manager.closed:
+            reason = "closed by the manager"
+        elif ticket.orphan:
+            reason = "closed while idle"  # expired, past its lease, policy changed, sp.close()
+        elif self.retired:
+            reason = "closed after a change of policy or settings"
+        else:
+            reason = "closed"  # by aiohttp: the peer's close, "Connection: close", an error
+        tracer.emit(
+            ConnectionClosed(endpoint=sp.address, reason=reason), HTTP_LOG, f"connection {reason}"
+        )
 
     # -- connections -----------------------------------------------------------------------
 
@@ -389,14 +442,21 @@ class _PoolConnector(aiohttp.TCPConnector):
 
     It tells each request's `RequestClaim` which pooled connection it took (a new one is
     noted by `Connector._make_socket`), and the idle connections aiohttp's keep-alive expiry
-    would close uncounted are closed first as orphans. The hooks are aiohttp's pool lookup
-    ``_get``, its ``_cleanup`` and its pool ``_conns``, alike in every aiohttp version
-    pyproject allows.
+    would close uncounted are closed first as orphans; each new connection is reported once
+    it is made. The hooks are aiohttp's pool lookup ``_get``, its ``_cleanup``, its pool
+    ``_conns`` and its ``_create_connection``, alike in every aiohttp version pyproject allows.
     """
 
     def __init__(self, owner: Connector, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.asyncsp_owner = owner
+
+    async def _create_connection(
+        self, req: ClientRequest, traces: list[Any], timeout: aiohttp.ClientTimeout
+    ) -> ResponseHandler:
+        protocol = await super()._create_connection(req, traces, timeout)
+        self.asyncsp_owner.connected(protocol)
+        return protocol
 
     def _cleanup(self) -> None:
         # aiohttp's periodic keep-alive expiry: what it closes is counted right after.
@@ -422,8 +482,11 @@ class _PoolConnector(aiohttp.TCPConnector):
             connection = None
         else:
             connection = await super()._get(key, traces)
-            if connection is not None and claim is not None:
-                claim.protocol = connection.protocol
+            if connection is not None:
+                if claim is not None:
+                    claim.protocol = connection.protocol
+                if HTTP_LOG.isEnabledFor(logging.DEBUG):
+                    HTTP_LOG.debug("%s: reusing an idle connection", owner.endpoint.sp.address)
         if expiring:
             owner.count_expired(expiring)
         return connection

@@ -59,6 +59,7 @@ class SocketTicket:
         "orphan",
         "protocol",
         "received",
+        "reported",
         "socket",
     )
 
@@ -72,6 +73,7 @@ class SocketTicket:
         self.held_slots = 0  # gate slots of finished requests that wait for this close
         self.orphan = False  # closed by us while idle; counted by the gate until gone
         self.received = 0  # bytes read with recv (see TrackedSocket.recv)
+        self.reported = False  # connected, and reported so (a losing connect attempt never is)
 
     def closed(self) -> None:
         """The socket is gone (idempotent: close, detach and the GC backstop all land here)."""

@@ -41,7 +41,8 @@ PRIVATE_MEMBERS = {
     "_cleanup": "BaseConnector._cleanup: the keep-alive expiry, overridden "
     "(asyncsp/_http_connector.py)",
     "_create_connection": "TCPConnector._create_connection: the hook the CONNECT tunnel "
-    "overrides (asyncsp/_http_tunnel.py)",
+    "overrides (asyncsp/_http_tunnel.py), and the pool connector wraps to report each new "
+    "connection (asyncsp/_http_connector.py)",
 }
 """Private member name -> what it is and where asyncsp uses it."""
 

@@ -175,3 +175,25 @@ async def test_an_http_request_that_waited_for_a_slot_is_an_event() -> None:
         assert (await second).status == 200
     waits = [e for e in seen if isinstance(e, asyncsp.SlotWaited)]
     assert len(waits) == 1 and waits[0].seconds >= 0.05 and waits[0].endpoint == sp.address
+
+
+async def test_http_connections_are_events_from_open_to_close(
+    https: WebServer, trusted: Trusted, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[TraceEvent] = []
+    with caplog.at_level(logging.DEBUG, logger="asyncsp"):
+        async with ConnectionManager(policy=trusted(), trace=[seen.append]) as mgr:
+            for _ in range(2):
+                assert (await mgr.get(https.url(), timeout=5)).status == 200
+            await mgr.find_service_point(https.url()).close()
+            await wait_until(lambda: any(isinstance(e, asyncsp.ConnectionClosed) for e in seen))
+    kinds = [type(event).__name__ for event in seen]
+    assert kinds == ["HandshakeFinished", "ConnectionOpened", "ConnectionClosed"]
+    opened, closed = seen[1], seen[2]
+    assert isinstance(opened, asyncsp.ConnectionOpened) and opened.peer == ("127.0.0.1", https.port)
+    assert isinstance(closed, asyncsp.ConnectionClosed) and closed.reason == "closed while idle"
+    assert opened.endpoint == closed.endpoint == f"https://127.0.0.1:{https.port}"
+    http = [r.getMessage() for r in caplog.records if r.name == "asyncsp.http"]
+    assert any("connection opened" in m for m in http)
+    assert any("reusing an idle connection" in m for m in http)
+    assert any("connection closed while idle" in m for m in http)
