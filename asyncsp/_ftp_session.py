@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import logging
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._errors import (
@@ -54,6 +55,9 @@ _QUIT_TIMEOUT = 2.0
 _MAX_PRELIMINARY = 10
 """``120 service ready in nnn minutes`` replies tolerated before the greeting (RFC 959 §4.2)."""
 _NOT_UNDERSTOOD = frozenset({500, 501, 502, 504})
+_SECRET_VERBS = frozenset({b"PASS", b"ACCT"})
+"""Commands whose argument is a credential: logged by verb alone."""
+FTP_LOG = logging.getLogger("asyncsp.ftp")
 """Replies meaning "command not implemented": EPSV falls back to PASV, FEAT to none."""
 
 
@@ -116,6 +120,11 @@ class FtpSession(OnStream):
             raise FtpReplyError(self.ended_by.code, self.ended_by.message, endpoint=self.endpoint)
         if self.parser.waiting or self.parser.buffered or self.stream.buffered:
             await self._refuse_unasked()
+        if FTP_LOG.isEnabledFor(logging.DEBUG):
+            command = line.rstrip(b"\r\n")
+            verb = command.partition(b" ")[0]
+            shown = verb if verb.upper() in _SECRET_VERBS else command[:200]
+            FTP_LOG.debug("%s C: %s", self.endpoint, shown.decode("utf-8", "replace"))
         self.stream.write(line)
         await self.stream.drain()
 
@@ -183,6 +192,8 @@ class FtpSession(OnStream):
         A command has one final reply (after any ``1xx``): another complete reply already
         behind it was asked for by nobody, and leaves the command's outcome in doubt.
         """
+        if FTP_LOG.isEnabledFor(logging.DEBUG):
+            FTP_LOG.debug("%s S: %d %s", self.endpoint, reply.code, reply.message[:200])
         if reply.code in SESSION_ENDING:
             self._ended(reply)
         stray = self.parser.next_reply() if reply.kind != 1 else None
@@ -303,7 +314,7 @@ class FtpSession(OnStream):
         tls = self.stream.tls is not None
         if tls and self.tls_session is None:
             self.tls_session = self.stream.tls_session()
-        return await sp.open_side_stream(
+        data = await sp.open_side_stream(
             (self.stream.peer_address[0], port),
             policy=self.stream.policy,
             tls=tls,
@@ -311,6 +322,15 @@ class FtpSession(OnStream):
             session=self.tls_session if tls else None,
             timeout=self.stream.timeout,
         )
+        if FTP_LOG.isEnabledFor(logging.DEBUG):
+            how = (
+                "plain"
+                if data.tls is None
+                else f"{data.tls.version}, "
+                + ("resumed the control session" if data.tls.session_reused else "full handshake")
+            )
+            FTP_LOG.debug("%s: data connection to port %d (%s)", self.endpoint, port, how)
+        return data
 
     async def _connect_during_reply(self, sp: ServicePoint, port: int, offset: int) -> Transfer:
         """Connect (and handshake) while the server answers the transfer command.

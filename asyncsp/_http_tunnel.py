@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -49,6 +50,7 @@ _HANDSHAKE_BACKSTOP = 5.0
 """Seconds asyncio's own handshake limit sits past ours, so ours fires first and names the step."""
 
 SocketFactory = Callable[[Any], socket.socket]
+PROXY_LOG = logging.getLogger("asyncsp.proxy")
 
 
 class Tunnel:
@@ -93,6 +95,17 @@ class Tunnel:
             async with self._bounded(step_timeout, "did not answer CONNECT"):
                 transport.write(connect_request(host, port, self.route.authorization))
                 reply = await self._read_reply(buffer)
+            if PROXY_LOG.isEnabledFor(logging.DEBUG):
+                PROXY_LOG.debug(
+                    "%s: CONNECT %s:%d through the proxy %s%s: %d %s",
+                    self.endpoint,
+                    host,
+                    port,
+                    self.route.url,
+                    " with credentials" if self.route.authorization else "",
+                    reply.status,
+                    reply.reason,
+                )
             handler = ResponseHandler(loop=loop)
             async with self._bounded(step_timeout, "did not finish the TLS handshake", tls=True):
                 # No await between this check and start_tls, which takes the transport over
