@@ -289,8 +289,7 @@ async def _begin_waiting(
     limit = min(bounds)
     started = time.monotonic()
     try:
-        async with asyncio.timeout(limit):
-            connector = await endpoint.begin()
+        connector = await endpoint.begin(asyncio.get_running_loop().time() + limit)
     except builtins.TimeoutError:
         address = endpoint.sp.address
         error = TimeoutError(

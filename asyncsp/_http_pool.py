@@ -14,6 +14,7 @@ request in flight on either, plus the sockets that are still closing, against
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,12 @@ if TYPE_CHECKING:
     from ._servicepoint import ServicePoint
 
 __all__ = ["ENDPOINT_SLOT", "LAYER_SLOT", "HttpEndpoint", "HttpLayer"]
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    """A gate waiter's deadline passed: it ends with `builtins.TimeoutError` (no slot)."""
+    if not waiter.done():
+        waiter.set_exception(builtins.TimeoutError())
 
 
 class HttpEndpoint:
@@ -60,17 +67,26 @@ class HttpEndpoint:
     def _free(self) -> bool:
         return self.held + self.orphans < self.sp.connection_limit
 
-    async def admit(self) -> None:
-        """Take a gate slot, waiting (first come, first served) while the endpoint is full."""
+    async def admit(self, deadline: float | None = None) -> None:
+        """Take a gate slot, waiting (first come, first served) while the endpoint is full;
+        `builtins.TimeoutError` once *deadline* (loop time) passes without one."""
         if self._closed_error is not None:
             raise self._closed_error
         if not self._waiters and self._free():
             self.held += 1
             return
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._waiters[waiter] = None
         since = self.sp.slot_wait_started()
         self.wake()
+        # The deadline ends the waiter itself: one timer handle, no timeout context around
+        # the wait (most requests on new connections wait here, for a socket closing).
+        timer = (
+            loop.call_at(deadline, _expire, waiter)
+            if deadline is not None and not waiter.done()
+            else None
+        )
         try:
             await waiter  # resolved with the slot already taken for us (see wake)
         except asyncio.CancelledError:
@@ -78,6 +94,8 @@ class HttpEndpoint:
                 self.give_back()  # woken and cancelled at once: pass the slot on
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
             self._waiters.pop(waiter, None)
         if since is not None:
             self.sp.slot_waited(since)
@@ -131,13 +149,14 @@ class HttpEndpoint:
         sp.stats.requests += 1
         return current
 
-    async def begin(self) -> Connector:
-        """Start a request: wait for a gate slot, then pick (or make) the current connector."""
+    async def begin(self, deadline: float | None = None) -> Connector:
+        """Start a request: wait for a gate slot, then pick (or make) the current connector;
+        `builtins.TimeoutError` if that is not done by *deadline* (loop time)."""
         self.sp.begin_exchange()
         try:
-            await self.admit()
+            await self.admit(deadline)
             try:
-                connector = await self._pick()
+                connector = await self._pick(deadline)
             except BaseException:
                 self.give_back()
                 raise
@@ -148,12 +167,13 @@ class HttpEndpoint:
         self.sp.stats.requests += 1
         return connector
 
-    async def _pick(self) -> Connector:
+    async def _pick(self, deadline: float | None = None) -> Connector:
         """The connector for an admitted request, chosen after its last wait.
 
         Each wait (a context built in a thread, sockets still closing) lets the policy change,
         another request retire the connector or the manager close; so the choice is made again
-        after it. Every pass but the last waits; the caller's deadline bounds them all.
+        after it. Every pass but the last waits; the caller's deadline bounds them all (its
+        *deadline*, when given here, else a timeout around the call).
         """
         sp = self.sp
         while True:
@@ -161,7 +181,8 @@ class HttpEndpoint:
                 raise self._closed_error
             connector = self.current
             if connector is None or not connector.matches(sp, sp.policy):
-                await self.connector()
+                async with asyncio.timeout_at(deadline):
+                    await self.connector()
                 continue
             if sp.connection_lease_timeout is not None:
                 connector.close_idle(only_expired=True)
@@ -169,7 +190,8 @@ class HttpEndpoint:
             # yet; with them the slot we hold could pass the limit: wait until they are.
             # (Requests admitted before the limit was lowered go on: only orphans are awaited.)
             if self.orphans and self.held + self.orphans > sp.connection_limit:
-                await self._sockets_gone()
+                async with asyncio.timeout_at(deadline):
+                    await self._sockets_gone()
                 continue
             return connector
 
