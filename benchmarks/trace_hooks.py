@@ -16,7 +16,7 @@ rotating order, so load from elsewhere on the machine hits the variants alike. P
 variant: requests/s and the client's CPU µs per request (the worker's own user and system
 time), median and spread over the rounds, and each ratio to ``none``.
 
-    python benchmarks/trace_hooks.py [--rounds 7] [--requests 4000] [--before REV]
+    python benchmarks/trace_hooks.py [--rounds 7] [--requests 4000] [--before REV] [--pin]
 """
 
 from __future__ import annotations
@@ -85,6 +85,8 @@ async def work(
 
 
 def worker_main(args: argparse.Namespace) -> None:
+    if args.pin:
+        os.sched_setaffinity(0, {1})  # the server keeps CPU 0
     result = asyncio.run(
         work(args.url, args.workload, args.requests, args.concurrency, args.variant == "noop")
     )
@@ -118,6 +120,7 @@ def run_worker(
         "--workload", workload,
         "--requests", str(args.requests),
         "--concurrency", str(args.concurrency),
+        *(["--pin"] if args.pin else []),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(path)}
     done = subprocess.run(
@@ -153,6 +156,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10, help="tasks = connection limit")
     parser.add_argument("--before", default=DEFAULT_BEFORE, help="git revision to compare with")
     parser.add_argument("--workload", choices=[*WORKLOADS, "both"], default="both")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="server on CPU 0, each worker on CPU 1 (steadier figures on a 2-core machine)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -164,6 +172,8 @@ def main() -> None:
     from http_client import server
 
     workloads = list(WORKLOADS) if args.workload == "both" else [args.workload]
+    if args.pin:
+        os.sched_setaffinity(0, {0})  # inherited by the server started next
     with tempfile.TemporaryDirectory() as tmp, server(None) as port:
         paths = {"none": REPO, "noop": REPO, "before": extract(args.before, Path(tmp))}
         url = f"http://127.0.0.1:{port}/"
