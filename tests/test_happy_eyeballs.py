@@ -27,7 +27,8 @@ from asyncsp import ConnectionManager, TimeoutError
 
 from .servers import LOCAL, RawServer
 from .test_ftp import PAYLOAD, PyFtpd
-from .test_http_support import WebServer
+from .test_http_proxy import ScriptedProxy, tunnel
+from .test_http_support import Trusted, WebServer
 from .test_smtp import responder, scripted
 
 NAME = "dual.test"
@@ -137,6 +138,20 @@ async def test_an_http_request_reaches_the_next_address_within_the_delay(
             sp = mgr.find_service_point(f"http://{NAME}:{web.port}")
             assert sp.current_connections <= 1
     assert web.seen.connections == 1
+
+
+async def test_a_connect_tunnel_reaches_the_proxy_s_next_address_within_the_delay(
+    resolver: list[tuple[str, int]], https: WebServer, trusted: Trusted
+) -> None:
+    async with ScriptedProxy(tunnel()) as proxy:
+        with black_hole() as silent:
+            resolver[:] = [(LOCAL, silent), (LOCAL, proxy.port)]
+            async with (
+                ConnectionManager(policy=trusted(), proxy=f"http://{NAME}:{proxy.port}") as mgr,
+                timed(1.5),
+            ):
+                assert await (await mgr.get(https.url(), timeout=5)).text() == "hello"
+    assert proxy.connections == 1
 
 
 async def test_the_manager_s_delay_reaches_http(resolver: list[tuple[str, int]]) -> None:
