@@ -24,6 +24,11 @@ def credential_digest(secret: str | None) -> bytes:
     ``None`` is the empty secret: a login without a password sends exactly what a login
     with ``""`` sends, so both must file and find sessions under one key.
     """
+    if not secret:
+        return _EMPTY  # every session opened without credentials asks for this one
     # surrogatepass encodes every str, lone surrogates included, one to one.
-    data = (secret or "").encode("utf-8", "surrogatepass")
+    data = secret.encode("utf-8", "surrogatepass")
     return hmac.new(_KEY_SALT, data, hashlib.sha256).digest()
+
+
+_EMPTY = hmac.new(_KEY_SALT, b"", hashlib.sha256).digest()
