@@ -2,7 +2,9 @@
 
 Every layer reports through one `Tracer` per manager: it logs at DEBUG through the layer's
 logger and hands the event to the hooks registered with ``ConnectionManager(trace=[...])`` or
-``mgr.add_trace(...)``. With no hook and DEBUG off, reporting costs one attribute test.
+``mgr.add_trace(...)``. Events are per connection, handshake, wait or policy change, never per
+request on a kept-alive connection; with no hook and DEBUG off, an event whose facts cost work
+to gather (a slot wait's time, an HTTP connection's peer) asks `Tracer.wants` first and skips it.
 
 Events carry endpoints, versions, timings and error messages, never a credential, a cookie, an
 ``Authorization`` value or a message body (asyncsp's errors hold none), so a hook can forward
