@@ -40,6 +40,14 @@ VERSIONS = {
 }
 
 
+SERVER_CIPHERS = (
+    "@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
+)
+"""The TLS 1.2 suites of a python.org or pyenv CPython's own default, set explicitly: Debian's
+CPython leaves OpenSSL's DEFAULT list in place (CBC with SHA-1 included), and a test server
+must offer the same suites on every build."""
+
+
 def server_context(
     cert: trustme.LeafCert, minimum: str = "TLSv1.2", maximum: str = "TLSv1.3"
 ) -> ssl.SSLContext:
@@ -53,6 +61,8 @@ def server_context(
     if VERSIONS[minimum] < ssl.TLSVersion.TLSv1_2:
         # OpenSSL 3 signs TLS 1.0/1.1 handshakes with SHA-1: only security level 0 allows it.
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    else:
+        ctx.set_ciphers(SERVER_CIPHERS)
     return ctx
 
 

@@ -409,8 +409,7 @@ def smtp_server(cert: trustme.LeafCert, *, starttls: bool = True, auth_require_t
         async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
             return "250 OK"
 
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    cert.configure_cert(context)
+    context = server_context(cert)
     controller = Controller(
         Sink(),
         hostname="127.0.0.1",
