@@ -177,6 +177,7 @@ class Connector:
             cookie_jar=aiohttp.DummyCookieJar(),
             response_class=response_class,
             trust_env=False,
+            trace_configs=list(endpoint.layer.manager.trace_configs) or None,
             **proxied,
         )
         # We retry stale pooled connections ourselves (asyncsp._http._may_retry): aiohttp's own

@@ -136,6 +136,7 @@ class ServicePointRegistry:
         tcp_keepalive: tuple[float, float] | None = None,
         local_address: str | None = None,
         trace: Sequence[TraceHook] = (),
+        trace_configs: Sequence[Any] = (),
     ) -> None:
         # What __repr__ reads comes first: a manager whose making failed still shows in a
         # traceback.
@@ -195,6 +196,14 @@ class ServicePointRegistry:
         self._layers: dict[LayerSlot[Any], object] = {}
         self.tracer = Tracer(tuple(trace))
         """Where every layer reports its events (the hooks, and the DEBUG log)."""
+        for config in trace_configs:
+            if not callable(getattr(config, "freeze", None)):
+                raise TypeError(
+                    f"trace_configs takes aiohttp.TraceConfig objects, not {type(config).__name__}"
+                )
+        self.trace_configs = tuple(trace_configs)
+        """aiohttp ``TraceConfig`` objects every HTTP session of this manager runs, for users
+        of aiohttp's own request tracing (HTTP only; the `trace` hooks cover every protocol)."""
 
     def add_trace(self, hook: TraceHook) -> None:
         """Deliver every later event of this manager (`asyncsp.TraceEvent`) to *hook*.

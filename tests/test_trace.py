@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 
+import aiohttp
 import pytest
 import trustme
 
@@ -197,3 +198,26 @@ async def test_http_connections_are_events_from_open_to_close(
     assert any("connection opened" in m for m in http)
     assert any("reusing an idle connection" in m for m in http)
     assert any("connection closed while idle" in m for m in http)
+
+
+async def test_aiohttp_trace_configs_are_passed_through() -> None:
+    seen: list[str] = []
+
+    async def request_start(session: object, context: object, params: object) -> None:
+        seen.append("request start")
+
+    async def connection_made(session: object, context: object, params: object) -> None:
+        seen.append("connection made")
+
+    config = aiohttp.TraceConfig()
+    config.on_request_start.append(request_start)
+    config.on_connection_create_end.append(connection_made)
+    async with WebServer() as web, ConnectionManager(trace_configs=[config]) as mgr:
+        for _ in range(2):
+            assert (await mgr.get(web.url(), timeout=5)).status == 200
+    assert seen == ["request start", "connection made", "request start"]
+
+
+def test_trace_configs_must_be_aiohttp_s() -> None:
+    with pytest.raises(TypeError, match=r"aiohttp\.TraceConfig"):
+        ConnectionManager(trace_configs=[print])
