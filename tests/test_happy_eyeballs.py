@@ -24,6 +24,7 @@ from OpenSSL import SSL
 
 import asyncsp
 from asyncsp import ConnectionManager, TimeoutError
+from asyncsp._http_pool import ENDPOINT_SLOT
 
 from .servers import LOCAL, RawServer
 from .test_ftp import PAYLOAD, PyFtpd
@@ -232,3 +233,21 @@ def test_invalid_values_are_refused_and_leave_the_old_one(name: str, bad: object
         assert getattr(owner, name) == before
     with pytest.raises(ValueError, match=name):
         ConnectionManager(**{name: bad})  # type: ignore[arg-type]
+
+
+async def test_http_connectors_follow_the_service_point_s_settings() -> None:
+    async with WebServer() as web:
+        async with ConnectionManager(happy_eyeballs_delay=0.1, interleave=2) as mgr:
+            await mgr.get(web.url(), timeout=5)
+            sp = mgr.find_service_point(web.url())
+
+            def aiohttp_connector() -> Any:
+                endpoint = sp.layer(ENDPOINT_SLOT)
+                assert endpoint is not None and endpoint.current is not None
+                return endpoint.current.aiohttp_connector
+
+            first = aiohttp_connector()
+            assert (first._happy_eyeballs_delay, first._interleave) == (0.1, 2)
+            sp.interleave = 1
+            await mgr.get(web.url(), timeout=5)
+            assert aiohttp_connector() is not first and aiohttp_connector()._interleave == 1
