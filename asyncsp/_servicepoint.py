@@ -138,7 +138,8 @@ class ServicePoint:
     `max_idle_time` leaves the manager with everything it holds (pool, HTTP connector and
     session, TLS sessions, resolved addresses, statistics); `find_service_point` then makes a
     fresh one from the manager's settings. One whose settings were set here (the limit, a
-    time or the policy) is kept instead, so a setting never silently reverts; only
+    time, a Happy Eyeballs setting or the policy) is kept instead, so a setting never silently
+    reverts; only
     ``max_service_points`` or the manager's close removes it. A reference kept to a reclaimed
     point still reads its last state, but no request goes through it any more.
     """
