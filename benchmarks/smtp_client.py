@@ -15,8 +15,13 @@ aiosmtplib (median over rounds of the two rates in the same round) and this proc
 time per message (the server is another process; smtplib's thread counts too), with its
 paired ratio (aiosmtplib's CPU over the client's: above 1 is cheaper).
 
+With ``--only new-session`` only the new-session scenario runs (more rounds for the same
+time); ``--pin`` puts the server on CPU 0 and this process on CPU 1, so the two never compete
+for one core and the scheduler moves every client alike.
+
     python benchmarks/smtp_client.py [--quick] [--messages 2000] [--rounds 3]
                                      [--server sink|aiosmtpd|smtp-sink|smtp-sink-nopipe]
+                                     [--only one-session|new-session] [--pin]
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ def free_port() -> int:
 
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
+SERVER_CPU: list[str] = []
+"""A ``taskset`` prefix for the server's command (``--pin``), else nothing."""
 
 
 @contextlib.contextmanager
@@ -81,7 +88,7 @@ def smtp_server(kind: str) -> Iterator[tuple[int, str]]:
         port = free_port()
         cmd = [sys.executable, str(HERE / "smtp_server.py"), str(port), "--cert", cert]
         proc = subprocess.Popen(
-            [*cmd, "--key", key, "--impl", kind], stdout=subprocess.PIPE, text=True
+            [*SERVER_CPU, *cmd, "--key", key, "--impl", kind], stdout=subprocess.PIPE, text=True
         )
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -102,7 +109,7 @@ def postfix_sink(pipelining: bool) -> Iterator[int]:
     options = ["-u", "nobody"] if os.geteuid() == 0 else []
     if not pipelining:
         options.append("-p")
-    proc = subprocess.Popen([SMTP_SINK, *options, f"127.0.0.1:{port}", "1024"])
+    proc = subprocess.Popen([*SERVER_CPU, SMTP_SINK, *options, f"127.0.0.1:{port}", "1024"])
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -277,16 +284,22 @@ async def main() -> None:
         "--server", choices=("sink", "aiosmtpd", "smtp-sink", "smtp-sink-nopipe"), default="sink"
     )
     parser.add_argument("--security", choices=("none", "starttls", "both"), default="both")
+    parser.add_argument("--only", choices=("one-session", "new-session"), default=None)
+    parser.add_argument("--pin", action="store_true", help="server on CPU 0, clients on CPU 1")
     args = parser.parse_args()
+    if args.pin:
+        SERVER_CPU[:] = ["taskset", "-c", "0"]
+        os.sched_setaffinity(0, {1})
     messages = args.messages or (500 if args.quick else 2000)
     securities = ("none", "starttls") if args.security == "both" else (args.security,)
     if args.server.startswith("smtp-sink"):
         securities = ("none",)  # smtp-sink offers no STARTTLS
     new_n = args.new_session_messages or messages
+    pinned = "; server on CPU 0, clients on CPU 1" if args.pin else ""
     print(
         f"asyncsp {asyncsp.__version__}, aiosmtplib {aiosmtplib.__version__}, Python "
         f"{sys.version.split()[0]}; server: {args.server} (separate process); "
-        f"{args.rounds} rounds interleaved"
+        f"{args.rounds} rounds interleaved{pinned}"
     )
     with smtp_server(args.server) as (port, cafile):
         for security in securities:
@@ -295,6 +308,8 @@ async def main() -> None:
                 ("one session, 3 recipients", 3, False, messages),
                 ("new session per message, 1 recipient", 1, True, new_n),
             ):
+                if args.only is not None and new_sessions != (args.only == "new-session"):
+                    continue
                 results = await scenario(
                     port, cafile, security, rcpts, new_sessions, n, args.rounds, args.server
                 )
