@@ -13,6 +13,7 @@ from ._protocols import SecurityProtocol
 from ._resolve import HAPPY_EYEBALLS_DELAY
 
 __all__ = [
+    "FOLLOW",
     "Defaults",
     "ProtocolsOf",
     "Setting",
@@ -82,6 +83,18 @@ def policy_from_environment(env: Mapping[str, str]) -> TlsPolicy:
         ) from exc
 
 
+class _Follow:
+    """What a setting whose values include ``None`` stores while it follows its *inherit*."""
+
+    def __repr__(self) -> str:
+        return "FOLLOW"
+
+
+FOLLOW: Any = _Follow()
+"""The "not set here" of a setting made with ``none_is_a_value=True`` (also a parameter's
+default: a manager not given ``happy_eyeballs_delay`` follows the process defaults)."""
+
+
 class Setting(Generic[T]):
     """One mutable setting, said once: checked on assignment, inherited when unset.
 
@@ -91,6 +104,10 @@ class Setting(Generic[T]):
     ``inherit(owner)`` live", and assigning ``None`` follows again. *changed* runs after each
     successful assignment (a service point reschedules its reaper, for one). The value is kept
     in the owner's ``_<name>`` attribute, which the owner may set directly when it is made.
+
+    With ``none_is_a_value=True``, ``None`` is a value like any other (``happy_eyeballs_delay =
+    None``: one address at a time) and `FOLLOW` is stored instead while the setting follows;
+    ``del owner.setting`` follows again.
     """
 
     def __init__(
@@ -99,10 +116,12 @@ class Setting(Generic[T]):
         *,
         inherit: Callable[[Any], T] | None = None,
         changed: Callable[[Any], None] | None = None,
+        none_is_a_value: bool = False,
         doc: str | None = None,
     ) -> None:
         self._check = check
         self._inherit = inherit
+        self._unset: object = FOLLOW if none_is_a_value else None
         self._changed = changed
         self._name = self._store = ""
         self.__doc__ = doc
@@ -119,14 +138,23 @@ class Setting(Generic[T]):
         if obj is None:
             return self
         value: T | None = getattr(obj, self._store)
-        if value is None and self._inherit is not None:
+        if value is self._unset and self._inherit is not None:
             return self._inherit(obj)
         return value  # type: ignore[return-value]  # None only where the check allows it
 
     def __set__(self, obj: object, value: T | None) -> None:
-        if value is not None or self._inherit is None:
+        if value is not self._unset or self._inherit is None:
             value = self._check(self._name, value)
         setattr(obj, self._store, value)
+        if self._changed is not None:
+            self._changed(obj)
+
+    def __delete__(self, obj: object) -> None:
+        """Follow *inherit* again (the same as assigning ``None`` where ``None`` is not a
+        value)."""
+        if self._inherit is None:
+            raise AttributeError(f"{self._name} has nothing to follow")
+        setattr(obj, self._store, self._unset)
         if self._changed is not None:
             self._changed(obj)
 

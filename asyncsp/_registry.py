@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from ._defaults import (
+    FOLLOW,
     ProtocolsOf,
     Setting,
     check_interleave,
@@ -109,7 +110,9 @@ class ServicePointRegistry:
     happy_eyeballs_delay = Setting(
         check_optional_seconds,
         inherit=_from_defaults("happy_eyeballs_delay"),
-        doc="The Happy Eyeballs delay new service points start with (``None``: the default's).",
+        none_is_a_value=True,
+        doc="The Happy Eyeballs delay new service points start with (``None``: one address at "
+        "a time; not given, or deleted: the process defaults').",
     )
     interleave = Setting(
         check_interleave,
@@ -127,7 +130,7 @@ class ServicePointRegistry:
         connection_lease_timeout: float | None = None,
         max_service_points: int = 0,
         dns_refresh_timeout: float | None = None,
-        happy_eyeballs_delay: float | None = None,
+        happy_eyeballs_delay: float | None = FOLLOW,
         interleave: int | None = None,
         max_body_size: int | None = 64 * 2**20,
         proxy: str | None = None,
@@ -145,7 +148,7 @@ class ServicePointRegistry:
         self._max_idle_time: float | None = None
         self._connection_lease_timeout: float | None = None
         self._dns_refresh_timeout: float | None = None
-        self._happy_eyeballs_delay: float | None = None
+        self._happy_eyeballs_delay: float | None = FOLLOW
         self._interleave: int | None = None
         self._closed = False
         self._service_points: collections.OrderedDict[tuple[Endpoint, str | None], ServicePoint] = (

@@ -202,9 +202,13 @@ def test_the_settings_start_at_rfc_8305_s_values_and_are_inherited() -> None:
     own = ConnectionManager(happy_eyeballs_delay=0.3, interleave=1)
     sp = own.find_service_point("tcp://a.test:1")
     assert (sp.happy_eyeballs_delay, sp.interleave) == (0.3, 1)
-    own.happy_eyeballs_delay = None  # follows the defaults again
+    del own.happy_eyeballs_delay  # follows the defaults again
     assert own.happy_eyeballs_delay == 0.1
     assert sp.happy_eyeballs_delay == 0.3  # a service point keeps what it started with
+    own.happy_eyeballs_delay = None  # one address at a time, for this manager's new points
+    assert own.happy_eyeballs_delay is None
+    assert own.find_service_point("tcp://b.test:1").happy_eyeballs_delay is None
+    assert ConnectionManager(happy_eyeballs_delay=None).happy_eyeballs_delay is None
     sp.happy_eyeballs_delay = None  # one address at a time, here only
     assert sp.happy_eyeballs_delay is None
     asyncsp.defaults.happy_eyeballs_delay = None
