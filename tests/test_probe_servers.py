@@ -207,7 +207,9 @@ def test_weak_server_every_version_and_weak_suite(weak_server: int, pki: dict[st
         ("TLSv1.2", "ticket"),
         ("TLSv1.3", "ticket"),
     }
-    assert all(r["supported"] and r["speedup"] > 1 for r in mechanisms.values()), mechanisms
+    # The speed-up is measured, so only its presence is a fact here (a loaded machine can make
+    # one resumed handshake slower than a full one).
+    assert all(r["supported"] and r["speedup"] > 0 for r in mechanisms.values()), mechanisms
 
 
 @needs_openssl
