@@ -160,11 +160,21 @@ class TlsPolicy:
 
     def __repr__(self) -> str:
         fields = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}"
+            f"{f.name}={_shown(f.name, getattr(self, f.name))}"
             for f in dataclasses.fields(self)
             if getattr(self, f.name) != f.default
         )
         return f"TlsPolicy({fields})"
+
+
+def _shown(name: str, value: object) -> str:
+    """A field as `TlsPolicy`'s repr shows it: trust given inline is summed up, not dumped
+    (the repr is in every handshake's DEBUG record)."""
+    if name == "cadata" and isinstance(value, str):
+        return f"<PEM, {value.count('-----BEGIN CERTIFICATE-----')} certificate(s)>"
+    if name == "cadata" and isinstance(value, bytes):
+        return f"<DER, {len(value)} bytes>"
+    return repr(value)
 
 
 def cipher_string(policy: TlsPolicy, system: SystemTlsConfig | None = None) -> str:

@@ -188,3 +188,12 @@ def test_a_context_in_use_stays_the_policys_context_after_lru_eviction(ca_pem: s
     builds = CONTEXTS.builds
     assert policy.ssl_context() is held
     assert CONTEXTS.builds == builds
+
+
+def test_repr_sums_up_inline_trust(ca_pem: str) -> None:
+    """The repr is in every handshake's DEBUG record: a CA given inline is named, not dumped."""
+    shown = repr(TlsPolicy(cadata=ca_pem + ca_pem, protocols=SP.TLS13))
+    assert shown == (
+        "TlsPolicy(protocols=<SecurityProtocol.TLS13: 12288>, cadata=<PEM, 2 certificate(s)>)"
+    )
+    assert repr(TlsPolicy(cadata=b"\x30\x82" + bytes(10))) == "TlsPolicy(cadata=<DER, 12 bytes>)"
