@@ -55,10 +55,10 @@ _QUIT_TIMEOUT = 2.0
 _MAX_PRELIMINARY = 10
 """``120 service ready in nnn minutes`` replies tolerated before the greeting (RFC 959 §4.2)."""
 _NOT_UNDERSTOOD = frozenset({500, 501, 502, 504})
+"""Replies meaning "command not implemented": EPSV falls back to PASV, FEAT to none."""
 _SECRET_VERBS = frozenset({b"PASS", b"ACCT"})
 """Commands whose argument is a credential: logged by verb alone."""
 FTP_LOG = logging.getLogger("asyncsp.ftp")
-"""Replies meaning "command not implemented": EPSV falls back to PASV, FEAT to none."""
 
 
 class FtpSession(OnStream):
