@@ -3,7 +3,9 @@
 Each scenario runs with every asyncsp logger at DEBUG and a hook that keeps every event; then
 each record's message, arguments and exception text, and each event's repr, are searched for
 the secrets the scenario used (and the encodings they travel in: AUTH PLAIN, LOGIN and Basic
-are base64). Failures are part of the scenarios: a refused password is logged too.
+are base64). Failures are part of the scenarios: a refused password is logged too, and the
+error it raises is searched with its whole chain (str, repr, args, cause and context, as a
+traceback shows them). A message's subject and body are secrets of the same kind.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import logging
 import pathlib
+import traceback
 from collections.abc import Iterator
 
 import pytest
@@ -28,6 +31,8 @@ from .test_http_support import Trusted, WebServer
 AUTHORIZATION = "Bearer http-T0ken-4f9a2c"
 COOKIE = "c00kie-9d3e71"
 SET_BY_CALLER = "sess10n-77be0a"
+SUBJECT = "subj3ct-5be21c"
+BODY = "b0dy-line-0a77e3"
 
 tinyproxy_with_auth = test_http_proxy.tinyproxy_with_auth  # the fixture, used here too
 
@@ -42,6 +47,7 @@ class Watched:
     def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
         self.caplog = caplog
         self.events: list[TraceEvent] = []
+        self.errors: list[BaseException] = []
 
     def manager(self, **kwargs: object) -> ConnectionManager:
         return ConnectionManager(trace=[self.events.append], **kwargs)  # type: ignore[arg-type]
@@ -57,6 +63,13 @@ class Watched:
                 yield record.exc_text
         for event in self.events:
             yield repr(event)
+        for error in self.errors:
+            yield "".join(traceback.format_exception(error))  # cause and context included
+            seen: BaseException | None = error
+            while seen is not None:
+                yield repr(seen)
+                yield repr(seen.args)
+                seen = seen.__cause__ or seen.__context__
 
     def assert_clean(self, *secrets: str) -> None:
         assert self.caplog.records and self.events, "the scenario logged nothing to search"
@@ -84,15 +97,22 @@ async def test_smtp_auth(watched: Watched, server_cert: trustme.LeafCert, truste
                 async with mgr.smtp(
                     LOCAL, server.port, username=user, password=password, timeout=5
                 ) as client:
-                    await client.send_message(test_smtp.message())
-                with pytest.raises(asyncsp.SmtpError):
+                    mail = test_smtp.message(Subject=SUBJECT)
+                    mail.set_content(BODY)
+                    await client.send_message(mail)
+                with pytest.raises(asyncsp.SmtpError) as refused:
                     async with mgr.smtp(
                         LOCAL, server.port, username=user, password="wrong-" + password, timeout=5
                     ):
                         pass
+                watched.errors.append(refused.value)
         assert server.box.auths[-2:] == ["LOGIN" if exclude else "PLAIN"] * 2
     assert "asyncsp.smtp" in watched.loggers()
+    content = server.box.messages[0][2]  # the message reached the server whole
+    assert SUBJECT.encode() in content and BODY.encode() in content
     watched.assert_clean(
+        SUBJECT,
+        BODY,
         password,
         b64(f"\0{user}\0{password}"),
         b64(password),
@@ -114,11 +134,12 @@ async def test_ftp_login(
                 "localhost", ftpd.port, username="alice", password=password, timeout=5
             ) as ftp:
                 assert await ftp.retrieve("payload.bin") == b"data"
-            with pytest.raises(asyncsp.FtpError):
+            with pytest.raises(asyncsp.FtpError) as refused:
                 async with mgr.ftp(
                     "localhost", ftpd.port, username="alice", password="x" + password, timeout=5
                 ):
                     pass
+            watched.errors.append(refused.value)
     assert {"asyncsp.ftp", "asyncsp.tls", "asyncsp.pool"} <= watched.loggers()
     assert any("PASS" in record.getMessage() for record in watched.caplog.records)
     watched.assert_clean(password)
@@ -157,8 +178,9 @@ async def test_a_proxy_with_credentials(
         assert (await mgr.get(plain.url())).status == 200
     wrong = tinyproxy_with_auth.url(f"{user}:{password}-not@")
     async with watched.manager(policy=trusted(), proxy=wrong) as mgr:
-        with pytest.raises(asyncsp.ProxyError):
+        with pytest.raises(asyncsp.ProxyError) as refused:
             await mgr.get(https.url())
+        watched.errors.append(refused.value)
     assert {"asyncsp.proxy", "asyncsp.http"} <= watched.loggers()
     assert any("with credentials" in record.getMessage() for record in watched.caplog.records)
     watched.assert_clean(
