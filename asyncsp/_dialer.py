@@ -29,7 +29,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._endpoint import normalise_host
@@ -39,7 +39,7 @@ from ._policy import TlsPolicy
 from ._resolve import AddressCache, connect_socket, peer_address
 from ._sessions import SessionCache
 from ._streams import Stream, StreamProtocol
-from ._tls import ConnectAttempt, TlsInfo, connect_attempt, context_for_async
+from ._tls import CURRENT_ATTEMPT, ConnectAttempt, TlsInfo, connect_attempt, context_for_async
 from ._translate import raise_connect_error
 
 if TYPE_CHECKING:
@@ -87,33 +87,6 @@ class Dialer:
             self._settled = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._settled)
 
-    @contextlib.asynccontextmanager
-    async def _interruptible(self, doing: str) -> AsyncIterator[None]:
-        """Let a manager close cut a connect or handshake short with `ManagerClosedError`.
-
-        Without it a peer that never answers would hold the caller until its own timeout.
-        """
-        task = asyncio.current_task()
-        assert task is not None
-        self._connecting.add(task)
-        try:
-            yield
-        except asyncio.CancelledError:
-            if task in self._interrupted:
-                self._interrupted.discard(task)
-                if task.uncancel() == 0:  # ours was the only cancellation
-                    raise ManagerClosedError(
-                        f"the connection manager was closed while {doing} {self._sp.address}",
-                        endpoint=self._sp.address,
-                    ) from None
-            raise
-        finally:
-            self._connecting.discard(task)
-            self._interrupted.discard(task)
-            if not self._connecting and self._settled is not None:
-                self._settled.set_result(None)
-                self._settled = None
-
     async def open(
         self,
         *,
@@ -128,24 +101,33 @@ class Dialer:
         """A new `Stream`: connected, and with *tls* handshaken and verified under *policy*.
 
         *peer* (an IP address and port) makes it a side stream that takes no slot; *session*
-        is then offered even when the policy does not resume sessions.
+        is then offered even when the policy does not resume sessions. *timeout* bounds the
+        connect and the handshake, each; a manager close cuts either short with
+        `ManagerClosedError` (without it a peer that never answers would hold the caller until
+        its own timeout).
         """
-        async with self._interruptible("connecting to"):
+        task = asyncio.current_task()
+        assert task is not None
+        self._connecting.add(task)
+        try:
             sp = self._sp
             loop = asyncio.get_running_loop()
             hostname = normalise_host(server_hostname) if server_hostname else sp.host
             context = await context_for_async(policy) if tls else None
+            sock: socket.socket | None = None
             try:
-                async with asyncio.timeout(timeout):
+                # One timeout for both steps, re-armed when the handshake starts: each step has
+                # the whole *timeout*, without a second timeout object and context.
+                async with asyncio.timeout(timeout) as deadline:
                     sock = await self._connect_socket(peer)
-            except OSError as exc:  # builtins.TimeoutError included
-                raise_connect_error(exc, sp.address, during_tls=False, timeout=timeout)
-            sp.stats.connections_opened += 1
-            self._report_opened(sock)
-            protocol = StreamProtocol(high_water=max(2 * line_limit, 256 * 1024))
-            try:
-                with connect_attempt(self.attempt(policy, hostname, context, session)):
-                    async with asyncio.timeout(timeout):
+                    sp.stats.connections_opened += 1
+                    if sp.manager.tracer.wants(POOL_LOG):
+                        self._report_opened(sock)
+                    protocol = StreamProtocol(high_water=max(2 * line_limit, 256 * 1024))
+                    if timeout is not None:
+                        deadline.reschedule(loop.time() + timeout)
+                    token = CURRENT_ATTEMPT.set(self.attempt(policy, hostname, context, session))
+                    try:
                         transport, _ = await loop.create_connection(
                             lambda: protocol,
                             sock=sock,
@@ -153,7 +135,13 @@ class Dialer:
                             server_hostname=hostname if context else None,
                             ssl_handshake_timeout=_backstop(timeout) if context else None,
                         )
+                    finally:
+                        CURRENT_ATTEMPT.reset(token)
             except BaseException as exc:
+                if sock is None:  # the connect failed
+                    if isinstance(exc, OSError):  # builtins.TimeoutError included
+                        raise_connect_error(exc, sp.address, during_tls=False, timeout=timeout)
+                    raise
                 sock.close()
                 if isinstance(exc, Exception):
                     with self._reporting_refusal(policy):
@@ -173,6 +161,21 @@ class Dialer:
             )
             sp.stream_opened(stream)
             return stream
+        except asyncio.CancelledError:
+            if task in self._interrupted:
+                self._interrupted.discard(task)
+                if task.uncancel() == 0:  # ours was the only cancellation
+                    raise ManagerClosedError(
+                        f"the connection manager was closed while connecting to {self._sp.address}",
+                        endpoint=self._sp.address,
+                    ) from None
+            raise
+        finally:
+            self._connecting.discard(task)
+            self._interrupted.discard(task)
+            if not self._connecting and self._settled is not None:
+                self._settled.set_result(None)
+                self._settled = None
 
     async def _connect_socket(self, peer: tuple[str, int] | None) -> socket.socket:
         sp = self._sp
@@ -286,6 +289,9 @@ class Dialer:
         stats.versions[info.version] = stats.versions.get(info.version, 0) + 1
         if der is not None:
             self._sp.certificate = der
+        tracer = self._sp.manager.tracer
+        if not tracer.wants(TLS_LOG):
+            return  # no hook and no DEBUG log: no event to build
         policy = getattr(ssl_object.context, "policy", None)
         if isinstance(policy, TlsPolicy):
             event = HandshakeFinished(endpoint=self._sp.address, tls=info, policy=policy)
@@ -297,7 +303,7 @@ class Dialer:
                 if TLS_LOG.isEnabledFor(logging.DEBUG)
                 else ""
             )
-            self._sp.manager.tracer.emit(event, TLS_LOG, message)
+            tracer.emit(event, TLS_LOG, message)
 
     def remember_stream_session(self, stream: Stream) -> None:
         """Keep *stream*'s TLS session for the next connection under the same policy and name."""

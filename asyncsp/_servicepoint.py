@@ -201,8 +201,10 @@ class ServicePoint:
         self._aborted: set[Stream] = set()  # closed streams whose socket asyncio closes later
         self._extra_busy = 0  # exchanges in flight on connections not counted by the pool
         self._extra_connections = 0  # sockets owned by a protocol layer's own pool (HTTP)
-        self._idle_since: datetime.datetime | None = _utcnow()
-        self._idle_at = time.monotonic()  # _idle_since on the loop's clock
+        # When it last became idle: wall-clock seconds (made a datetime when read) and the
+        # same moment on the loop's clock.
+        self._idle_since: float | None = time.time()
+        self._idle_at = time.monotonic()
         self._reaper: asyncio.TimerHandle | None = None
         self._reclaimer: asyncio.TimerHandle | None = None
         self._own_settings = False  # set here by the user: never reclaimed (see the docstring)
@@ -257,7 +259,8 @@ class ServicePoint:
     @property
     def idle_since(self) -> datetime.datetime | None:
         """When (UTC) the service point last became idle; ``None`` while in use."""
-        return self._idle_since
+        since = self._idle_since
+        return None if since is None else datetime.datetime.fromtimestamp(since, datetime.UTC)
 
     @property
     def is_idle(self) -> bool:
@@ -266,7 +269,7 @@ class ServicePoint:
     def _touch(self) -> None:
         if self.is_idle:
             if self._idle_since is None:
-                self._idle_since = _utcnow()
+                self._idle_since = time.time()
                 self._idle_at = time.monotonic()
             self.watch_idle()
         else:
@@ -342,15 +345,17 @@ class ServicePoint:
         """
         self._manager.check_open()
         policy = self.policy
-        try:
-            async with asyncio.timeout(timeout):
-                conn = await self._acquire(reuse_key, policy)
-        except builtins.TimeoutError as exc:
-            raise TimeoutError(
-                f"{self.address}: no connection became free within {timeout} s "
-                f"(connection_limit={self.connection_limit})",
-                endpoint=self.address,
-            ) from exc
+        done, conn = self._take(reuse_key, policy, None)
+        if not done:  # the endpoint is full: wait, within *timeout*
+            try:
+                async with asyncio.timeout(timeout):
+                    conn = await self._acquire(reuse_key, policy)
+            except builtins.TimeoutError as exc:
+                raise TimeoutError(
+                    f"{self.address}: no connection became free within {timeout} s "
+                    f"(connection_limit={self.connection_limit})",
+                    endpoint=self.address,
+                ) from exc
         if conn is not None:
             return conn
         try:
@@ -393,47 +398,58 @@ class ServicePoint:
             state.close_idle()  # a layer with a pool of its own (HTTP: aiohttp's)
         self._touch()
 
+    def _take(
+        self, reuse_key: Hashable | None, policy: TlsPolicy, waited_since: float | None
+    ) -> tuple[bool, Any]:
+        """Without waiting: ``(True, conn)`` for an idle connection of *reuse_key*, ``(True,
+        None)`` for a slot reserved for a new one, ``(False, None)`` when the endpoint is full."""
+        self._manager.check_open()
+        conn = None
+        if reuse_key is not None:
+            conn, stale = self._pool.take_idle(
+                reuse_key,
+                policy=policy,
+                max_idle=self._max_idle_time,
+                lease=self._connection_lease_timeout,
+            )
+        else:
+            stale = self._pool.expire(
+                policy=policy,
+                max_idle=self._max_idle_time,
+                lease=self._connection_lease_timeout,
+            )
+        for old in stale:
+            self._manager.spawn(close_quietly(old))
+        if conn is not None:
+            self._touch()
+            if waited_since is not None:
+                self.slot_waited(waited_since)
+            if POOL_LOG.isEnabledFor(logging.DEBUG):
+                POOL_LOG.debug("%s: reusing an idle connection", self.address)
+            return True, conn
+        if self._pool.try_reserve():
+            self._touch()
+            if waited_since is not None:
+                self.slot_waited(waited_since)
+            return True, None
+        return False, None
+
     async def _acquire(self, reuse_key: Hashable | None, policy: TlsPolicy) -> Any:
+        """`_take` after making room or waiting, until it succeeds (a first `_take` failed)."""
         waited_since: float | None = None
         while True:
-            self._manager.check_open()
-            conn = None
-            if reuse_key is not None:
-                conn, stale = self._pool.take_idle(
-                    reuse_key,
-                    policy=policy,
-                    max_idle=self._max_idle_time,
-                    lease=self._connection_lease_timeout,
-                )
-            else:
-                stale = self._pool.expire(
-                    policy=policy,
-                    max_idle=self._max_idle_time,
-                    lease=self._connection_lease_timeout,
-                )
-            for old in stale:
-                self._manager.spawn(close_quietly(old))
-            if conn is not None:
-                self._touch()
-                if waited_since is not None:
-                    self.slot_waited(waited_since)
-                if POOL_LOG.isEnabledFor(logging.DEBUG):
-                    POOL_LOG.debug("%s: reusing an idle connection", self.address)
-                return conn
-            if self._pool.try_reserve():
-                self._touch()
-                if waited_since is not None:
-                    self.slot_waited(waited_since)
-                return None
             victim = self._pool.evict_idle()
             if victim is not None:
                 # Closing frees its slot; shielded so a cancelled waiter still closes it.
                 await asyncio.shield(self._manager.spawn(close_quietly(victim)))
-                continue
-            self._idle_since = None
-            if waited_since is None:
-                waited_since = self.slot_wait_started()
-            await self._pool.wait()
+            else:
+                self._idle_since = None
+                if waited_since is None:
+                    waited_since = self.slot_wait_started()
+                await self._pool.wait()
+            done, conn = self._take(reuse_key, policy, waited_since)
+            if done:
+                return conn
 
     def slot_wait_started(self) -> float | None:
         """The time (`time.monotonic`) an operation starts to wait for a slot, for
@@ -593,7 +609,3 @@ async def close_quietly(conn: Poolable) -> None:
     # Nobody waits on this close, so its error has no reader.
     with contextlib.suppress(Exception):
         await conn.aclose()
-
-
-def _utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)

@@ -606,8 +606,10 @@ class Stream:
             raise builtins.TimeoutError
 
     def _report_closed(self, reason: str) -> None:
-        event = ConnectionClosed(endpoint=self.endpoint, reason=reason)
-        self._service_point.manager.tracer.emit(event, POOL_LOG, f"connection {reason}")
+        tracer = self._service_point.manager.tracer
+        if tracer.wants(POOL_LOG):  # else nobody reads it: no event is built
+            event = ConnectionClosed(endpoint=self.endpoint, reason=reason)
+            tracer.emit(event, POOL_LOG, f"connection {reason}")
 
     def abort(self, *, by_manager: bool = False) -> None:
         """Close at once with a TCP reset (no close_notify, no FIN); free the slot. The socket
