@@ -108,7 +108,15 @@ class Setting(Generic[T]):
     With ``none_is_a_value=True``, ``None`` is a value like any other (``happy_eyeballs_delay =
     None``: one address at a time) and `FOLLOW` is stored instead while the setting follows;
     ``del owner.setting`` follows again.
+
+    `Setting.generation` counts every change of any setting, anywhere (a policy of the
+    defaults included): a hot path that keeps what it read may reuse it while the count has
+    not moved, and read again when it has (settings are inherited live, so a change of the
+    defaults or a manager can change what a service point reads).
     """
+
+    generation = 0
+    """Bumped by each successful assignment or deletion of any setting (see the class)."""
 
     def __init__(
         self,
@@ -146,6 +154,7 @@ class Setting(Generic[T]):
         if value is not self._unset or self._inherit is None:
             value = self._check(self._name, value)
         setattr(obj, self._store, value)
+        Setting.generation += 1
         if self._changed is not None:
             self._changed(obj)
 
@@ -155,6 +164,7 @@ class Setting(Generic[T]):
         if self._inherit is None:
             raise AttributeError(f"{self._name} has nothing to follow")
         setattr(obj, self._store, self._unset)
+        Setting.generation += 1
         if self._changed is not None:
             self._changed(obj)
 
@@ -236,6 +246,7 @@ class Defaults:
         self._dns_refresh_timeout = 120.0
         self._happy_eyeballs_delay: float | None = HAPPY_EYEBALLS_DELAY
         self._interleave: int | None = None
+        Setting.generation += 1  # it may replace the defaults a manager follows
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Defaults:
@@ -258,6 +269,7 @@ class Defaults:
     @policy.setter
     def policy(self, value: TlsPolicy) -> None:
         self._policy = check_policy("policy", value)
+        Setting.generation += 1
 
     def __repr__(self) -> str:
         return (

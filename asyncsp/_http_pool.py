@@ -18,6 +18,7 @@ import builtins
 import collections
 from typing import TYPE_CHECKING
 
+from ._defaults import Setting
 from ._endpoint import Endpoint
 from ._errors import ManagerClosedError
 from ._http_connector import Connector, TrackedResponse
@@ -52,6 +53,11 @@ class HttpEndpoint:
         self.tls = sp.endpoint.implicit_tls
         self.current: Connector | None = None
         self.retired: list[Connector] = []
+        # `try_begin`'s last check of the current connector against the settings: the
+        # connector, the settings' generation then, and the lease timeout read with them.
+        self._checked: Connector | None = None
+        self._checked_generation = -1
+        self._lease: float | None = None
         self.held = 0  # gate slots: requests in flight, and closes they wait for
         self.orphans = 0  # sockets we closed while idle that are not gone yet
         # Admission order; keyed by future so a cancelled waiter leaves in O(1).
@@ -130,17 +136,23 @@ class HttpEndpoint:
     def try_begin(self) -> Connector | None:
         """Start a request at once when the gate is open and the connector current, else None."""
         current = self.current
+        if current is None:
+            return None
         sp = self.sp
-        limit = sp.connection_limit
-        if current is not None and sp.connection_lease_timeout is not None:
+        if current is not self._checked or self._checked_generation != Setting.generation:
+            # A setting changed somewhere since the last check (or the connector is new):
+            # read them again. Otherwise the connector still matches them.
+            generation = Setting.generation
+            if current.limit != sp.connection_limit or not current.matches(sp, sp.policy):
+                return None
+            self._checked, self._checked_generation = current, generation
+            self._lease = sp.connection_lease_timeout
+        if self._lease is not None:
             current.close_idle(only_expired=True)  # before the gate counts the orphans
         if (
-            current is None
-            or self._waiters
-            or self.held + self.orphans >= limit
+            self._waiters
+            or self.held + self.orphans >= current.limit
             or self._closed_error is not None
-            or current.limit != limit
-            or not current.matches(sp, sp.policy)
         ):
             return None
         self.held += 1
