@@ -53,11 +53,15 @@ class HttpEndpoint:
         self.tls = sp.endpoint.implicit_tls
         self.current: Connector | None = None
         self.retired: list[Connector] = []
-        # `try_begin`'s last check of the current connector against the settings: the
-        # connector, the settings' generation then, and the lease timeout read with them.
+        # The last check of a connector against the settings (`_recheck`): the connector,
+        # the settings' generation then, and the lease timeout read with them. While the
+        # generation has not moved, the same connector still matches.
         self._checked: Connector | None = None
         self._checked_generation = -1
         self._lease: float | None = None
+        # sp.connection_limit, as read at _limit_generation (the gate reads it at every wake).
+        self._limit = 0
+        self._limit_generation = -1
         self.held = 0  # gate slots: requests in flight, and closes they wait for
         self.orphans = 0  # sockets we closed while idle that are not gone yet
         # Admission order; keyed by future so a cancelled waiter leaves in O(1).
@@ -71,7 +75,21 @@ class HttpEndpoint:
     # -- the gate --------------------------------------------------------------------------
 
     def _free(self) -> bool:
-        return self.held + self.orphans < self.sp.connection_limit
+        if self._limit_generation != Setting.generation:
+            self._limit_generation = Setting.generation
+            self._limit = self.sp.connection_limit
+        return self.held + self.orphans < self._limit
+
+    def _recheck(self, connector: Connector) -> bool:
+        """Whether *connector* matches the service point's settings now; remembered until a
+        setting changes anywhere (`Setting.generation`)."""
+        generation = Setting.generation
+        sp = self.sp
+        if not connector.matches(sp, sp.policy):
+            return False
+        self._checked, self._checked_generation = connector, generation
+        self._lease = sp.connection_lease_timeout
+        return True
 
     async def admit(self, deadline: float | None = None) -> None:
         """Take a gate slot, waiting (first come, first served) while the endpoint is full;
@@ -139,14 +157,10 @@ class HttpEndpoint:
         if current is None:
             return None
         sp = self.sp
-        if current is not self._checked or self._checked_generation != Setting.generation:
-            # A setting changed somewhere since the last check (or the connector is new):
-            # read them again. Otherwise the connector still matches them.
-            generation = Setting.generation
-            if current.limit != sp.connection_limit or not current.matches(sp, sp.policy):
-                return None
-            self._checked, self._checked_generation = current, generation
-            self._lease = sp.connection_lease_timeout
+        if (
+            current is not self._checked or self._checked_generation != Setting.generation
+        ) and not self._recheck(current):
+            return None
         if self._lease is not None:
             current.close_idle(only_expired=True)  # before the gate counts the orphans
         if (
@@ -187,21 +201,23 @@ class HttpEndpoint:
         after it. Every pass but the last waits; the caller's deadline bounds them all (its
         *deadline*, when given here, else a timeout around the call).
         """
-        sp = self.sp
         while True:
             if self._closed_error is not None:
                 raise self._closed_error
             connector = self.current
-            if connector is None or not connector.matches(sp, sp.policy):
+            if connector is None or (
+                (connector is not self._checked or self._checked_generation != Setting.generation)
+                and not self._recheck(connector)
+            ):
                 async with asyncio.timeout_at(deadline):
                     await self.connector()
                 continue
-            if sp.connection_lease_timeout is not None:
+            if self._lease is not None:  # read with the check above
                 connector.close_idle(only_expired=True)
             # A swap (or the lease) may just have closed idle sockets that are not gone
             # yet; with them the slot we hold could pass the limit: wait until they are.
             # (Requests admitted before the limit was lowered go on: only orphans are awaited.)
-            if self.orphans and self.held + self.orphans > sp.connection_limit:
+            if self.orphans and self.held + self.orphans > connector.limit:
                 async with asyncio.timeout_at(deadline):
                     await self._sockets_gone()
                 continue
