@@ -60,7 +60,7 @@ class Dialer:
         self.addresses = AddressCache(
             endpoint.host,
             endpoint.port,
-            service_point.manager.dns_refresh_timeout,
+            service_point.dns_refresh_timeout,
             endpoint=endpoint.address,
         )
         """The endpoint's resolved addresses, reused for the DNS refresh time."""

@@ -13,8 +13,9 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from ._defaults import (
@@ -151,6 +152,7 @@ class ServicePointRegistry:
         self._happy_eyeballs_delay: float | None = FOLLOW
         self._interleave: int | None = None
         self._closed = False
+        self._point_settings_generation = -1  # see point_settings
         self._service_points: collections.OrderedDict[tuple[Endpoint, str | None], ServicePoint] = (
             collections.OrderedDict()
         )
@@ -232,6 +234,23 @@ class ServicePointRegistry:
     def closed(self) -> bool:
         return self._closed
 
+    def point_settings(self) -> tuple[int, float, float | None, float, float | None, int | None]:
+        """What a new service point starts from: the connection limit, idle time, lease
+        timeout, DNS refresh time, Happy Eyeballs delay and interleave, read again only after
+        a setting changed somewhere (`Setting.generation`; they may follow the defaults)."""
+        if self._point_settings_generation != Setting.generation:
+            generation = Setting.generation
+            self._point_settings = (
+                self.default_connection_limit,
+                self.max_idle_time,
+                self.connection_lease_timeout,
+                self.dns_refresh_timeout,
+                self.happy_eyeballs_delay,
+                self.interleave,
+            )
+            self._point_settings_generation = generation
+        return self._point_settings
+
     # -- service points --------------------------------------------------------------------
 
     def find_service_point(
@@ -251,6 +270,9 @@ class ServicePointRegistry:
             proxy = None if route is None else route.url
         elif proxy is not None:
             proxy = ProxyRoute.parse(proxy).url  # credentials never name a service point
+        return self._service_point(endpoint, proxy)
+
+    def _service_point(self, endpoint: Endpoint, proxy: str | None) -> ServicePoint:
         key = (endpoint, proxy)
         sp = self._service_points.get(key)
         if sp is None:
@@ -312,8 +334,7 @@ class ServicePointRegistry:
 
     # -- raw streams -----------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def open_stream(
+    def open_stream(
         self,
         host: str,
         port: int,
@@ -321,23 +342,13 @@ class ServicePointRegistry:
         tls: bool = False,
         server_hostname: str | None = None,
         timeout: float | None = None,
-    ) -> AsyncIterator[Stream]:
+    ) -> contextlib.AbstractAsyncContextManager[Stream]:
         """Open a TCP (or TLS) stream to *host*:*port* under the current policy.
 
         Counts against the ``tcp://`` (``tls://``) service point's limit while open. *timeout*
         bounds the wait for a slot, the connect, the handshake and then every operation.
         """
-        if isinstance(port, bool) or not isinstance(port, int):
-            raise ValueError(f"port must be an int, not {port!r}")
-        host = normalise_host(host)
-        netloc = f"[{host}]" if ":" in host else host
-        sp = self.find_service_point(f"{'tls' if tls else 'tcp'}://{netloc}:{port}")
-        stream: Stream = await sp.obtain(tls=tls, server_hostname=server_hostname, timeout=timeout)
-        sp.stats.requests += 1
-        try:
-            yield stream
-        finally:
-            await stream.aclose()
+        return _StreamContext(self, host, port, tls, server_hostname, timeout)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -433,3 +444,63 @@ class ServicePointRegistry:
         except AsyncspError as exc:  # the process defaults it follows cannot be read
             protocols = f"(no policy: {exc})"
         return f"<{type(self).__name__} {protocols} {state}>"
+
+
+_stream_endpoint = functools.lru_cache(maxsize=1024)(Endpoint)
+"""`Endpoint` made from (scheme, host, port), the last 1,024 kept (as `Endpoint.parse` keeps
+the texts): a stream opened again to the same endpoint makes none."""
+
+
+class _StreamContext:
+    """``async with mgr.open_stream(...) as stream``: the stream is closed on exit."""
+
+    __slots__ = ("_host", "_manager", "_port", "_server_hostname", "_stream", "_timeout", "_tls")
+
+    def __init__(
+        self,
+        manager: ServicePointRegistry,
+        host: str,
+        port: int,
+        tls: bool,
+        server_hostname: str | None,
+        timeout: float | None,
+    ) -> None:
+        self._manager = manager
+        self._host = host
+        self._port = port
+        self._tls = tls
+        self._server_hostname = server_hostname
+        self._timeout = timeout
+        self._stream: Stream | None = None
+
+    async def __aenter__(self) -> Stream:
+        port = self._port
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise ValueError(f"port must be an int, not {port!r}")
+        scheme = "tls" if self._tls else "tcp"
+        host = normalise_host(self._host)
+        if not 0 < port < 65536:
+            netloc = f"[{host}]" if ":" in host else host
+            raise ValueError(f"{scheme}://{netloc}:{port}: port {port} is out of range")
+        # What find_service_point would parse from "scheme://host:port", made directly: the
+        # host is normalised already and the port checked.
+        endpoint = _stream_endpoint(scheme, host, port)
+        manager = self._manager
+        route = manager.route(scheme, host, port)
+        sp = manager._service_point(endpoint, None if route is None else route.url)
+        stream: Stream = await sp.obtain(
+            tls=self._tls, server_hostname=self._server_hostname, timeout=self._timeout
+        )
+        sp.stats.requests += 1
+        self._stream = stream
+        return stream
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.aclose()

@@ -100,6 +100,18 @@ async def connect_socket(
     """
     if not addresses:
         raise OSError("no address to connect to")
+    if len(addresses) == 1:
+        # No race to run: what aiohappyeyeballs does with one address (its error is the
+        # connect's own), without building its address records and exception lists.
+        family, sockaddr = addresses[0]
+        sock = make_socket(family)
+        try:
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
     infos = [
         (family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr)
         for family, sockaddr in addresses

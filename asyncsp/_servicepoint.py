@@ -190,12 +190,14 @@ class ServicePoint:
         self._proxy = proxy
         # The settings start from the manager's (a snapshot; the policy follows it live).
         self._policy: TlsPolicy | None = None
-        self._connection_limit = manager.default_connection_limit
-        self._max_idle_time = manager.max_idle_time
-        self._connection_lease_timeout = manager.connection_lease_timeout
-        self._dns_refresh_timeout = manager.dns_refresh_timeout
-        self._happy_eyeballs_delay = manager.happy_eyeballs_delay
-        self._interleave = manager.interleave
+        (
+            self._connection_limit,
+            self._max_idle_time,
+            self._connection_lease_timeout,
+            self._dns_refresh_timeout,
+            self._happy_eyeballs_delay,
+            self._interleave,
+        ) = manager.point_settings()
         self._pool: SlotPool[Any] = SlotPool(self._connection_limit)
         self._active: set[Stream] = set()
         self._aborted: set[Stream] = set()  # closed streams whose socket asyncio closes later
