@@ -213,7 +213,7 @@ class Connector:
         self.endpoint.sp.socket_opened()
         claim = CLAIM.get()
         if claim is not None:
-            claim.ticket = ticket  # aiohttp connects in the request's own task
+            claim.opened(ticket)  # aiohttp connects in the request's own task
         return sock
 
     def _socket_gone(self, ticket: SocketTicket) -> None:

@@ -92,15 +92,42 @@ class RequestClaim:
     retry after a stale one).
     """
 
-    __slots__ = ("_protocol", "_received_before", "connector", "fresh", "pooled", "ticket")
+    __slots__ = (
+        "_attempts",
+        "_protocol",
+        "_received_before",
+        "connector",
+        "fresh",
+        "pooled",
+        "ticket",
+    )
 
     def __init__(self, connector: Connector, *, fresh: bool = False) -> None:
         self.connector = connector
         self.fresh = fresh
-        self.ticket: SocketTicket | None = None  # a socket opened for this request
+        self.ticket: SocketTicket | None = None  # the last socket opened for this request
         self.pooled: SocketTicket | None = None  # the socket of a pooled connection it reused
+        self._attempts: list[SocketTicket] | None = None  # Happy Eyeballs: every socket tried
         self._protocol: ResponseHandler | None = None
         self._received_before = 0
+
+    def opened(self, ticket: SocketTicket) -> None:
+        """A socket was opened for this request. Happy Eyeballs may open several, and the
+        one that wins need not be the last, so each is kept until the race is decided."""
+        if self._attempts is not None:
+            self._attempts.append(ticket)
+        elif self.ticket is not None and not self.ticket.done:
+            self._attempts = [self.ticket, ticket]
+        self.ticket = ticket
+
+    def _own_socket(self) -> SocketTicket | None:
+        """The socket opened for this request that is still open (the race's winner), or
+        the last one opened."""
+        if self._attempts is not None:
+            for ticket in self._attempts:
+                if not ticket.done:
+                    return ticket
+        return self.ticket
 
     @property
     def protocol(self) -> ResponseHandler | None:
@@ -127,7 +154,7 @@ class RequestClaim:
             state = connector.states.get(protocol)
             ticket = state.ticket if state is not None else None
         else:
-            ticket = self.ticket
+            ticket = self._own_socket()
             protocol = ticket.protocol if ticket is not None else None
         if ticket is None or ticket.done or ticket.orphan:
             return None

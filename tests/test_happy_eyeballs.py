@@ -14,6 +14,8 @@ import contextlib
 import pathlib
 import select
 import socket
+import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -255,3 +257,67 @@ async def test_http_connectors_follow_the_service_point_s_settings() -> None:
             sp.interleave = 1
             await mgr.get(web.url(), timeout=5)
             assert aiohttp_connector() is not first and aiohttp_connector()._interleave == 1
+
+
+async def test_a_cancelled_https_request_keeps_its_slot_while_the_race_s_winner_closes(
+    resolver: list[tuple[str, int]],
+) -> None:
+    """The first address wins late (its SYN is answered only on a retransmission, after the
+    second attempt began), so the last socket opened is the loser. A request cancelled after
+    connecting must still hold its gate slot while the *winner's* socket is closing."""
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert(NAME).configure_cert(context)
+    got_request, release = threading.Event(), threading.Event()
+    late = socket.socket()
+    late.bind((LOCAL, 0))
+    late.listen(0)
+    port = late.getsockname()[1]
+    fillers: list[socket.socket] = []
+    for _ in range(4):  # connect until one is not answered: then the queue is full
+        try:
+            fillers.append(socket.create_connection((LOCAL, port), timeout=0.3))
+        except OSError:
+            break
+    else:
+        pytest.skip("this kernel completes connections past a full accept queue")
+
+    def serve() -> None:
+        time.sleep(0.5)  # past the 0.25 s delay: the second attempt has begun
+        for _ in fillers:  # room in the queue: the first attempt's retransmitted SYN gets in
+            late.accept()[0].close()
+        late.settimeout(10)
+        raw, _ = late.accept()
+        # The client resets the connection it gives up: what that raises here is no news.
+        with contextlib.suppress(OSError), context.wrap_socket(raw, server_side=True) as conn:
+            conn.recv(65536)
+            got_request.set()
+            release.wait(10)  # no answer, no close_notify: the client's close lingers
+
+    server = threading.Thread(target=serve, daemon=True)
+    try:
+        with black_hole() as silent:
+            resolver[:] = [(LOCAL, port), (LOCAL, silent)]
+            server.start()
+            policy = asyncsp.TlsPolicy(cadata=ca.cert_pem.bytes().decode())
+            async with ConnectionManager(policy=policy, default_connection_limit=1) as mgr:
+                url = f"https://{NAME}:{port}/"
+                request = asyncio.create_task(mgr.get(url, timeout=10))
+                assert await asyncio.to_thread(got_request.wait, 10)
+                sp = mgr.find_service_point(url)
+                endpoint = sp.layer(ENDPOINT_SLOT)
+                assert endpoint is not None
+                request.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await request
+                # aiohttp is closing the winner's TLS connection: the slot is still taken.
+                assert sp.current_connections == 1
+                assert endpoint.held + endpoint.orphans == 1
+                release.set()
+    finally:
+        release.set()
+        if server.is_alive():
+            server.join(10)
+        for filler in fillers:
+            filler.close()
+        late.close()
