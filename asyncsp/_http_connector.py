@@ -239,6 +239,10 @@ class Connector:
             return
         ticket.reported = True
         sp = self.endpoint.sp
+        route = self.endpoint.route
+        if route is not None and PROXY_LOG.isEnabledFor(logging.DEBUG):
+            how = "a CONNECT tunnel" if self.context is not None else "absolute-form requests"
+            PROXY_LOG.debug("%s: through the proxy %s (%s)", sp.address, route.url, how)
         tracer = sp.manager.tracer
         if not tracer.wants(HTTP_LOG):
             return
@@ -249,10 +253,6 @@ class Connector:
             HTTP_LOG,
             f"connection opened to {peer}",
         )
-        route = self.endpoint.route
-        if route is not None and PROXY_LOG.isEnabledFor(logging.DEBUG):
-            how = "a CONNECT tunnel" if self.context is not None else "absolute-form requests"
-            PROXY_LOG.debug("%s: through the proxy %s (%s)", sp.address, route.url, how)
 
     def _report_closed(self, ticket: SocketTicket) -> None:
         sp = self.endpoint.sp

@@ -186,3 +186,18 @@ async def test_a_proxy_with_credentials(
     watched.assert_clean(
         password, b64(f"{user}:{password}"), b64(f"{user}:{password}-not"), f"{user}:{password}"
     )
+
+
+async def test_the_proxy_log_stands_alone(
+    caplog: pytest.LogCaptureFixture, tinyproxy_with_auth: Tinyproxy, plain: WebServer
+) -> None:
+    """asyncsp.proxy at DEBUG, nothing else listening: a plain-HTTP request still says which
+    proxy it went through (and not the credentials in its URL)."""
+    user, password = test_http_proxy.USER, test_http_proxy.PASSWORD
+    proxy = tinyproxy_with_auth.url(f"{user}:{password}@")
+    with caplog.at_level(logging.DEBUG, logger="asyncsp.proxy"):
+        async with ConnectionManager(proxy=proxy) as mgr:
+            assert (await mgr.get(plain.url())).status == 200
+    said = [r.getMessage() for r in caplog.records if r.name == "asyncsp.proxy"]
+    assert any(tinyproxy_with_auth.url() in text for text in said), said
+    assert not any(password in text for text in said)
