@@ -46,8 +46,10 @@ class Endpoint:
         """Parse ``https://Host:443/path``-style text; `ValueError` names what is wrong."""
         if not isinstance(url_or_address, str):
             raise ValueError(f"an endpoint is a URL string, not {type(url_or_address).__name__}")
-        if cls is Endpoint:
-            return _parse(url_or_address)  # the same text names the same endpoint: kept
+        if cls is Endpoint and _SIMPLE.fullmatch(url_or_address):
+            # The same text names the same endpoint: kept. Only the front-ends' own spelling
+            # (scheme://host:port) is, never a user's URL, which may carry credentials.
+            return _parse(url_or_address)
         return cls._parse(url_or_address)
 
     @classmethod

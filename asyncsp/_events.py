@@ -139,7 +139,10 @@ class Tracer:
         A hook that raises is logged (with its traceback) and never breaks the connection.
         """
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s: %s", event.endpoint, message)
+            if event.endpoint:
+                logger.debug("%s: %s", event.endpoint, message)
+            else:  # the manager's own (a policy swapped for all its endpoints)
+                logger.debug("%s", message)
         for hook in self._hooks:
             try:
                 hook(event)

@@ -23,7 +23,8 @@ __all__ = ["ConnectionManager", "ServicePointLimitError"]
 class ConnectionManager(ServicePointRegistry):
     """Owns service points and their connections; the async ``ServicePointManager``.
 
-    Every setting left as ``None`` follows `asyncsp.defaults` live. Use it as
+    Every setting not given follows `asyncsp.defaults` live (``None`` says the same, except
+    for ``happy_eyeballs_delay``, where it means one address at a time). Use it as
     ``async with ConnectionManager() as mgr:`` or call `aclose`; closing closes every
     connection it owns and fails whatever still waits or runs with `ManagerClosedError`.
     """

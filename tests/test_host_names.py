@@ -174,3 +174,15 @@ def test_endpoint_texts_parse_alike_on_every_path(text: str, address: str) -> No
 def test_endpoint_ports_out_of_range_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="port"):
         Endpoint.parse(text)
+
+
+def test_only_the_front_ends_spelling_of_an_endpoint_is_remembered() -> None:
+    """`Endpoint.parse` keeps the texts it parsed, but never a user's URL, which may carry a
+    password."""
+    from asyncsp._endpoint import _parse
+
+    Endpoint.parse("https://cached.example:443")
+    before = _parse.cache_info().currsize
+    parsed = Endpoint.parse("https://user:s3cret@other.example/path?q=1")
+    assert parsed.address == "https://other.example:443"
+    assert _parse.cache_info().currsize == before

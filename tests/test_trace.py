@@ -140,11 +140,17 @@ async def test_no_wait_no_event(server: ThreadedServer, trusted: Trusted) -> Non
     assert not [e for e in seen if isinstance(e, asyncsp.SlotWaited)]
 
 
-def test_a_policy_set_on_the_manager_or_a_service_point_is_an_event(trusted: Trusted) -> None:
+def test_a_policy_set_on_the_manager_or_a_service_point_is_an_event(
+    trusted: Trusted, caplog: pytest.LogCaptureFixture
+) -> None:
     seen: list[TraceEvent] = []
     mgr = ConnectionManager(policy=trusted(), security_protocol="Tls13", trace=[seen.append])
     assert seen == []  # making a manager swaps nothing
-    mgr.security_protocol = asyncsp.SecurityProtocol.TLS12
+    with caplog.at_level(logging.DEBUG, logger="asyncsp"):
+        mgr.security_protocol = asyncsp.SecurityProtocol.TLS12
+    # The manager's own swap names no endpoint, and its record starts with no empty one.
+    [record] = [r for r in caplog.records if r.name.startswith("asyncsp")]
+    assert not record.getMessage().startswith(":"), record.getMessage()
     sp = mgr.find_service_point("https://a.test")
     sp.policy = trusted()
     sp.policy = None  # follows the manager again
