@@ -126,17 +126,22 @@ class Dialer:
                     protocol = StreamProtocol(high_water=max(2 * line_limit, 256 * 1024))
                     if timeout is not None:
                         deadline.reschedule(loop.time() + timeout)
-                    token = CURRENT_ATTEMPT.set(self.attempt(policy, hostname, context, session))
-                    try:
-                        transport, _ = await loop.create_connection(
-                            lambda: protocol,
-                            sock=sock,
-                            ssl=context,
-                            server_hostname=hostname if context else None,
-                            ssl_handshake_timeout=_backstop(timeout) if context else None,
+                    if context is None:  # plain TCP: no handshake for an attempt to report
+                        transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
+                    else:
+                        token = CURRENT_ATTEMPT.set(
+                            self.attempt(policy, hostname, context, session)
                         )
-                    finally:
-                        CURRENT_ATTEMPT.reset(token)
+                        try:
+                            transport, _ = await loop.create_connection(
+                                lambda: protocol,
+                                sock=sock,
+                                ssl=context,
+                                server_hostname=hostname,
+                                ssl_handshake_timeout=_backstop(timeout),
+                            )
+                        finally:
+                            CURRENT_ATTEMPT.reset(token)
             except BaseException as exc:
                 if sock is None:  # the connect failed
                     if isinstance(exc, OSError):  # builtins.TimeoutError included

@@ -96,6 +96,10 @@ class SlotPool(Generic[C]):
         """Sockets open or opening that are not idle in the pool."""
         return self.opened - len(self._idle)
 
+    def unused(self) -> bool:
+        """Nothing in use (every open socket idle in the pool) and nobody waiting."""
+        return self.opened == len(self._idle) and not self._waiters
+
     @property
     def waiting(self) -> int:
         # A woken waiter leaves the queue as it is woken, a cancelled one as its task resumes.

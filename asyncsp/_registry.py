@@ -328,7 +328,7 @@ class ServicePointRegistry:
         """*sp* was used: it is now the most recently used (eviction takes the least)."""
         if self._closed:  # nothing is evicted any more, and `aclose` walks the registry
             return
-        key = (sp.endpoint, sp.proxy)
+        key = sp.key
         if self._service_points.get(key) is sp:
             self._service_points.move_to_end(key)
 

@@ -188,6 +188,8 @@ class ServicePoint:
         self._manager = manager
         self._endpoint = endpoint
         self._proxy = proxy
+        self.key = (endpoint, proxy)
+        """What the manager keeps it under: (endpoint, proxy URL or ``None``)."""
         # The settings start from the manager's (a snapshot; the policy follows it live).
         self._policy: TlsPolicy | None = None
         (
@@ -266,10 +268,10 @@ class ServicePoint:
 
     @property
     def is_idle(self) -> bool:
-        return self._pool.in_use == 0 and self._extra_busy == 0 and not self._pool.waiting
+        return self._extra_busy == 0 and self._pool.unused()
 
     def _touch(self) -> None:
-        if self.is_idle:
+        if self._extra_busy == 0 and self._pool.unused():  # is_idle
             if self._idle_since is None:
                 self._idle_since = time.time()
                 self._idle_at = time.monotonic()
@@ -506,7 +508,8 @@ class ServicePoint:
     def stream_closed(self, stream: Stream) -> None:
         """*stream*, one of this endpoint's, closed: its slot is free (the dialer's on_close)."""
         self._active.discard(stream)
-        self._aborted = {s for s in self._aborted if not s.socket_closed}  # a loop turn at most
+        if self._aborted:
+            self._aborted = {s for s in self._aborted if not s.socket_closed}  # a loop turn
         if not stream.socket_closed:
             self._aborted.add(stream)
         self._pool.release()
