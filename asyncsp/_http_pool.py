@@ -378,7 +378,7 @@ class HttpLayer:
         netloc = f"[{host}]" if ":" in host else host
         target = Endpoint.parse(f"{scheme}://{netloc}:{port}")
         route = manager.route(target.scheme, target.host, target.port)
-        sp = manager.find_service_point(target.address, proxy=route.url if route else None)
+        sp = manager.service_point_of(target, route.url if route else None)
         endpoint = sp.layer(ENDPOINT_SLOT)
         if endpoint is None:
             endpoint = sp.attach_layer(ENDPOINT_SLOT, HttpEndpoint(self, sp, route))

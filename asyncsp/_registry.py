@@ -270,9 +270,11 @@ class ServicePointRegistry:
             proxy = None if route is None else route.url
         elif proxy is not None:
             proxy = ProxyRoute.parse(proxy).url  # credentials never name a service point
-        return self._service_point(endpoint, proxy)
+        return self.service_point_of(endpoint, proxy)
 
-    def _service_point(self, endpoint: Endpoint, proxy: str | None) -> ServicePoint:
+    def service_point_of(self, endpoint: Endpoint, proxy: str | None) -> ServicePoint:
+        """`find_service_point` for a parsed *endpoint* and a credential-free *proxy* URL (or
+        ``None``: direct), for a layer that has both already."""
         key = (endpoint, proxy)
         sp = self._service_points.get(key)
         if sp is None:
@@ -487,7 +489,7 @@ class _StreamContext:
         endpoint = _stream_endpoint(scheme, host, port)
         manager = self._manager
         route = manager.route(scheme, host, port)
-        sp = manager._service_point(endpoint, None if route is None else route.url)
+        sp = manager.service_point_of(endpoint, None if route is None else route.url)
         stream: Stream = await sp.obtain(
             tls=self._tls, server_hostname=self._server_hostname, timeout=self._timeout
         )
