@@ -124,8 +124,8 @@ class Dialer:
                     if sp.manager.tracer.wants(POOL_LOG):
                         self._report_opened(sock)
                     protocol = StreamProtocol(high_water=max(2 * line_limit, 256 * 1024))
-                    if timeout is not None:
-                        deadline.reschedule(loop.time() + timeout)
+                    if timeout is not None and context is not None:
+                        deadline.reschedule(loop.time() + timeout)  # the handshake's own
                     if context is None:  # plain TCP: no handshake for an attempt to report
                         transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
                     else:

@@ -569,10 +569,12 @@ class ServicePoint:
         """
         if self._reclaimer is not None or not self._reclaimable():
             return
-        with contextlib.suppress(RuntimeError):  # no running loop: armed at the first use
+        try:
             loop = asyncio.get_running_loop()
-            due = self._idle_at + self._max_idle_time
-            self._reclaimer = loop.call_at(due + _REAP_SLACK, self._reclaim_if_due)
+        except RuntimeError:  # no running loop: armed at the first use
+            return
+        due = self._idle_at + self._max_idle_time
+        self._reclaimer = loop.call_at(due + _REAP_SLACK, self._reclaim_if_due)
 
     def _reclaim_if_due(self) -> None:
         self._reclaimer = None
