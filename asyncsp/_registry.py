@@ -14,7 +14,9 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import heapq
 import logging
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -35,7 +37,7 @@ from ._events import PolicySwapped, TraceHook, Tracer
 from ._policy import TlsPolicy
 from ._protocols import SecurityProtocol
 from ._proxy import ProxyRoute, ProxySettings
-from ._servicepoint import LayerSlot, ServicePoint, close_quietly
+from ._servicepoint import _REAP_SLACK, LayerSlot, ServicePoint, close_quietly
 from ._sockets import SocketOptions
 from ._streams import Stream
 
@@ -195,6 +197,12 @@ class ServicePointRegistry:
         self._socket_options = SocketOptions(
             tcp_nodelay=tcp_nodelay, tcp_keepalive=tcp_keepalive, local_address=local_address
         )
+        # The service points waiting for their idle deadline, soonest first, and the one
+        # timer armed for the first of them (see watch_reclaim).
+        self._reclaims: list[tuple[float, int, ServicePoint]] = []
+        self._reclaims_made = 0  # breaks ties between equal deadlines
+        self._reclaims_dropped = 0  # entries of points shut down before their deadline
+        self._reclaim_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing: asyncio.Future[None] | None = None
         self._closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
@@ -320,6 +328,53 @@ class ServicePointRegistry:
             del self._service_points[key]
         self._drop(sp)
 
+    def watch_reclaim(self, sp: ServicePoint, due: float) -> bool:
+        """Call *sp*'s `reclaim_if_due` once `time.monotonic` passes *due* (its idle deadline).
+
+        One timer for the whole manager, armed for the soonest deadline; a new point costs a
+        heap entry, not a timer. Returns ``False`` without a running loop (nothing watched).
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self._reclaims_made += 1
+        heapq.heappush(self._reclaims, (due, self._reclaims_made, sp))
+        timer = self._reclaim_timer
+        when = due + _REAP_SLACK
+        if timer is None or when < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._reclaim_timer = loop.call_at(when, self._sweep_reclaims)
+        return True
+
+    def unwatch_reclaim(self) -> None:
+        """A watched point was shut down before its deadline: its entry is dropped lazily,
+        and the heap rebuilt once such entries are half of it (no point is kept long)."""
+        self._reclaims_dropped += 1
+        if self._reclaims_dropped > 16 and 2 * self._reclaims_dropped > len(self._reclaims):
+            self._reclaims = [entry for entry in self._reclaims if not entry[2].detached]
+            heapq.heapify(self._reclaims)
+            self._reclaims_dropped = 0
+            if not self._reclaims and self._reclaim_timer is not None:
+                self._reclaim_timer.cancel()
+                self._reclaim_timer = None
+
+    def _sweep_reclaims(self) -> None:
+        self._reclaim_timer = None
+        reclaims = self._reclaims
+        now = time.monotonic()
+        while reclaims and reclaims[0][0] <= now:
+            sp = heapq.heappop(reclaims)[2]
+            if sp.detached:
+                self._reclaims_dropped -= 1
+            else:
+                sp.reclaim_if_due()  # may watch it again, for a later deadline
+        if reclaims and self._reclaim_timer is None and not self._closed:
+            self._reclaim_timer = asyncio.get_running_loop().call_at(
+                reclaims[0][0] + _REAP_SLACK, self._sweep_reclaims
+            )
+
     def _drop(self, sp: ServicePoint) -> None:
         # Its layers forget it too (the HTTP connector and session): nothing keeps it alive
         # once its last connection is closed.
@@ -396,6 +451,9 @@ class ServicePointRegistry:
             return
         self._closed = True
         self._closing = asyncio.get_running_loop().create_future()
+        if self._reclaim_timer is not None:
+            self._reclaim_timer.cancel()
+            self._reclaim_timer = None
         try:
             service_points = list(self._service_points.values())
             streams = {stream for sp in service_points for stream in sp.streams_in_use()}

@@ -210,7 +210,8 @@ class ServicePoint:
         self._idle_since: float | None = time.time()
         self._idle_at = time.monotonic()
         self._reaper: asyncio.TimerHandle | None = None
-        self._reclaimer: asyncio.TimerHandle | None = None
+        # When the manager's reclaim sweep looks at it next (``None``: not watched).
+        self._reclaim_due: float | None = None
         self._own_settings = False  # set here by the user: never reclaimed (see the docstring)
         self._detached = False  # shut down: dropped by the manager, or the manager closed
         self._layers: dict[LayerSlot[Any], EndpointState] = {}
@@ -265,6 +266,11 @@ class ServicePoint:
         """When (UTC) the service point last became idle; ``None`` while in use."""
         since = self._idle_since
         return None if since is None else datetime.datetime.fromtimestamp(since, datetime.UTC)
+
+    @property
+    def detached(self) -> bool:
+        """Shut down: dropped by the manager (reclaimed or evicted), or the manager closed."""
+        return self._detached
 
     @property
     def is_idle(self) -> bool:
@@ -561,27 +567,26 @@ class ServicePoint:
         )
 
     def watch_idle(self) -> None:
-        """Arm the reclaim timer once the point may be reclaimed (each path that can make it
-        so calls this: the end of a use, the close of a connection).
+        """Have the manager look at the point once it may be reclaimed (each path that can
+        make it so calls this: the end of a use, the close of a connection).
 
-        The timer is armed once, not at every use: when it fires it looks again, and arms
-        itself for the new deadline if the point was used meanwhile.
+        The point is watched once, not at every use: when its time comes the manager's one
+        sweep (`ServicePointRegistry.watch_reclaim`) looks again, and watches it anew for the
+        new deadline if it was used meanwhile. No timer of its own.
         """
-        if self._reclaimer is not None or not self._reclaimable():
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no running loop: armed at the first use
+        if self._reclaim_due is not None or not self._reclaimable():
             return
         due = self._idle_at + self._max_idle_time
-        self._reclaimer = loop.call_at(due + _REAP_SLACK, self._reclaim_if_due)
+        if self._manager.watch_reclaim(self, due):  # False without a running loop: the
+            self._reclaim_due = due  # first use watches it
 
-    def _reclaim_if_due(self) -> None:
-        self._reclaimer = None
+    def reclaim_if_due(self) -> None:
+        """The manager's sweep reached this point's deadline: reclaim it if it stayed idle."""
+        self._reclaim_due = None
         if not self._reclaimable():
-            return  # in use again: its next idle moment arms the timer anew
+            return  # in use again: its next idle moment watches it anew
         if time.monotonic() < self._idle_at + self._max_idle_time:
-            self.watch_idle()  # used and idle again since the timer was armed
+            self.watch_idle()  # used and idle again since it was watched
             return
         self._manager.reclaim(self)
 
@@ -591,9 +596,9 @@ class ServicePoint:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
-        if self._reclaimer is not None:
-            self._reclaimer.cancel()
-            self._reclaimer = None
+        if self._reclaim_due is not None:
+            self._reclaim_due = None
+            self._manager.unwatch_reclaim()
         endpoint = self.address
         idle = self._pool.close(
             lambda: ManagerClosedError(
