@@ -64,13 +64,18 @@ class Dialer:
             endpoint=endpoint.address,
         )
         """The endpoint's resolved addresses, reused for the DNS refresh time."""
-        self._sessions = SessionCache()
+        self._session_cache: SessionCache | None = None  # made at the first TLS use
         self._connecting: set[asyncio.Task[Any]] = set()  # tasks in connect or handshake
-        self._interrupted: set[asyncio.Task[Any]] = set()  # ...that a manager close cancelled
+        # ...that a manager close cancelled (``None`` until one did: no set kept).
+        self._interrupted: set[asyncio.Task[Any]] | None = None
         self._settled: asyncio.Future[None] | None = None  # set when none is connecting
 
     def interrupt(self) -> None:
         """Cut every connect and handshake in progress short with `ManagerClosedError`."""
+        if not self._connecting:
+            return
+        if self._interrupted is None:
+            self._interrupted = set()
         for task in self._connecting:
             self._interrupted.add(task)
             task.cancel()
@@ -167,7 +172,7 @@ class Dialer:
             sp.stream_opened(stream)
             return stream
         except asyncio.CancelledError:
-            if task in self._interrupted:
+            if self._interrupted and task in self._interrupted:
                 self._interrupted.discard(task)
                 if task.uncancel() == 0:  # ours was the only cancellation
                     raise ManagerClosedError(
@@ -177,7 +182,8 @@ class Dialer:
             raise
         finally:
             self._connecting.discard(task)
-            self._interrupted.discard(task)
+            if self._interrupted:
+                self._interrupted.discard(task)
             if not self._connecting and self._settled is not None:
                 self._settled.set_result(None)
                 self._settled = None
@@ -258,7 +264,7 @@ class Dialer:
         """
         offered = session
         if offered is None and context is not None and policy.resume_sessions:
-            offered = self._sessions.offer(policy, hostname, context)
+            offered = self._sessions().offer(policy, hostname, context)
         return ConnectAttempt(
             endpoint=self._sp.address,
             session=offered,
@@ -266,6 +272,12 @@ class Dialer:
             session_required=session is not None,
             on_established=self._on_established,
         )
+
+    def _sessions(self) -> SessionCache:
+        cache = self._session_cache
+        if cache is None:
+            cache = self._session_cache = SessionCache()
+        return cache
 
     def _report_opened(self, sock: socket.socket) -> None:
         try:
@@ -328,7 +340,7 @@ class Dialer:
         """
         attempt = getattr(ssl_object, "asyncsp_attempt", None)
         offered = attempt is not None and attempt.session is not None
-        return self._sessions.remember(ssl_object, policy, offered=offered)
+        return self._sessions().remember(ssl_object, policy, offered=offered)
 
 
 def _backstop(timeout: float | None) -> float | None:

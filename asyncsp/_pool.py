@@ -82,9 +82,8 @@ class SlotPool(Generic[C]):
         self.limit = limit
         self.opened = 0
         self._idle: collections.deque[_Idle[C]] = collections.deque()
-        self._waiters: collections.OrderedDict[asyncio.Future[None], None] = (
-            collections.OrderedDict()
-        )
+        # In arrival order; a plain dict (an empty one is not tracked by the cyclic collector).
+        self._waiters: dict[asyncio.Future[None], None] = {}
         self._make_error: Callable[[], BaseException] | None = None
 
     @property
@@ -201,6 +200,8 @@ class SlotPool(Generic[C]):
         self, *, policy: TlsPolicy, max_idle: float, lease: float | None, now: float | None = None
     ) -> list[C]:
         """Remove and return the idle connections that must be closed now."""
+        if not self._idle:
+            return []
         now = time.monotonic() if now is None else now
         return self._expire(policy=policy, max_idle=max_idle, lease=lease, now=now)
 
@@ -221,14 +222,16 @@ class SlotPool(Generic[C]):
         """Fail every waiter (and later ones) with *make_error()*; return the idle connections."""
         self._make_error = make_error
         while self._waiters:
-            waiter, _ = self._waiters.popitem(last=False)
+            waiter = next(iter(self._waiters))
+            del self._waiters[waiter]
             if not waiter.done():
                 waiter.set_exception(make_error())
         return self.drain_idle()
 
     def _wake_one(self) -> None:
         while self._waiters:
-            waiter, _ = self._waiters.popitem(last=False)
+            waiter = next(iter(self._waiters))
+            del self._waiters[waiter]
             if not waiter.done():
                 waiter.set_result(None)
                 return

@@ -290,7 +290,7 @@ class ServicePointRegistry:
             if self.max_service_points and len(self._service_points) >= self.max_service_points:
                 self._evict_service_point()
             sp = ServicePoint(self, endpoint, proxy=proxy)
-            self._service_points[key] = sp
+            self._service_points[sp.key] = sp  # its own key: one tuple kept, not two
             sp.watch_idle()  # a point looked up and never used goes too
         else:
             self._service_points.move_to_end(key)

@@ -188,7 +188,7 @@ class ServicePoint:
         self._manager = manager
         self._endpoint = endpoint
         self._proxy = proxy
-        self.key = (endpoint, proxy)
+        self.key: tuple[Endpoint, str | None] = (endpoint, proxy)
         """What the manager keeps it under: (endpoint, proxy URL or ``None``)."""
         # The settings start from the manager's (a snapshot; the policy follows it live).
         self._policy: TlsPolicy | None = None
@@ -202,7 +202,8 @@ class ServicePoint:
         ) = manager.point_settings()
         self._pool: SlotPool[Any] = SlotPool(self._connection_limit)
         self._active: set[Stream] = set()
-        self._aborted: set[Stream] = set()  # closed streams whose socket asyncio closes later
+        # Closed streams whose socket asyncio closes later (``None``: none, no set kept).
+        self._aborted: set[Stream] | None = None
         self._extra_busy = 0  # exchanges in flight on connections not counted by the pool
         self._extra_connections = 0  # sockets owned by a protocol layer's own pool (HTTP)
         # When it last became idle: wall-clock seconds (made a datetime when read) and the
@@ -369,7 +370,8 @@ class ServicePoint:
         if conn is not None:
             return conn
         try:
-            await self._aborted_sockets_gone()
+            if self._aborted:
+                await self._aborted_sockets_gone()
             stream = await self.dialer.open(
                 policy=policy,
                 tls=self._endpoint.implicit_tls if tls is None else tls,
@@ -514,10 +516,14 @@ class ServicePoint:
     def stream_closed(self, stream: Stream) -> None:
         """*stream*, one of this endpoint's, closed: its slot is free (the dialer's on_close)."""
         self._active.discard(stream)
-        if self._aborted:
-            self._aborted = {s for s in self._aborted if not s.socket_closed}  # a loop turn
+        aborted = None
+        if self._aborted:  # their sockets close a loop turn after the abort
+            aborted = {s for s in self._aborted if not s.socket_closed} or None
         if not stream.socket_closed:
-            self._aborted.add(stream)
+            if aborted is None:
+                aborted = set()
+            aborted.add(stream)
+        self._aborted = aborted
         self._pool.release()
         self._touch()
 
@@ -525,8 +531,9 @@ class ServicePoint:
         # An aborted stream's slot is free at once, but asyncio closes its socket a loop
         # callback later: a new connection waits for that, so the endpoint never sees one
         # socket more than the limit (a task already scheduled would connect first).
-        self._aborted = {s for s in self._aborted if not s.socket_closed}
-        for stream in list(self._aborted):
+        aborted = {s for s in self._aborted or () if not s.socket_closed}
+        self._aborted = aborted or None
+        for stream in list(aborted):
             await stream.wait_closed()
 
     def side_stream_closed(self, stream: Stream) -> None:
