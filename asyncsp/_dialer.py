@@ -60,7 +60,7 @@ class Dialer:
         self.addresses = AddressCache(
             endpoint.host,
             endpoint.port,
-            service_point.dns_refresh_timeout,
+            service_point._dns_refresh_timeout,  # its own settings: no inherited value
             endpoint=endpoint.address,
         )
         """The endpoint's resolved addresses, reused for the DNS refresh time."""
@@ -195,8 +195,8 @@ class Dialer:
             return await connect_socket(
                 addresses,
                 sp.manager.socket_options.create_socket,
-                delay=sp.happy_eyeballs_delay,
-                interleave=sp.interleave,
+                delay=sp._happy_eyeballs_delay,  # its own settings (read without a descriptor)
+                interleave=sp._interleave,
             )
         except OSError:
             if peer is None:

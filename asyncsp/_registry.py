@@ -383,11 +383,9 @@ class ServicePointRegistry:
 
     def note_use(self, sp: ServicePoint) -> None:
         """*sp* was used: it is now the most recently used (eviction takes the least)."""
-        if self._closed:  # nothing is evicted any more, and `aclose` walks the registry
-            return
-        key = sp.key
-        if self._service_points.get(key) is sp:
-            self._service_points.move_to_end(key)
+        if self._closed or sp.detached:  # a point still attached is the one kept under its
+            return  # key; nothing is evicted once closed, and `aclose` walks the registry
+        self._service_points.move_to_end(sp.key)
 
     # -- raw streams -----------------------------------------------------------------------
 

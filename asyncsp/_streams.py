@@ -566,10 +566,18 @@ class Stream:
         try:
             if not self._broken:
                 self._service_point.dialer.remember_stream_session(self)
+            bound: float | None = _CLOSE_TIMEOUT
             if not transport.is_closing():
+                if (
+                    transport.get_write_buffer_size() == 0
+                    and transport.get_extra_info("ssl_object") is None
+                ):
+                    # Plain TCP with nothing left to send: the transport ends the socket a
+                    # loop callback after close() (no peer to wait for), so no timer.
+                    bound = None
                 transport.close()
             if not self._protocol.lost.done():
-                await self._lost_within(_CLOSE_TIMEOUT)
+                await self._lost_within(bound)
         except asyncio.CancelledError:
             _abort(transport, self._protocol)
             raise
@@ -581,8 +589,9 @@ class Stream:
         if not self._protocol.lost.done():
             await self.wait_closed()
 
-    async def _lost_within(self, timeout: float) -> None:
-        """Wait until the socket is closed; `TimeoutError` after *timeout* seconds.
+    async def _lost_within(self, timeout: float | None) -> None:
+        """Wait until the socket is closed; `TimeoutError` after *timeout* seconds (``None``:
+        no timer, for a close the transport ends by itself).
 
         What ``wait_for(shield(lost), timeout)`` does (a cancelled wait leaves the socket's
         future alone), with one future and one timer instead of a task, two futures and a
@@ -596,11 +605,12 @@ class Stream:
                 waiter.set_result(None)
 
         lost.add_done_callback(wake)
-        timer = self._loop.call_later(timeout, wake)
+        timer = None if timeout is None else self._loop.call_later(timeout, wake)
         try:
             await waiter
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             lost.remove_done_callback(wake)
         if not lost.done():
             raise builtins.TimeoutError
