@@ -190,7 +190,10 @@ class Dialer:
 
     async def _connect_socket(self, peer: tuple[str, int] | None) -> socket.socket:
         sp = self._sp
-        addresses = await self.addresses.addresses() if peer is None else peer_address(peer)
+        if peer is not None:
+            addresses = peer_address(peer)
+        else:  # an IP literal or a fresh cache needs no coroutine of its own
+            addresses = self.addresses.known() or await self.addresses.addresses()
         try:
             return await connect_socket(
                 addresses,

@@ -48,6 +48,11 @@ class AddressCache:
         """Resolve again at the next connection."""
         self._cached = None
 
+    def known(self) -> list[Address] | None:
+        """The addresses to use without a lookup (an IP literal, or a fresh cache), else
+        ``None`` (then `addresses` resolves)."""
+        return self._literal if self._literal is not None else self.cached
+
     async def addresses(self) -> list[Address]:
         """The host's addresses (see `resolve`); a resolver failure is a `ConnectError`."""
         try:

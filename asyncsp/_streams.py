@@ -77,7 +77,8 @@ class StreamProtocol(asyncio.Protocol):
         self._high_water = high_water
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._drain_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Made by the first drain that waits (most streams never wait for one).
+        self._drain_waiters: collections.deque[asyncio.Future[None]] | None = None
         self._reading_paused = False
         self.writing_paused = False
         self.eof = False
@@ -198,6 +199,8 @@ class StreamProtocol(asyncio.Protocol):
     def drain_waiter(self) -> asyncio.Future[None]:
         """A future set once the transport takes writes again (or the connection is lost)."""
         waiter: asyncio.Future[None] = self.lost.get_loop().create_future()
+        if self._drain_waiters is None:
+            self._drain_waiters = collections.deque()
         self._drain_waiters.append(waiter)
         return waiter
 
@@ -207,6 +210,8 @@ class StreamProtocol(asyncio.Protocol):
             waiter.set_result(None)
 
     def wake_drainers(self) -> None:
+        if not self._drain_waiters:
+            return
         for waiter in self._drain_waiters:
             if not waiter.done():
                 waiter.set_result(None)
