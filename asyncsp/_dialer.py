@@ -60,7 +60,7 @@ class Dialer:
         self.addresses = AddressCache(
             endpoint.host,
             endpoint.port,
-            service_point._dns_refresh_timeout,  # its own settings: no inherited value
+            service_point.dns_refresh_timeout,
             endpoint=endpoint.address,
         )
         """The endpoint's resolved addresses, reused for the DNS refresh time."""
@@ -198,18 +198,25 @@ class Dialer:
             return await connect_socket(
                 addresses,
                 sp.manager.socket_options.create_socket,
-                delay=sp._happy_eyeballs_delay,  # its own settings (read without a descriptor)
-                interleave=sp._interleave,
+                delay=sp.happy_eyeballs_delay,
+                interleave=sp.interleave,
             )
         except OSError:
             if peer is None:
                 self.addresses.invalidate()  # the addresses may have moved: resolve again
             raise
 
-    async def upgrade(self, stream: Stream, server_hostname: str) -> TlsInfo:
-        """STARTTLS: run a handshake on *stream* under its policy snapshot."""
+    async def upgrade(
+        self,
+        stream: Stream,
+        server_hostname: str,
+        transport: asyncio.Transport,
+        protocol: asyncio.Protocol,
+    ) -> asyncio.Transport:
+        """STARTTLS: run a handshake on *stream*'s *transport* (its *protocol* reading) under
+        the stream's policy snapshot; return the TLS transport that replaces it.
+        *server_hostname* is normalised (`normalise_host`)."""
         address = self._sp.address
-        server_hostname = normalise_host(server_hostname)
         loop = asyncio.get_running_loop()
         context = await context_for_async(stream.policy)
         # RFC 3207 §4.2: whatever arrived in clear after the peer's go-ahead is an injection.
@@ -224,9 +231,9 @@ class Dialer:
             )
         try:
             with connect_attempt(self.attempt(stream.policy, server_hostname, context)):
-                transport = await loop.start_tls(
-                    stream._transport,
-                    stream._protocol,
+                upgraded = await loop.start_tls(
+                    transport,
+                    protocol,
                     context,
                     server_hostname=server_hostname,
                     ssl_handshake_timeout=_backstop(stream.timeout),
@@ -244,13 +251,10 @@ class Dialer:
                         exc, address, during_tls=True, timeout=stream.timeout, policy=stream.policy
                     )
             raise
-        if transport is None:  # pragma: no cover - start_tls returns None only when closing
+        if upgraded is None:  # pragma: no cover - start_tls returns None only when closing
             stream.abort()
             raise ConnectError(f"{address} closed the connection during STARTTLS")
-        stream._replace_transport(transport, server_hostname)
-        info = stream.tls
-        assert info is not None
-        return info
+        return upgraded
 
     def attempt(
         self,

@@ -216,7 +216,8 @@ class Connector:
             claim.opened(ticket)  # aiohttp connects in the request's own task
         return sock
 
-    def _socket_gone(self, ticket: SocketTicket) -> None:
+    def socket_gone(self, ticket: SocketTicket) -> None:
+        """Account for one of this connector's sockets closing (its ticket calls this once)."""
         if ticket.reported:
             self._report_closed(ticket)
         if self._tickets.get(ticket.fd) is ticket:

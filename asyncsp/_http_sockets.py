@@ -80,7 +80,7 @@ class SocketTicket:
         if self.done:
             return
         self.done = True
-        self.connector._socket_gone(self)
+        self.connector.socket_gone(self)
 
 
 class RequestClaim:

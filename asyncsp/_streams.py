@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from ._endpoint import normalise_host
 from ._errors import (
     AsyncspError,
     ConnectionClosedError,
@@ -549,13 +550,17 @@ class Stream:
         """
         if self.tls is not None:
             raise TlsError(f"{self.endpoint}: the stream already runs TLS", endpoint=self.endpoint)
-        hostname = server_hostname or self._server_hostname
-        return await self._guard(self._service_point.dialer.upgrade(self, hostname), _WHOLE)
-
-    def _replace_transport(self, transport: asyncio.Transport, server_hostname: str) -> None:
+        hostname = normalise_host(server_hostname or self._server_hostname)
+        upgrade = self._service_point.dialer.upgrade(
+            self, hostname, self._transport, self._protocol
+        )
+        transport = await self._guard(upgrade, _WHOLE)
         self._transport = transport
-        self._server_hostname = server_hostname  # the name the handshake verified
+        self._server_hostname = hostname  # the name the handshake verified
         self._protocol.set_transport(transport)
+        info = self.tls
+        assert info is not None
+        return info
 
     # -- closing ---------------------------------------------------------------------------
 
