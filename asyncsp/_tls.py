@@ -6,6 +6,10 @@ SSL objects verify the negotiated version, the pins and the policy's validator *
 written on it, whichever transport (asyncio streams, aiohttp, ``start_tls``) drives it.
 A `ConnectAttempt` set in a context variable around a connect tells the SSL object which
 endpoint it serves, which session to offer, and whom to tell about the result.
+
+Every change to how a policy becomes a context or what a handshake must pass belongs in this
+file; what a policy may say belongs in ``_policy.py``, what the system's OpenSSL configuration
+says in ``_system.py``, and how sessions are kept in ``_sessions.py``.
 """
 
 from __future__ import annotations
