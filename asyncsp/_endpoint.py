@@ -21,6 +21,9 @@ SCHEMES = frozenset(DEFAULT_PORTS) | {"tcp", "tls"}
 _SIMPLE = re.compile(r"([a-z]+)://([a-z0-9][a-z0-9.\-]*):([0-9]{1,5})/?")
 """An endpoint given as lower-case scheme, ASCII host name or IPv4 address, and port."""
 TLS_SCHEMES = frozenset({"https", "smtps", "ftps", "tls"})
+KEPT = 128
+"""Endpoints (and IDNA encodings) remembered per spelling: enough for the endpoints a program
+names again and again, little to keep after a crawl over thousands it never names again."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,7 +96,7 @@ class Endpoint:
         return self.address
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=KEPT)
 def _parse(url_or_address: str) -> Endpoint:
     """`Endpoint.parse`, remembered per text (a protocol front-end names its endpoint again
     on every session; errors are not remembered)."""
@@ -129,7 +132,7 @@ def normalise_host(host: str, context: str = "") -> str:
     return encoded
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=KEPT)
 def _encode_idna(host: str, context: str) -> str:
     try:
         return idna.encode(host, uts46=True, transitional=False).decode("ascii")

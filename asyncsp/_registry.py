@@ -31,7 +31,7 @@ from ._defaults import (
     check_seconds,
     defaults,
 )
-from ._endpoint import Endpoint, normalise_host
+from ._endpoint import KEPT, Endpoint, normalise_host
 from ._errors import AsyncspError, ManagerClosedError
 from ._events import PolicySwapped, TraceHook, Tracer
 from ._policy import TlsPolicy
@@ -504,9 +504,9 @@ class ServicePointRegistry:
         return f"<{type(self).__name__} {protocols} {state}>"
 
 
-_stream_endpoint = functools.lru_cache(maxsize=1024)(Endpoint)
-"""`Endpoint` made from (scheme, host, port), the last 1,024 kept (as `Endpoint.parse` keeps
-the texts): a stream opened again to the same endpoint makes none."""
+_stream_endpoint = functools.lru_cache(maxsize=KEPT)(Endpoint)
+"""`Endpoint` made from (scheme, host, port), the last few kept (as `Endpoint.parse` keeps the
+texts): a stream opened again to the same endpoint makes none."""
 
 
 class _StreamContext:
