@@ -8,8 +8,14 @@ rate, the best against aiohttp's best, the median of per-round ratios to aiohttp
 and the client process's CPU time per connection (its least round, and paired), which a
 shared machine disturbs less than the rate.
 
+"aiohttp-core" is the part of aiohttp asyncsp runs for each connection, on asyncsp's own
+context: ``ClientSession._request`` (no cookie store, no redirects), with
+``TlsPolicy.ssl_context()``, whose handshakes run asyncsp's checks. asyncsp without resumption
+minus aiohttp-core is asyncsp's own work per connection (the gate that holds a slot until the
+socket is gone, socket and handshake accounting, the response wrapper): printed last.
+
     python benchmarks/new_connections.py [--requests 1000] [--rounds 5] [--key rsa]
-                                         [--python-server]
+                                         [--python-server] [--no-httpx]
 """
 
 from __future__ import annotations
@@ -85,6 +91,28 @@ def make_aiohttp(ctx: ssl.SSLContext) -> Run:
     return run
 
 
+def make_aiohttp_core(cafile: str, protocols: SecurityProtocol) -> Run:
+    ctx = TlsPolicy(cafile=cafile, protocols=protocols, resume_sessions=False).ssl_context()
+
+    async def run(url: str, n: int) -> None:
+        connector = aiohttp.TCPConnector(ssl=ctx, limit=CONCURRENCY, force_close=True)
+        jar = aiohttp.DummyCookieJar()
+        async with aiohttp.ClientSession(connector=connector, cookie_jar=jar) as session:
+
+            async def one() -> None:
+                # What asyncsp's _send calls (private, pinned like asyncsp's own use).
+                resp = await session._request("GET", url, headers=CLOSE, allow_redirects=False)
+                try:
+                    await resp.read()
+                    assert resp.status == 200
+                finally:
+                    resp.release()
+
+            await bounded(n, one)
+
+    return run
+
+
 def make_httpx(ctx: ssl.SSLContext) -> Run:
     async def run(url: str, n: int) -> None:
         limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=0)
@@ -125,6 +153,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--python-server", action="store_true", help="skip nginx")
     parser.add_argument("--key", choices=["ecdsa", "rsa"], default="ecdsa", help="server key type")
+    parser.add_argument("--no-httpx", action="store_true", help="leave httpx out")
     args = parser.parse_args()
     with https_servers(prefer_nginx=not args.python_server, key_type=args.key) as servers:
         print(
@@ -141,8 +170,10 @@ async def main() -> None:
                 "asyncsp (resumption)": make_asyncsp(servers.cafile, protocols, True),
                 "asyncsp (no resumption)": make_asyncsp(servers.cafile, protocols, False),
                 "aiohttp": make_aiohttp(ctx),
-                "httpx": make_httpx(ctx),
+                "aiohttp-core": make_aiohttp_core(servers.cafile, protocols),
             }
+            if not args.no_httpx:
+                clients["httpx"] = make_httpx(ctx)
             results = await compare(clients, url, args.requests, args.rounds)
             print(f"\n{label}")
             report(results)
@@ -169,6 +200,16 @@ def report(results: dict[str, Rounds]) -> None:
             f" {max(rates) / base_rate:9.2f}x {paired_rate:6.2f}x"
             f" {min(cpu for _, cpu in rounds):12.0f} {paired_cpu:6.2f}x"
         )
+    own = [
+        a - c
+        for (_, a), (_, c) in zip(
+            results["asyncsp (no resumption)"], results["aiohttp-core"], strict=True
+        )
+    ]
+    print(
+        f"  asyncsp's own work per connection (no resumption minus aiohttp-core, same round): "
+        f"{statistics.median(own):.0f} µs CPU (per round {min(own):.0f} to {max(own):.0f})"
+    )
 
 
 if __name__ == "__main__":
