@@ -13,6 +13,9 @@ context: ``ClientSession._request`` (no cookie store, no redirects), with
 ``TlsPolicy.ssl_context()``, whose handshakes run asyncsp's checks. asyncsp without resumption
 minus aiohttp-core is asyncsp's own work per connection (the gate that holds a slot until the
 socket is gone, socket and handshake accounting, the response wrapper): printed last.
+"room" is asyncsp without resumption under a connection limit of twice the concurrency: no
+request waits for the socket of the one before it to close, so the difference to the plain
+row is what ``connection_limit`` bounding sockets (not requests, as aiohttp's limit does) costs.
 
     python benchmarks/new_connections.py [--requests 1000] [--rounds 5] [--key rsa]
                                          [--python-server] [--no-httpx]
@@ -59,10 +62,12 @@ async def bounded(n: int, one: Callable[[], Awaitable[None]]) -> None:
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
-def make_asyncsp(cafile: str, protocols: SecurityProtocol, resume: bool) -> Run:
+def make_asyncsp(
+    cafile: str, protocols: SecurityProtocol, resume: bool, limit: int = CONCURRENCY
+) -> Run:
     async def run(url: str, n: int) -> None:
         policy = TlsPolicy(cafile=cafile, protocols=protocols, resume_sessions=resume)
-        async with ConnectionManager(policy=policy, default_connection_limit=CONCURRENCY) as mgr:
+        async with ConnectionManager(policy=policy, default_connection_limit=limit) as mgr:
 
             async def one() -> None:
                 resp = await mgr.get(url, headers=CLOSE)
@@ -169,6 +174,9 @@ async def main() -> None:
             clients: dict[str, Run] = {
                 "asyncsp (resumption)": make_asyncsp(servers.cafile, protocols, True),
                 "asyncsp (no resumption)": make_asyncsp(servers.cafile, protocols, False),
+                "asyncsp (no res., room)": make_asyncsp(
+                    servers.cafile, protocols, False, limit=2 * CONCURRENCY
+                ),
                 "aiohttp": make_aiohttp(ctx),
                 "aiohttp-core": make_aiohttp_core(servers.cafile, protocols),
             }
@@ -209,6 +217,16 @@ def report(results: dict[str, Rounds]) -> None:
     print(
         f"  asyncsp's own work per connection (no resumption minus aiohttp-core, same round): "
         f"{statistics.median(own):.0f} µs CPU (per round {min(own):.0f} to {max(own):.0f})"
+    )
+    bound = [
+        a - r
+        for (_, a), (_, r) in zip(
+            results["asyncsp (no resumption)"], results["asyncsp (no res., room)"], strict=True
+        )
+    ]
+    print(
+        f"  of which waiting for closing sockets (no resumption minus room, same round): "
+        f"{statistics.median(bound):.0f} µs CPU (per round {min(bound):.0f} to {max(bound):.0f})"
     )
 
 
