@@ -13,7 +13,9 @@ Plain text (``security="none"``) and STARTTLS each; clients take turns within ea
 a rotating order). Printed per client: the best and median rate, the paired ratio to
 aiosmtplib (median over rounds of the two rates in the same round) and this process's CPU
 time per message (the server is another process; smtplib's thread counts too), with its
-paired ratio (aiosmtplib's CPU over the client's: above 1 is cheaper).
+paired ratio (aiosmtplib's CPU over the client's: above 1 is cheaper). "asyncio (bare)" is the
+floor: the same commands over asyncio streams with nothing checked, kept or timed, so its
+ratio is the most any asyncio client could reach against aiosmtplib here.
 
 With ``--only new-session`` only the new-session scenario runs (more rounds for the same
 time); ``--pin`` puts the server on CPU 0 and this process on CPU 1, so the two never compete
@@ -208,7 +210,84 @@ def make_smtplib(port: int, cafile: str, security: str, rcpts: int, new_sessions
     return run
 
 
-CLIENTS = {"asyncsp": make_asyncsp, "aiosmtplib": make_aiosmtplib, "smtplib (thread)": make_smtplib}
+def make_bare(port: int, cafile: str, security: str, rcpts: int, new_sessions: bool) -> Run:
+    """The least an asyncio client can do: the same commands over asyncio streams, each reply
+    read line by line with only its first digit checked, MAIL/RCPT/DATA in one write when the
+    server offers PIPELINING (as asyncsp sends them), no pool, no timeouts, no checks. What it
+    reaches against aiosmtplib is the most any asyncio SMTP client could."""
+    to = recipients(rcpts)
+    ctx = ssl.create_default_context(cafile=cafile or None)
+    envelope = [f"MAIL FROM:<{SENDER}>\r\n".encode()]
+    envelope += [f"RCPT TO:<{rcpt}>\r\n".encode() for rcpt in to]
+    envelope.append(b"DATA\r\n")
+
+    async def reply(reader: asyncio.StreamReader, first_digit: bytes) -> bytes:
+        text = b""
+        while True:
+            line = await reader.readline()
+            if not line.startswith(first_digit):
+                raise RuntimeError(f"unexpected reply line {line!r}")
+            text += line
+            if line[3:4] != b"-":
+                return text
+
+    async def hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"EHLO bench.example.org\r\n")
+        return b"PIPELINING" in await reply(reader, b"2")
+
+    async def session() -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await reply(reader, b"2")
+        pipelining = await hello(reader, writer)
+        if security == "starttls":
+            writer.write(b"STARTTLS\r\n")
+            await reply(reader, b"2")
+            await writer.start_tls(ctx, server_hostname="127.0.0.1")
+            pipelining = await hello(reader, writer)
+        return reader, writer, pipelining
+
+    async def send(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pipelining: bool, i: int
+    ) -> None:
+        if pipelining:
+            writer.write(b"".join(envelope))
+            for command in envelope:
+                await reply(reader, b"3" if command == b"DATA\r\n" else b"2")
+        else:
+            for command in envelope:
+                writer.write(command)
+                await reply(reader, b"3" if command == b"DATA\r\n" else b"2")
+        writer.write(body(i) + b".\r\n")  # no line of body() starts with a dot
+        await reply(reader, b"2")
+
+    async def quit_(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"QUIT\r\n")
+        await reply(reader, b"2")
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+    async def run(n: int) -> None:
+        if new_sessions:
+            for i in range(n):
+                reader, writer, pipelining = await session()
+                await send(reader, writer, pipelining, i)
+                await quit_(reader, writer)
+        else:
+            reader, writer, pipelining = await session()
+            for i in range(n):
+                await send(reader, writer, pipelining, i)
+            await quit_(reader, writer)
+
+    return run
+
+
+CLIENTS = {
+    "asyncsp": make_asyncsp,
+    "aiosmtplib": make_aiosmtplib,
+    "smtplib (thread)": make_smtplib,
+    "asyncio (bare)": make_bare,
+}
 
 
 def delivered(port: int, kind: str) -> tuple[int, int]:
