@@ -24,11 +24,14 @@ from ._errors import ManagerClosedError
 from ._http_connector import Connector, TrackedResponse
 from ._http_sockets import RequestClaim, SocketTicket
 from ._servicepoint import LayerSlot
-from ._tls import context_for_async
+from ._tls import built_context, context_for_async
 
 if TYPE_CHECKING:
+    import ssl
+
     from yarl import URL
 
+    from ._policy import TlsPolicy
     from ._proxy import ProxyRoute
     from ._registry import ServicePointRegistry
     from ._servicepoint import ServicePoint
@@ -154,8 +157,12 @@ class HttpEndpoint:
     def try_begin(self) -> Connector | None:
         """Start a request at once when the gate is open and the connector current, else None."""
         current = self.current
-        if current is None:
-            return None
+        if current is None:  # the endpoint's first request
+            if self._waiters or self._closed_error is not None:
+                return None
+            current = self.connector_now()
+            if current is None:  # its context is built in a thread: the waiting path does it
+                return None
         sp = self.sp
         if (
             current is not self._checked or self._checked_generation != Setting.generation
@@ -300,16 +307,35 @@ class HttpEndpoint:
 
     async def connector(self) -> Connector:
         """The connector for a request starting now; a new one if the settings changed."""
+        ready = self.connector_now()
+        if ready is not None:
+            return ready
         policy = self.sp.policy
-        current = self.current
-        if current is not None and current.matches(self.sp, policy):
-            return current
-        context = await context_for_async(policy) if self.tls else None
+        context = await context_for_async(policy)  # TLS, and its context not built yet
         if self._closed_error is not None:
             raise self._closed_error  # closed while the context was built: make nothing new
         current = self.current
         if current is not None and current.matches(self.sp, policy):
             return current  # made by another request while we built the context
+        return self._install(policy, context)
+
+    def connector_now(self) -> Connector | None:
+        """`connector` without waiting: ``None`` when a new one needs a TLS context that is
+        not built yet (built in a worker thread, it reads CA files)."""
+        if self._closed_error is not None:
+            raise self._closed_error
+        policy = self.sp.policy
+        current = self.current
+        if current is not None and current.matches(self.sp, policy):
+            return current
+        context = built_context(policy) if self.tls else None
+        if self.tls and context is None:
+            return None
+        return self._install(policy, context)
+
+    def _install(self, policy: TlsPolicy, context: ssl.SSLContext | None) -> Connector:
+        """Make the connector for *policy* current; the one it replaces is retired."""
+        current = self.current
         fresh = Connector(self, policy, context)
         self.current = fresh
         if current is not None:

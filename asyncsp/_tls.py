@@ -597,6 +597,11 @@ def context_for(policy: TlsPolicy) -> ssl.SSLContext:
     return ctx
 
 
+def built_context(policy: TlsPolicy) -> ssl.SSLContext | None:
+    """The shared context of *policy* if it is built already, else ``None`` (nothing waits)."""
+    return CONTEXTS.peek(policy)
+
+
 async def context_for_async(policy: TlsPolicy) -> ssl.SSLContext:
     """Like `context_for`, building a new context in a worker thread (it reads CA files)."""
     cached = CONTEXTS.peek(policy)
