@@ -13,12 +13,18 @@ Two measurements, asyncsp and plain aiohttp in the same run:
    crawls in a fresh child process, measured with ``tracemalloc`` (Python allocations) and a
    count of live objects: baseline, after the crawl and after the idle time, per endpoint.
 
+3. **New endpoints.** One GET to each of N endpoints never contacted before (500 per round
+   and client by default), 20 at a time: this process's CPU per endpoint, which for asyncsp
+   includes making its service point, HTTP connector and session. (The crawl above runs under
+   ``tracemalloc``, which slows every allocation: its time is not a cost figure; this is.)
+
 The server answers every 127.x.y.z address from one socket tied to the loopback device
 (``SO_BINDTODEVICE lo``, Linux 5.7+ without privileges), so the endpoints differ by host; where
 that is refused, the crawl uses one listening port per endpoint on 127.0.0.1 instead.
 
     python benchmarks/scale.py [--rounds 3] [--waiters 1000 5000 20000] [--endpoints 2000]
-                               [--idle 2] [--concurrency 50]
+                               [--idle 2] [--concurrency 50] [--created 500]
+                               [--skip waits crawl create]
 """
 
 from __future__ import annotations
@@ -328,6 +334,45 @@ def report_crawl(results: list[dict[str, Any]], idle: float) -> None:
         )
 
 
+# -- 3. new endpoints ---------------------------------------------------------------------
+
+
+async def first_contacts(client: str, endpoints: list[tuple[str, int]]) -> float:
+    """CPU µs per endpoint for one GET to each of *endpoints*, 20 at a time."""
+    gate = asyncio.Semaphore(20)
+    async with CLIENTS[client](LIMIT, 60.0) as get:
+
+        async def one(host: str, port: int) -> None:
+            async with gate:
+                await get(f"http://{host}:{port}/")
+
+        await get(f"http://{endpoints[0][0]}:{endpoints[0][1]}/")  # warm: imports, caches
+        cpu = time.process_time()
+        await asyncio.gather(*(one(host, port) for host, port in endpoints[1:]))
+        return (time.process_time() - cpu) / (len(endpoints) - 1) * 1e6
+
+
+async def run_first_contacts(endpoints: list[tuple[str, int]], args: argparse.Namespace) -> None:
+    names = list(CLIENTS)
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    fresh = iter(range(0, len(endpoints), args.created + 1))
+    for round_no in range(args.rounds):
+        for name in names[round_no % len(names) :] + names[: round_no % len(names)]:
+            start = next(fresh)  # a block of endpoints no client has contacted yet
+            cpu[name].append(
+                await first_contacts(name, endpoints[start : start + args.created + 1])
+            )
+    ratios = [a / b for a, b in zip(cpu["asyncsp"], cpu["aiohttp"], strict=True)]
+    print(f"\nNew endpoints: one GET to each of {args.created} new ones, 20 at a time")
+    print("  (CPU µs per endpoint, median over rounds, min-max)")
+    for name in names:
+        print(f"  {name:8} {_spread(cpu[name]):>18}")
+    print(
+        f"  asyncsp/aiohttp {statistics.median(ratios):.2f} "
+        f"(per round {min(ratios):.2f}-{max(ratios):.2f})"
+    )
+
+
 # -- main ---------------------------------------------------------------------------------
 
 
@@ -338,7 +383,10 @@ def main() -> None:
     parser.add_argument("--endpoints", type=int, default=2000, help="distinct ones to crawl")
     parser.add_argument("--idle", type=float, default=2.0, help="max_idle_time / keep-alive")
     parser.add_argument("--concurrency", type=int, default=50, help="crawl requests at once")
-    parser.add_argument("--skip", choices=["waits", "crawl"], help="run only the other part")
+    parser.add_argument("--created", type=int, default=500, help="new endpoints per round")
+    parser.add_argument(
+        "--skip", nargs="+", choices=["waits", "crawl", "create"], default=[], help="parts to skip"
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--crawl-child", choices=list(CLIENTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -350,17 +398,21 @@ def main() -> None:
         endpoints = [(host, int(port)) for host, port in json.load(sys.stdin)]
         asyncio.run(crawl(args.crawl_child, endpoints, args.idle, args.concurrency))
         return
-    if args.rounds < 1 or args.endpoints < 2 or any(w < 1 for w in args.waiters):
-        parser.error("--rounds >= 1, --endpoints >= 2 and every --waiters value >= 1")
-    with server(args.endpoints + 1) as endpoints:
-        if args.skip != "waits":
+    if args.rounds < 1 or args.endpoints < 2 or args.created < 1 or min(args.waiters) < 1:
+        parser.error("--rounds >= 1, --endpoints >= 2, --created >= 1, every --waiters >= 1")
+    created = 0 if "create" in args.skip else args.rounds * len(CLIENTS) * (args.created + 1)
+    with server(args.endpoints + 1 + created) as endpoints:
+        if "waits" not in args.skip:
             host, port = endpoints[0]
             print(f"Slot waits: {args.rounds} rounds of {args.waiters} waiters", flush=True)
             asyncio.run(run_slot_waits(f"http://{host}:{port}/", args))
-        if args.skip != "crawl":
+        if "crawl" not in args.skip:
             print(f"\nCrawling {args.endpoints} endpoints, each client in a child process...")
-            results = [run_crawl(client, endpoints[1:], args) for client in CLIENTS]
+            crawled = endpoints[1 : args.endpoints + 1]
+            results = [run_crawl(client, crawled, args) for client in CLIENTS]
             report_crawl(results, args.idle)
+        if created:
+            asyncio.run(run_first_contacts(endpoints[args.endpoints + 1 :], args))
 
 
 if __name__ == "__main__":
