@@ -1,6 +1,6 @@
 """Scale: slot waits under deep queues, and the memory a crawl leaves behind, against aiohttp.
 
-Two measurements, asyncsp and plain aiohttp in the same run:
+Four measurements, asyncsp and the plain libraries in the same run:
 
 1. **Slot waits.** W tasks (1,000, 5,000, 20,000 by default) each send one GET through a
    connection limit of 10 to one loopback server; with W - 10 of them queued, the cost of
@@ -12,6 +12,9 @@ Two measurements, asyncsp and plain aiohttp in the same run:
    asyncsp, the connector's ``keepalive_timeout`` for aiohttp) plus a second. Each client
    crawls in a fresh child process, measured with ``tracemalloc`` (Python allocations) and a
    count of live objects: baseline, after the crawl and after the idle time, per endpoint.
+   The same crawl is then made under ``max_service_points=100`` (no idle time), over HTTP
+   and over raw streams (a request written and its answer read on a stream per endpoint,
+   against asyncio's streams): what stays alive right after it, bounded by the limit.
 
 3. **New endpoints.** One GET to each of N endpoints never contacted before (500 per round
    and client by default), 20 at a time: this process's CPU per endpoint, which for asyncsp
@@ -181,6 +184,65 @@ async def aiohttp_client(limit: int, idle: float) -> AsyncIterator[Get]:
 
 CLIENTS = {"asyncsp": asyncsp_client, "aiohttp": aiohttp_client}
 
+BOUND = 100
+"""``max_service_points`` of the bounded crawls."""
+_REQUEST = b"GET / HTTP/1.1\r\nHost: scale\r\n\r\n"
+
+
+def _split(url: str) -> tuple[str, int]:
+    host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
+    return host, int(port)
+
+
+@contextlib.asynccontextmanager
+async def bounded_asyncsp_http(limit: int, idle: float) -> AsyncIterator[Get]:
+    async with ConnectionManager(
+        default_connection_limit=limit, max_idle_time=idle, max_service_points=BOUND
+    ) as mgr:
+
+        async def get(url: str) -> int:
+            response = await mgr.get(url)
+            return len(await response.read())
+
+        yield get
+
+
+@contextlib.asynccontextmanager
+async def bounded_asyncsp_stream(limit: int, idle: float) -> AsyncIterator[Get]:
+    async with ConnectionManager(
+        default_connection_limit=limit, max_idle_time=idle, max_service_points=BOUND
+    ) as mgr:
+
+        async def get(url: str) -> int:
+            async with mgr.open_stream(*_split(url), timeout=30) as stream:
+                stream.write(_REQUEST)
+                return len(await stream.readexactly(len(_ANSWER)))
+
+        yield get
+
+
+@contextlib.asynccontextmanager
+async def asyncio_stream(limit: int, idle: float) -> AsyncIterator[Get]:
+    async def get(url: str) -> int:
+        reader, writer = await asyncio.open_connection(*_split(url))
+        try:
+            writer.write(_REQUEST)
+            return len(await reader.readexactly(len(_ANSWER)))
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    yield get
+
+
+BOUNDED = {
+    "asyncsp": bounded_asyncsp_http,
+    "aiohttp": aiohttp_client,
+    "asyncsp streams": bounded_asyncsp_stream,
+    "asyncio streams": asyncio_stream,
+}
+"""The bounded crawls: asyncsp under ``max_service_points``, and the plain libraries."""
+
 
 # -- 1. slot waits ------------------------------------------------------------------------
 
@@ -244,14 +306,16 @@ def _snapshot() -> dict[str, int]:
 
 
 async def crawl(
-    client: str, endpoints: list[tuple[str, int]], idle: float, concurrency: int
+    client: str, endpoints: list[tuple[str, int]], idle: float, concurrency: int, bounded: bool
 ) -> None:
-    """One crawl (in a child process): print a JSON line of snapshots."""
+    """One crawl (in a child process): print a JSON line of snapshots. *bounded*: one of the
+    `BOUNDED` clients, and no idle time after it."""
     urls = [f"http://{host}:{port}/" for host, port in endpoints]
     gate = asyncio.Semaphore(concurrency)
     failures = 0
+    make = BOUNDED[client] if bounded else CLIENTS[client]
 
-    async with CLIENTS[client](LIMIT, idle) as get:
+    async with make(LIMIT, idle) as get:
 
         async def one(url: str) -> None:
             nonlocal failures
@@ -268,7 +332,8 @@ async def crawl(
         await asyncio.gather(*(one(url) for url in urls[1:]))
         took = time.perf_counter() - start
         crawled = _snapshot()
-        await asyncio.sleep(2 * idle + 1.0)  # what is measured is the state after this time
+        if not bounded:
+            await asyncio.sleep(2 * idle + 1.0)  # what is measured is the state after this time
         rested = _snapshot()
         tracemalloc.stop()
     result = {
@@ -284,7 +349,7 @@ async def crawl(
 
 
 def run_crawl(
-    client: str, endpoints: list[tuple[str, int]], args: argparse.Namespace
+    client: str, endpoints: list[tuple[str, int]], args: argparse.Namespace, bounded: bool = False
 ) -> dict[str, Any]:
     """Crawl in a fresh child process (the endpoints go through its stdin); its snapshots."""
     command = [
@@ -296,6 +361,7 @@ def run_crawl(
         str(args.idle),
         "--concurrency",
         str(args.concurrency),
+        *(["--bounded"] if bounded else []),
     ]
     budget = 120.0 + 2 * args.idle
     done = subprocess.run(
@@ -331,6 +397,20 @@ def report_crawl(results: list[dict[str, Any]], idle: float) -> None:
             f"{crawled_counts} -> {counts}   (crawl {result['seconds']:.1f} s, "
             f"{result['failures']} failed; objects {crawled['objects'] - base['objects']:+} "
             f"-> {rested['objects'] - base['objects']:+})"
+        )
+
+
+def report_bounded(results: list[dict[str, Any]]) -> None:
+    print(f"\nRight after a crawl under max_service_points={BOUND} (Python allocations)")
+    print(f"  {'':16} {'endpoints':>9} {'per endpoint':>12}   live points/connectors/sessions")
+    for result in results:
+        n = result["endpoints"]
+        base, crawled = result["baseline"], result["crawled"]
+        counts = "/".join(str(crawled[k]) for k in ("service_points", "connectors", "sessions"))
+        print(
+            f"  {result['client']:16} {n:>9} {(crawled['bytes'] - base['bytes']) / n / 1024:>9.2f}"
+            f" KB   {counts}   (objects {crawled['objects'] - base['objects']:+}, "
+            f"{result['failures']} failed)"
         )
 
 
@@ -388,7 +468,8 @@ def main() -> None:
         "--skip", nargs="+", choices=["waits", "crawl", "create"], default=[], help="parts to skip"
     )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--crawl-child", choices=list(CLIENTS), help=argparse.SUPPRESS)
+    parser.add_argument("--crawl-child", choices=list(BOUNDED), help=argparse.SUPPRESS)
+    parser.add_argument("--bounded", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     _more_descriptors()
     if args.serve is not None:
@@ -396,7 +477,7 @@ def main() -> None:
         return
     if args.crawl_child is not None:
         endpoints = [(host, int(port)) for host, port in json.load(sys.stdin)]
-        asyncio.run(crawl(args.crawl_child, endpoints, args.idle, args.concurrency))
+        asyncio.run(crawl(args.crawl_child, endpoints, args.idle, args.concurrency, args.bounded))
         return
     if args.rounds < 1 or args.endpoints < 2 or args.created < 1 or min(args.waiters) < 1:
         parser.error("--rounds >= 1, --endpoints >= 2, --created >= 1, every --waiters >= 1")
@@ -411,6 +492,8 @@ def main() -> None:
             crawled = endpoints[1 : args.endpoints + 1]
             results = [run_crawl(client, crawled, args) for client in CLIENTS]
             report_crawl(results, args.idle)
+            results = [run_crawl(client, crawled, args, bounded=True) for client in BOUNDED]
+            report_bounded(results)
         if created:
             asyncio.run(run_first_contacts(endpoints[args.endpoints + 1 :], args))
 
