@@ -38,7 +38,8 @@ from ._events import ConnectionOpened, HandshakeFailed, HandshakeFinished
 from ._policy import TlsPolicy
 from ._resolve import AddressCache, connect_socket, peer_address
 from ._sessions import SessionCache
-from ._streams import Stream, StreamProtocol
+from ._stream_buffer import StreamProtocol
+from ._streams import Stream
 from ._tls import CURRENT_ATTEMPT, ConnectAttempt, TlsInfo, connect_attempt, context_for_async
 from ._translate import raise_connect_error
 

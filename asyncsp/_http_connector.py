@@ -22,8 +22,9 @@ import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
 from ._events import ConnectionClosed, ConnectionOpened
-from ._http_sockets import CLAIM, NagleSocket, SocketTicket, TrackedSocket, reset_on_close
+from ._http_sockets import CLAIM, NagleSocket, SocketTicket, TrackedSocket
 from ._http_tunnel import Tunnel, TunnelConnector
+from ._sockets import reset_on_close
 from ._tls import ConnectAttempt, TlsInfo, established_info
 
 if TYPE_CHECKING:

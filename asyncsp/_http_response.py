@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import AsyncspError, BodyTooLargeError, HttpError
 from ._http_errors import cause_for, raise_from, translate_http_error
-from ._http_sockets import reset_on_close
+from ._sockets import reset_on_close
 from ._tls import received_close_notify
 
 if TYPE_CHECKING:

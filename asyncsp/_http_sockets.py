@@ -8,10 +8,8 @@ gate slot until aiohttp has closed its connection.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import socket
-import struct
 import time
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -27,24 +25,7 @@ __all__ = [
     "RequestClaim",
     "SocketTicket",
     "TrackedSocket",
-    "reset_on_close",
 ]
-
-_LINGER_RESET = struct.pack("ii", 1, 0)
-"""``SO_LINGER`` on, zero seconds: closing the socket sends RST."""
-
-
-def reset_on_close(sock: Any) -> None:
-    """Make the close of *sock* (a socket, or asyncio's ``TransportSocket``) a TCP reset.
-
-    For a connection cut off mid-exchange. A socket closed with nothing left unread (on
-    Python 3.12+ even while a body is still arriving) sends a FIN, an orderly end: a peer
-    still streaming to us then sits blocked on our full window until its FIN timeout (60 s
-    on Linux), holding its socket and buffers. No ``shutdown`` before: that sends the FIN.
-    """
-    if sock is not None:
-        with contextlib.suppress(OSError, ValueError):  # already closed: nothing to reset
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
 
 
 class SocketTicket:

@@ -28,7 +28,6 @@ import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
 from ._errors import AsyncspError, ProxyError, TimeoutError
-from ._http_sockets import reset_on_close
 from ._proxy import (
     MAX_CONNECT_REPLY,
     ConnectReply,
@@ -37,7 +36,8 @@ from ._proxy import (
     parse_connect_reply,
 )
 from ._resolve import HAPPY_EYEBALLS_DELAY, Address, AddressCache, connect_socket
-from ._streams import StreamProtocol
+from ._sockets import reset_on_close
+from ._stream_buffer import StreamProtocol
 from ._translate import raise_connect_error
 
 if TYPE_CHECKING:

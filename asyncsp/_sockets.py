@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import socket
+import struct
+from typing import Any
 
-__all__ = ["SocketOptions"]
+__all__ = ["SocketOptions", "reset_on_close"]
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on, zero seconds: closing the socket sends RST."""
+
+
+def reset_on_close(sock: Any) -> None:
+    """Make the close of *sock* (a socket, or asyncio's ``TransportSocket``) a TCP reset.
+
+    For a connection cut off mid-exchange. A socket closed with nothing left unread (on
+    Python 3.12+ even while a body is still arriving) sends a FIN, an orderly end: a peer
+    would take it for a whole stream, or sit blocked on our full window until its FIN timeout
+    (60 s on Linux), holding its socket and buffers. No ``shutdown`` before: that sends the FIN.
+    """
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError, ValueError):  # already closed
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

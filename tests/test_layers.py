@@ -39,6 +39,7 @@ LAYERS: dict[str, tuple[int, str | None]] = {
     "_resolve": (CORE, None),
     "_proxy": (CORE, None),
     "_defaults": (CORE, None),
+    "_stream_buffer": (CORE, None),
     "_streams": (CORE, None),
     "_pool": (CORE, None),
     "_dialer": (CORE, None),
