@@ -208,25 +208,26 @@ def report(results: dict[str, Rounds]) -> None:
             f" {max(rates) / base_rate:9.2f}x {paired_rate:6.2f}x"
             f" {min(cpu for _, cpu in rounds):12.0f} {paired_cpu:6.2f}x"
         )
-    own = [
-        a - c
-        for (_, a), (_, c) in zip(
-            results["asyncsp (no resumption)"], results["aiohttp-core"], strict=True
-        )
-    ]
-    print(
-        f"  asyncsp's own work per connection (no resumption minus aiohttp-core, same round): "
-        f"{statistics.median(own):.0f} µs CPU (per round {min(own):.0f} to {max(own):.0f})"
+    _difference(
+        results,
+        "asyncsp (no resumption)",
+        "aiohttp-core",
+        "asyncsp's own work per connection (no resumption minus aiohttp-core, same round)",
     )
-    bound = [
-        a - r
-        for (_, a), (_, r) in zip(
-            results["asyncsp (no resumption)"], results["asyncsp (no res., room)"], strict=True
-        )
-    ]
+    _difference(
+        results,
+        "asyncsp (no resumption)",
+        "asyncsp (no res., room)",
+        "of which waiting for closing sockets (no resumption minus room, same round)",
+    )
+
+
+def _difference(results: dict[str, Rounds], name: str, other: str, label: str) -> None:
+    """Print *name*'s CPU per connection minus *other*'s, round by round."""
+    extra = [a - b for (_, a), (_, b) in zip(results[name], results[other], strict=True)]
     print(
-        f"  of which waiting for closing sockets (no resumption minus room, same round): "
-        f"{statistics.median(bound):.0f} µs CPU (per round {min(bound):.0f} to {max(bound):.0f})"
+        f"  {label}: {statistics.median(extra):.0f} µs CPU "
+        f"(per round {min(extra):.0f} to {max(extra):.0f})"
     )
 
 

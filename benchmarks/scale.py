@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import resource
@@ -160,8 +161,10 @@ def _more_descriptors() -> None:
 
 
 @contextlib.asynccontextmanager
-async def asyncsp_client(limit: int, idle: float) -> AsyncIterator[Get]:
-    async with ConnectionManager(default_connection_limit=limit, max_idle_time=idle) as mgr:
+async def asyncsp_client(limit: int, idle: float, bound: int = 0) -> AsyncIterator[Get]:
+    async with ConnectionManager(
+        default_connection_limit=limit, max_idle_time=idle, max_service_points=bound
+    ) as mgr:
 
         async def get(url: str) -> int:
             response = await mgr.get(url)
@@ -195,19 +198,6 @@ def _split(url: str) -> tuple[str, int]:
 
 
 @contextlib.asynccontextmanager
-async def bounded_asyncsp_http(limit: int, idle: float) -> AsyncIterator[Get]:
-    async with ConnectionManager(
-        default_connection_limit=limit, max_idle_time=idle, max_service_points=BOUND
-    ) as mgr:
-
-        async def get(url: str) -> int:
-            response = await mgr.get(url)
-            return len(await response.read())
-
-        yield get
-
-
-@contextlib.asynccontextmanager
 async def bounded_asyncsp_stream(limit: int, idle: float) -> AsyncIterator[Get]:
     async with ConnectionManager(
         default_connection_limit=limit, max_idle_time=idle, max_service_points=BOUND
@@ -236,7 +226,7 @@ async def asyncio_stream(limit: int, idle: float) -> AsyncIterator[Get]:
 
 
 BOUNDED = {
-    "asyncsp": bounded_asyncsp_http,
+    "asyncsp": functools.partial(asyncsp_client, bound=BOUND),
     "aiohttp": aiohttp_client,
     "asyncsp streams": bounded_asyncsp_stream,
     "asyncio streams": asyncio_stream,
