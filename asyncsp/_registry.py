@@ -37,7 +37,7 @@ from ._events import PolicySwapped, TraceHook, Tracer
 from ._policy import TlsPolicy
 from ._protocols import SecurityProtocol
 from ._proxy import ProxyRoute, ProxySettings
-from ._servicepoint import _REAP_SLACK, LayerSlot, ServicePoint, close_quietly
+from ._servicepoint import REAP_SLACK, LayerSlot, ServicePoint, close_quietly
 from ._sockets import SocketOptions
 from ._streams import Stream
 
@@ -341,7 +341,7 @@ class ServicePointRegistry:
         self._reclaims_made += 1
         heapq.heappush(self._reclaims, (due, self._reclaims_made, sp))
         timer = self._reclaim_timer
-        when = due + _REAP_SLACK
+        when = due + REAP_SLACK
         if timer is None or when < timer.when():
             if timer is not None:
                 timer.cancel()
@@ -372,7 +372,7 @@ class ServicePointRegistry:
                 sp.reclaim_if_due()  # may watch it again, for a later deadline
         if reclaims and self._reclaim_timer is None and not self._closed:
             self._reclaim_timer = asyncio.get_running_loop().call_at(
-                reclaims[0][0] + _REAP_SLACK, self._sweep_reclaims
+                reclaims[0][0] + REAP_SLACK, self._sweep_reclaims
             )
 
     def _drop(self, sp: ServicePoint) -> None:

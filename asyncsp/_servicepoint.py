@@ -51,7 +51,7 @@ S = TypeVar("S", bound="EndpointState")
 TLS_LOG = logging.getLogger("asyncsp.tls")
 POOL_LOG = logging.getLogger("asyncsp.pool")
 
-_REAP_SLACK = 0.05
+REAP_SLACK = 0.05
 """Seconds added to an idle deadline so the reaper never runs a hair early."""
 
 
@@ -552,7 +552,7 @@ class ServicePoint:
         )
         if deadline is not None and not self._manager.closed:
             loop = asyncio.get_running_loop()
-            self._reaper = loop.call_at(deadline + _REAP_SLACK, self._reap)
+            self._reaper = loop.call_at(deadline + REAP_SLACK, self._reap)
 
     def _reap(self) -> None:
         self._reaper = None
