@@ -9,6 +9,7 @@ else; the layers below it, and the rule that their imports go one way, are in
 ``tests/test_layers.py``.
 """
 
+from ._contexts import set_context_cache_size
 from ._defaults import Defaults, defaults
 from ._endpoint import Endpoint
 from ._errors import (
@@ -61,7 +62,7 @@ from ._smtp import SendResult, SmtpClient, SmtpReply
 from ._sockets import SocketOptions
 from ._streams import Stream
 from ._system import SystemTlsConfig, system_tls_config
-from ._tls import TlsInfo, set_context_cache_size
+from ._tls import TlsInfo
 
 __version__ = "0.1.0"
 

@@ -32,6 +32,7 @@ import ssl
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ._contexts import context_for_async
 from ._endpoint import normalise_host
 from ._errors import AsyncspError, ConnectError, ManagerClosedError, UnexpectedPlaintextError
 from ._events import ConnectionOpened, HandshakeFailed, HandshakeFinished
@@ -40,7 +41,7 @@ from ._resolve import AddressCache, connect_socket, peer_address
 from ._sessions import SessionCache
 from ._stream_buffer import StreamProtocol
 from ._streams import Stream
-from ._tls import CURRENT_ATTEMPT, ConnectAttempt, TlsInfo, connect_attempt, context_for_async
+from ._tls import CURRENT_ATTEMPT, ConnectAttempt, TlsInfo, connect_attempt
 from ._translate import raise_connect_error
 
 if TYPE_CHECKING:

@@ -18,13 +18,13 @@ import builtins
 import collections
 from typing import TYPE_CHECKING
 
+from ._contexts import built_context, context_for_async
 from ._defaults import Setting
 from ._endpoint import Endpoint
 from ._errors import ManagerClosedError
 from ._http_connector import Connector, TrackedResponse
 from ._http_sockets import RequestClaim, SocketTicket
 from ._servicepoint import LayerSlot
-from ._tls import built_context, context_for_async
 
 if TYPE_CHECKING:
     import ssl

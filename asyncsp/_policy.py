@@ -1,4 +1,4 @@
-"""`TlsPolicy`, the immutable TLS snapshot, and the one factory that turns it into an SSLContext."""
+"""`TlsPolicy`, the immutable TLS snapshot; `asyncsp._contexts` turns it into an SSLContext."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ class TlsPolicy:
         The returned context must not be modified. Building one reads CA files and may take
         tens of milliseconds; async code can call this through ``anyio.to_thread.run_sync``.
         """
-        from ._tls import context_for  # the factory lives with the handshake check
+        from ._contexts import context_for  # the factory imports this module
 
         return context_for(self)
 

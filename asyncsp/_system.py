@@ -5,7 +5,7 @@ configuration file the process loads (``OPENSSL_CONF``, else OpenSSL's own ``ope
 often through ``.include`` files (crypto-policies write exactly that). OpenSSL applies it to
 every new ``SSL_CTX``; CPython's ``ssl.SSLContext`` then overwrites part of it (its minimum of
 TLS 1.2 and, on most builds, its own cipher list), so asyncsp reads the settings back and
-re-applies them to every context it builds (`asyncsp._tls`): the system can tighten a policy,
+re-applies them to every context it builds (`asyncsp._contexts`): the system can tighten a policy,
 never loosen it.
 
 The values are exact: they are asked of a fresh ``SSL_CTX`` made by the very libssl the
@@ -15,7 +15,7 @@ library cannot be asked, `SystemTlsConfig.readable` is ``False`` with the reason
 is guessed.
 
 Everything about reading the system's configuration lives here; what a policy makes of it
-lives in `asyncsp._tls`.
+lives in `asyncsp._contexts`.
 """
 
 from __future__ import annotations

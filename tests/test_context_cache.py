@@ -7,7 +7,7 @@ import gc
 import pytest
 
 from asyncsp import TlsPolicy, set_context_cache_size
-from asyncsp._tls import CONTEXTS, context_for
+from asyncsp._contexts import CONTEXTS, context_for
 
 
 def test_the_context_cache_size_can_be_set() -> None:

@@ -31,6 +31,7 @@ LAYERS: dict[str, tuple[int, str | None]] = {
     "_protocols": (TLS, None),
     "_policy": (TLS, None),
     "_tls": (TLS, None),
+    "_contexts": (TLS, None),
     "_sessions": (TLS, None),
     "_system": (TLS, None),
     "_translate": (TLS, None),  # ssl and OSError errors become ours, chained

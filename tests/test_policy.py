@@ -13,8 +13,8 @@ import trustme
 
 import asyncsp
 from asyncsp import InsecurePolicyWarning, PolicyError, SecurityProtocol, TlsPolicy
+from asyncsp._contexts import CONTEXTS
 from asyncsp._policy import STRONG_CIPHERS
-from asyncsp._tls import CONTEXTS
 
 SP = SecurityProtocol
 
@@ -179,7 +179,7 @@ def test_custom_ciphers_cannot_lower_the_security_level_under_strong_crypto() ->
 
 
 def test_a_context_in_use_stays_the_policys_context_after_lru_eviction(ca_pem: str) -> None:
-    from asyncsp._tls import _CONTEXT_CACHE_SIZE
+    from asyncsp._contexts import _CONTEXT_CACHE_SIZE
 
     policy = TlsPolicy(cadata=ca_pem, alpn=("kept-alive",))
     held = policy.ssl_context()  # a live connection would hold its context like this
