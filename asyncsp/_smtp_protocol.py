@@ -52,7 +52,6 @@ a command line (command injection); the others are line ends to some software.""
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 _ENHANCED_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?= |$)")
 _EHLO_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
-_ASCII_DIGITS = frozenset(b"0123456789")
 _COMPACT_AFTER = 64 * 1024
 """Consumed bytes the parser keeps before moving the rest to the front of its buffer."""
 
@@ -135,27 +134,34 @@ class ReplyParser:
             self._line = self._scan = end + 1
             if stop - start > MAX_REPLY_LINE:
                 self._fail(f"a reply line longer than {MAX_REPLY_LINE} bytes")
-            if stop - start < 3 or not _ASCII_DIGITS.issuperset(buffer[start : start + 3]):
+            digits = buffer[start : start + 3]
+            # bytes.isdigit() is ASCII digits only, never another script's.
+            if stop - start < 3 or not digits.isdigit():
                 self._fail(f"a malformed reply line {bytes(buffer[start:stop])[:60]!r}")
-            code = int(buffer[start : start + 3])
+            code = int(digits)
             separator = buffer[start + 3] if stop > start + 3 else 0x20
             if not 200 <= code <= 599 or separator not in (0x20, 0x2D):
                 self._fail(f"a malformed reply line {bytes(buffer[start:stop])[:60]!r}")
-            if self._lines and code != self._code:
-                self._fail(f"a multi-line reply mixing codes {self._code} and {code}")
-            self._code = code
-            self._lines.append(buffer[start + 4 : stop].decode("utf-8", "replace"))
-            if separator == 0x20:
-                reply = SmtpReply(code, "\n".join(self._lines))
+            lines = self._lines
+            if separator == 0x20 and not lines:  # a one-line reply: most of them
+                reply = SmtpReply(code, buffer[start + 4 : stop].decode("utf-8", "replace"))
+            else:
+                if lines and code != self._code:
+                    self._fail(f"a multi-line reply mixing codes {self._code} and {code}")
+                self._code = code
+                lines.append(buffer[start + 4 : stop].decode("utf-8", "replace"))
+                if separator != 0x20:
+                    if len(lines) >= MAX_REPLY_LINES:
+                        self._fail(f"a reply of more than {MAX_REPLY_LINES} lines")
+                    continue
+                reply = SmtpReply(code, "\n".join(lines))
                 self._lines = []
-                self._reply = self._line
-                if self._reply == len(buffer) or self._reply > _COMPACT_AFTER:
-                    del buffer[: self._reply]
-                    self._scan -= self._reply
-                    self._line = self._reply = 0
-                return reply
-            if len(self._lines) >= MAX_REPLY_LINES:
-                self._fail(f"a reply of more than {MAX_REPLY_LINES} lines")
+            self._reply = self._line
+            if self._reply == len(buffer) or self._reply > _COMPACT_AFTER:
+                del buffer[: self._reply]
+                self._scan -= self._reply
+                self._line = self._reply = 0
+            return reply
 
     def _fail(self, what: str) -> None:
         where = self._endpoint or "the SMTP server"
@@ -227,6 +233,14 @@ def encode_data(body: bytes) -> EncodedContent:
     return EncodedContent(text.replace(b"\r\n.", b"\r\n..") + b".\r\n")
 
 
+_EHLO_MEMO: dict[str, tuple[tuple[str, str], ...]] = {}
+"""Extension lines of EHLO replies -> what they offer: a server answers every session's EHLO
+alike, and parsing its lines is a session's largest piece of reply handling."""
+_EHLO_MEMO_SIZE = 32
+_EHLO_MEMO_TEXT = 4096
+"""Longer extension lists are parsed each time, so the memo stays small."""
+
+
 def parse_ehlo(reply: SmtpReply) -> dict[str, str]:
     """The extensions an EHLO reply offers: upper-case keyword -> parameters (RFC 5321 §4.1.1.1).
 
@@ -234,8 +248,20 @@ def parse_ehlo(reply: SmtpReply) -> dict[str, str]:
     ``ehlo-keyword [SP params]`` are skipped. The old ``AUTH=LOGIN PLAIN`` form some servers
     still send is merged into ``AUTH``.
     """
+    _, _, lines = reply.message.partition("\n")
+    known = _EHLO_MEMO.get(lines)
+    if known is None:
+        known = tuple(_parse_extensions(lines.split("\n") if lines else []).items())
+        if len(lines) <= _EHLO_MEMO_TEXT:
+            if len(_EHLO_MEMO) >= _EHLO_MEMO_SIZE:
+                _EHLO_MEMO.clear()  # atomic: sessions may run in several threads' loops
+            _EHLO_MEMO[lines] = known
+    return dict(known)
+
+
+def _parse_extensions(lines: list[str]) -> dict[str, str]:
     extensions: dict[str, str] = {}
-    for line in reply.lines[1:]:
+    for line in lines:
         keyword, _, params = line.strip().partition(" ")
         if keyword.upper().startswith("AUTH="):
             keyword, params = "AUTH", f"{keyword[5:]} {params}".strip()

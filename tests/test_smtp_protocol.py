@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 from asyncsp import SmtpProtocolError, SmtpReplyError
 from asyncsp._errors import SmtpArgumentError
 from asyncsp._smtp_protocol import (
+    _EHLO_MEMO,
+    _EHLO_MEMO_SIZE,
+    _EHLO_MEMO_TEXT,
     _SENDABLE,
     _TRANSITIONS,
     MAX_REPLY_LINE,
@@ -72,6 +75,11 @@ def test_parser_reads_replies(wire: bytes, expected: list[SmtpReply]) -> None:
         b"+OK pop3\r\n",
         b"\xef\xbb\xbf250 bom\r\n",
         b"250-a\r\n251 b\r\n",  # a multi-line reply with two codes
+        b" 25 ok\r\n",  # int() would take " 25", "2_5" and "+25"; a code is three ASCII digits
+        b"2_5 ok\r\n",
+        b"+25 ok\r\n",
+        "\u0662\u0665\u0660 ok\r\n".encode(),  # Arabic-Indic digits are not a code
+        b"250-a\r\n2_0 b\r\n",
         b"250 " + b"x" * (MAX_REPLY_LINE - 3) + b"\r\n",
     ],
 )
@@ -280,6 +288,23 @@ def test_data_property_only_our_end_can_end_the_message(body: bytes) -> None:
 )
 def test_parse_ehlo(lines: list[str], expected: dict[str, str]) -> None:
     assert parse_ehlo(SmtpReply(250, "\n".join(lines))) == expected
+    assert parse_ehlo(SmtpReply(250, "\n".join(lines))) == expected  # remembered: the same
+
+
+def test_parse_ehlo_remembers_extension_lines_not_greetings() -> None:
+    first = parse_ehlo(SmtpReply(250, "mx1 hello [10.0.0.1]\nPIPELINING\nSIZE 100"))
+    first["SIZE"] = "1"  # each session gets a dict of its own
+    second = parse_ehlo(SmtpReply(250, "mx2 hello [10.0.0.2]\nPIPELINING\nSIZE 100"))
+    assert second == {"PIPELINING": "", "SIZE": "100"}
+
+
+def test_parse_ehlo_memo_stays_bounded() -> None:
+    for i in range(3 * _EHLO_MEMO_SIZE):
+        assert parse_ehlo(SmtpReply(250, f"mx\nSIZE {i}")) == {"SIZE": str(i)}
+        assert len(_EHLO_MEMO) <= _EHLO_MEMO_SIZE
+    long = "mx\n" + "\n".join(f"X-EXT{i} " + "p" * 60 for i in range(200))
+    assert len(parse_ehlo(SmtpReply(250, long))) == 200
+    assert all(len(key) <= _EHLO_MEMO_TEXT for key in _EHLO_MEMO)
 
 
 # -- the session state machine --------------------------------------------------------------
