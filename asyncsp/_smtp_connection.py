@@ -89,6 +89,7 @@ class SmtpConnection(OnStream):
         self.username: str | None = None
         self.busy = False
         self._broken = False
+        self._loop = asyncio.get_running_loop()  # the stream's: a session never changes loops
 
     # -- what the pool asks ------------------------------------------------------------
 
@@ -115,7 +116,7 @@ class SmtpConnection(OnStream):
                     # QUIT is a few bytes (written at once, never drained): the reply's
                     # deadline is the whole goodbye's.
                     limit = min(QUIT_TIMEOUT, self.timeout or QUIT_TIMEOUT)
-                    until = (asyncio.get_running_loop().time() + limit, "the reply to QUIT")
+                    until = (self._loop.time() + limit, "the reply to QUIT")
                     await self._write(self.session.command(Command.QUIT), Command.QUIT)
                     await self._replies(1, until=until)
         except BaseException:
@@ -174,16 +175,17 @@ class SmtpConnection(OnStream):
         the exchange's own deadline (loop time), and a timeout then names *what*.
         """
         session = self.session
+        parser = session.parser
         results: list[tuple[Command, SmtpReply]] = []
-        loop = asyncio.get_running_loop()
         deadline: float | None = None
         try:
             while True:
-                item = session.next_reply()
+                # Nothing buffered (the usual case after a command) can hold no reply.
+                item = session.next_reply() if parser.buffered else None
                 if item is None:
                     command = session.pending[0] if session.pending else Command.NOOP
                     if deadline is None:
-                        deadline = loop.time() + self._limit(command)
+                        deadline = self._loop.time() + self._limit(command)
                         if until is not None:
                             deadline = min(deadline, until[0])
                     try:
@@ -340,7 +342,7 @@ class SmtpConnection(OnStream):
         _log.debug("%s AUTH %s as %r", endpoint, mechanism, username)
         # One deadline for the whole exchange, not one per challenge: each reply coming
         # just in time must not stretch it.
-        until = (asyncio.get_running_loop().time() + self._limit(Command.AUTH), "the AUTH exchange")
+        until = (self._loop.time() + self._limit(Command.AUTH), "the AUTH exchange")
         hidden = f"AUTH {mechanism} (credentials hidden)"
         await self._write(self.session.command(Command.AUTH, *args), Command.AUTH, shown=hidden)
         reply = (await self._replies(1, until=until))[0][1]

@@ -314,6 +314,10 @@ class Command(enum.Enum):
     QUIT = "QUIT"
 
 
+_VERBS = {command: command.value for command in Command}
+"""Each command's verb, read once (an enum's ``value`` is a descriptor call on every read)."""
+
+
 class Outcome(enum.Enum):
     """The class of a reply code (RFC 5321 §4.2.1)."""
 
@@ -323,7 +327,18 @@ class Outcome(enum.Enum):
 
     @classmethod
     def of(cls, code: int) -> Outcome:
-        return cls.POSITIVE if code < 300 else cls.INTERMEDIATE if code < 400 else cls.NEGATIVE
+        """The class of *code*, a reply code from 200 to 599 (what the parser passes on)."""
+        return _OUTCOMES[code // 100]
+
+
+_OUTCOMES = (
+    Outcome.NEGATIVE,  # never used: the parser refuses codes under 200
+    Outcome.NEGATIVE,
+    Outcome.POSITIVE,
+    Outcome.INTERMEDIATE,
+    Outcome.NEGATIVE,
+    Outcome.NEGATIVE,
+)
 
 
 S, C, R = State, Command, Outcome
@@ -434,7 +449,7 @@ class SmtpSession:
     def command(self, command: Command, *args: str) -> bytes:
         """The bytes of *command* with *args*; its reply is then awaited after the queue's."""
         self._check_can_send(command)
-        line = encode_command(command.value, *args, utf8=self.utf8)
+        line = encode_command(_VERBS[command], *args, utf8=self.utf8)
         self.pending.append(command)
         return line
 
@@ -524,7 +539,7 @@ class SmtpSession:
         if reply.code == SERVICE_CLOSING:
             self.state = State.CLOSED
             return command, reply
-        after = _TRANSITIONS.get((self.state, command, Outcome.of(reply.code)))
+        after = _TRANSITIONS.get((self.state, command, _OUTCOMES[reply.code // 100]))
         required = _REQUIRED_CODE.get(command)
         if required is not None and reply.code != required:
             self.state = State.CLOSED
