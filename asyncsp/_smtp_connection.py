@@ -180,7 +180,8 @@ class SmtpConnection(OnStream):
         deadline: float | None = None
         try:
             while True:
-                # Nothing buffered (the usual case after a command) can hold no reply.
+                # With nothing buffered (the usual case after a command) there is no reply
+                # to parse yet: read first.
                 item = session.next_reply() if parser.buffered else None
                 if item is None:
                     command = session.pending[0] if session.pending else Command.NOOP

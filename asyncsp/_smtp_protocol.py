@@ -325,14 +325,10 @@ class Outcome(enum.Enum):
     INTERMEDIATE = 3
     NEGATIVE = 4  # 4yz and 5yz alike: the command did not take effect
 
-    @classmethod
-    def of(cls, code: int) -> Outcome:
-        """The class of *code*, a reply code from 200 to 599 (what the parser passes on)."""
-        return _OUTCOMES[code // 100]
-
 
 _OUTCOMES = (
-    Outcome.NEGATIVE,  # never used: the parser refuses codes under 200
+    # A reply code's class by its first digit; the parser passes on codes from 200 to 599.
+    Outcome.NEGATIVE,
     Outcome.NEGATIVE,
     Outcome.POSITIVE,
     Outcome.INTERMEDIATE,
