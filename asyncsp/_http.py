@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import dataclasses
 import re
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp.http import RawResponseMessage
@@ -28,10 +27,9 @@ from yarl import URL
 
 from ._errors import HttpArgumentError, HttpError, ManagerClosedError, TimeoutError
 from ._http_errors import cause_for, raise_from, translate_http_error
-from ._http_pool import HttpLayer
+from ._http_pool import LAYER_SLOT, HttpLayer
 from ._http_response import Response, ResponseContent
 from ._http_sockets import CLAIM, RequestClaim
-from ._tls import CURRENT_ATTEMPT
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -112,18 +110,32 @@ _ORIGIN_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
 _REPLAYABLE = (bytes, bytearray, str, Mapping, list, tuple)
 
 
-@dataclasses.dataclass(slots=True)
 class _Call:
-    """One call of `request`/`fetch`, its options validated once."""
+    """One call of `request`/`fetch`, its options validated once (a plain class: one is made
+    per request, and a dataclass's keyword defaults cost more to fill in)."""
 
-    method: str
-    url: URL
-    options: dict[str, Any]  # handed to aiohttp's ClientSession.request as they are
-    follow: bool = True
-    max_redirects: int = MAX_REDIRECTS
-    allow_insecure: bool = False
-    max_body_size: int | None = None
-    total: float | None = None  # the total timeout given, for messages
+    __slots__ = (
+        "allow_insecure",
+        "follow",
+        "max_body_size",
+        "max_redirects",
+        "method",
+        "options",
+        "total",
+        "url",
+    )
+
+    def __init__(
+        self, method: str, url: URL, options: dict[str, Any], max_body_size: int | None
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.options = options  # handed to aiohttp's ClientSession.request as they are
+        self.max_body_size = max_body_size
+        self.follow = True
+        self.max_redirects = MAX_REDIRECTS
+        self.allow_insecure = False
+        self.total: float | None = None  # the total timeout given, for messages
 
 
 def _prepare(
@@ -146,7 +158,7 @@ def _prepare(
     headers = kwargs.get("headers")
     if headers is not None:
         kwargs["headers"] = _checked_headers(headers)
-    call = _Call(known, target, kwargs, max_body_size=manager.max_body_size)
+    call = _Call(known, target, kwargs, manager.max_body_size)
     if kwargs.keys() <= _PASSED_TO_AIOHTTP:
         return call  # none of ours to take out (the common case: headers, params, data)
     unknown = kwargs.keys() - _PASSED_TO_AIOHTTP - _OURS
@@ -239,18 +251,21 @@ async def _send(
     claim = RequestClaim(connector, fresh=not retry)
     started = time.monotonic()
     try:
-        # What `_tls.connect_attempt` does, without its generator machinery (this is the hot
-        # path): a connection aiohttp opens in this task offers the service point's session
-        # and reports its handshake to the service point.
-        token = CURRENT_ATTEMPT.set(connector.attempt)
-        claimed = CLAIM.set(claim)
+        # How the connector's hooks find the claim: aiohttp's pool lookup runs before
+        # `_request` first waits, unless trace hooks run first (see `_PoolConnector._get`).
+        pool = connector.aiohttp_connector
+        if connector.traced:
+            claim.token = CLAIM.set(claim)
+        else:
+            pool.asyncsp_claim = claim
         try:
             # ClientSession._request is what .request() wraps in a context manager we do not
             # need; skipping the wrapper saves a microsecond per request (pinned aiohttp range).
             aio = await connector.session._request(method, url, allow_redirects=False, **options)
         finally:
-            CLAIM.reset(claimed)
-            CURRENT_ATTEMPT.reset(token)
+            pool.asyncsp_claim = None
+            if claim.token is not None:
+                CLAIM.reset(claim.token)
     except BaseException as exc:
         endpoint.request_ended(connector, None, claim)
         if not isinstance(exc, Exception):
@@ -269,7 +284,7 @@ async def _send(
             route=endpoint.route,
         )
         raise_from(error, cause_for(error, exc, endpoint.route))
-    tracked = cast("TrackedResponse", aio)  # the session's response_class
+    tracked: TrackedResponse = aio  # type: ignore[assignment]  # the session's response_class
     state = tracked.asyncsp_state
     if state is not None and state.ssl_object is not None:
         # The first response on a new connection: its TLS 1.3 tickets have arrived by now.
@@ -491,7 +506,7 @@ async def fetch(
 ) -> Response:
     """Send a request, read its body (at most ``max_body_size``) and free the connection."""
     call = _prepare(manager, method, url, kwargs)
-    layer = HttpLayer.of(manager)
+    layer = manager.layer(LAYER_SLOT) or HttpLayer.of(manager)  # `of` makes it on first use
     started = time.monotonic()
     try:
         response = await _send(layer, call, call.method, call.url, call.options)

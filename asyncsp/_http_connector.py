@@ -22,10 +22,10 @@ import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
 from ._events import ConnectionClosed, ConnectionOpened
-from ._http_sockets import CLAIM, NagleSocket, SocketTicket, TrackedSocket
+from ._http_sockets import CLAIM, NagleSocket, RequestClaim, SocketTicket, TrackedSocket
 from ._http_tunnel import Tunnel, TunnelConnector
 from ._sockets import reset_on_close
-from ._tls import ConnectAttempt, TlsInfo, established_info
+from ._tls import CURRENT_ATTEMPT, ConnectAttempt, TlsInfo, established_info
 
 if TYPE_CHECKING:
     import ssl
@@ -98,9 +98,7 @@ class TrackedResponse(aiohttp.ClientResponse):
             state = owner.first_use(protocol, connection)
         self.asyncsp_protocol, self.asyncsp_state = protocol, state
         state.response = weakref.ref(self)
-        if owner.retired or (
-            owner.endpoint.sp.connection_lease_timeout is not None and owner.must_close(state)
-        ):
+        if owner.retired or (owner.endpoint.lease is not None and owner.must_close(state)):
             protocol.force_close()  # closed when this response releases it, never pooled
         return super().start(connection)
 
@@ -122,6 +120,8 @@ class Connector:
         self.interleave = sp.interleave
         self.retired = False
         self.closing = False
+        # Trace hooks run (and may wait) before aiohttp's pool lookup: see `_PoolConnector._get`.
+        self.traced = bool(endpoint.layer.manager.trace_configs)
         self.in_flight = 0
         self.open_sockets = 0
         # What we know of each connection, dropped when its socket closes.
@@ -453,12 +453,21 @@ class _PoolConnector(aiohttp.TCPConnector):
     def __init__(self, owner: Connector, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.asyncsp_owner = owner
+        self.asyncsp_claim: RequestClaim | None = None  # see `_get`
 
     async def _create_connection(
         self, req: ClientRequest, traces: list[Any], timeout: aiohttp.ClientTimeout
     ) -> ResponseHandler:
-        protocol = await super()._create_connection(req, traces, timeout)
-        self.asyncsp_owner.connected(protocol)
+        owner = self.asyncsp_owner
+        # What `_tls.connect_attempt` does, without its generator machinery: the connection
+        # made here (in this task, or in the tasks Happy Eyeballs starts from it) offers the
+        # service point's TLS session and reports its handshake to the service point.
+        token = CURRENT_ATTEMPT.set(owner.attempt)
+        try:
+            protocol = await super()._create_connection(req, traces, timeout)
+        finally:
+            CURRENT_ATTEMPT.reset(token)
+        owner.connected(protocol)
         return protocol
 
     def _cleanup(self) -> None:
@@ -467,32 +476,66 @@ class _PoolConnector(aiohttp.TCPConnector):
         super()._cleanup()
         self.asyncsp_owner.count_expired(idle)
 
-    async def _get(self, key: Any, traces: list[Any]) -> aiohttp.connector.Connection | None:
-        owner = self.asyncsp_owner
-        pooled = self._conns.get(key)
-        keepalive = self._keepalive_timeout
-        expiring = None
-        if (
-            pooled
-            and keepalive is not None
-            and time.monotonic() - pooled[0][1] > keepalive - _EXPIRY_SLACK
-        ):
-            expiring = owner.idle_open()  # aiohttp expires the oldest here: counted after
-        claim = CLAIM.get()
-        if claim is not None and claim.fresh:
-            # The retry after a stale connection: a new one, never the pool's.
-            await owner.endpoint.room_for_new_socket(owner)
-            connection = None
+    def _get(
+        self, key: Any, traces: list[Any]
+    ) -> Coroutine[Any, Any, aiohttp.connector.Connection | None]:
+        # A plain def returning aiohttp's own coroutine on the hot path: no frame of ours per
+        # request. aiohttp calls it before `_request` first waits (trace hooks aside), so the
+        # request's claim is the one `_send` just left here; a traced request's is in the
+        # task's context, and so is the claim of one that may open a connection (for
+        # `Connector._make_socket`, in this task or those Happy Eyeballs starts from it).
+        claim = self.asyncsp_claim
+        if claim is not None:
+            self.asyncsp_claim = None
         else:
-            connection = await super()._get(key, traces)
-            if connection is not None:
-                if claim is not None:
-                    claim.protocol = connection.protocol
+            claim = CLAIM.get()
+        pooled = self._conns.get(key)
+        if pooled and claim is not None and not claim.fresh:
+            # aiohttp takes the oldest idle connection still open and not past its keep-alive,
+            # at once: when the oldest is both, the claim knows here that it takes that one.
+            protocol, released_at = pooled[0]
+            keepalive = self._keepalive_timeout
+            if (
+                keepalive is None or time.monotonic() - released_at <= keepalive - _EXPIRY_SLACK
+            ) and protocol.is_connected():
+                claim.took(protocol)
                 if HTTP_LOG.isEnabledFor(logging.DEBUG):
-                    HTTP_LOG.debug("%s: reusing an idle connection", owner.endpoint.sp.address)
-        if expiring:
-            owner.count_expired(expiring)
+                    HTTP_LOG.debug(
+                        "%s: reusing an idle connection", self.asyncsp_owner.endpoint.sp.address
+                    )
+                return super()._get(key, traces)
+        if claim is not None and claim.token is None:
+            claim.token = CLAIM.set(claim)  # reset by `_send`
+        if claim is not None and claim.fresh:
+            return self._get_fresh()
+        if not pooled:
+            return super()._get(key, traces)  # nothing idle: the request opens a connection
+        return self._get_watched(key, traces, claim)
+
+    async def _get_watched(
+        self, key: Any, traces: list[Any], claim: RequestClaim | None
+    ) -> aiohttp.connector.Connection | None:
+        """`_get` where aiohttp may close idle connections first (past their keep-alive, or
+        closed by the peer): those it closes are counted as orphans, the one it hands out
+        is told to the claim."""
+        owner = self.asyncsp_owner
+        idle = owner.idle_open()
+        try:
+            connection = await super()._get(key, traces)
+        finally:
+            owner.count_expired(idle)
+        if connection is not None and connection.protocol is not None:
+            if claim is not None:
+                claim.took(connection.protocol)
+            if HTTP_LOG.isEnabledFor(logging.DEBUG):
+                HTTP_LOG.debug("%s: reusing an idle connection", owner.endpoint.sp.address)
         return connection
+
+    async def _get_fresh(self) -> None:
+        """`_get` for the retry after a stale connection: a new one, never the pool's; room
+        for it is made first."""
+        owner = self.asyncsp_owner
+        await owner.endpoint.room_for_new_socket(owner)
 
 
 class _TunnelPoolConnector(_PoolConnector, TunnelConnector):

@@ -57,11 +57,12 @@ class HttpEndpoint:
         self.current: Connector | None = None
         self.retired: list[Connector] = []
         # The last check of a connector against the settings (`_recheck`): the connector,
-        # the settings' generation then, and the lease timeout read with them. While the
-        # generation has not moved, the same connector still matches.
+        # the settings' generation then, and the lease timeout read with them (read by the
+        # connector too, for the requests begun since). While the generation has not moved,
+        # the same connector still matches.
         self._checked: Connector | None = None
         self._checked_generation = -1
-        self._lease: float | None = None
+        self.lease: float | None = None
         # sp.connection_limit, as read at _limit_generation (the gate reads it at every wake).
         self._limit = 0
         self._limit_generation = -1
@@ -91,7 +92,7 @@ class HttpEndpoint:
         if not connector.matches(sp, sp.policy):
             return False
         self._checked, self._checked_generation = connector, generation
-        self._lease = sp.connection_lease_timeout
+        self.lease = sp.connection_lease_timeout
         return True
 
     async def admit(self, deadline: float | None = None) -> None:
@@ -168,7 +169,7 @@ class HttpEndpoint:
             current is not self._checked or self._checked_generation != Setting.generation
         ) and not self._recheck(current):
             return None
-        if self._lease is not None:
+        if self.lease is not None:
             current.close_idle(only_expired=True)  # before the gate counts the orphans
         if (
             self._waiters
@@ -219,7 +220,7 @@ class HttpEndpoint:
                 async with asyncio.timeout_at(deadline):
                     await self.connector()
                 continue
-            if self._lease is not None:  # read with the check above
+            if self.lease is not None:  # read with the check above
                 connector.close_idle(only_expired=True)
             # A swap (or the lease) may just have closed idle sockets that are not gone
             # yet; with them the slot we hold could pass the limit: wait until they are.

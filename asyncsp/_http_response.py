@@ -139,8 +139,11 @@ class Response:
         if limit is not None and len(data) > limit:
             self.close()
             raise self._too_large(limit)
-        self._check_whole()
-        self._end()
+        state = self._aio.asyncsp_state
+        if state is not None and state.tls_object is not None:
+            self._check_whole()
+        if not self._done:  # (often ended already: aiohttp releases a body read in one go)
+            self._end()
         self._body = data
         return True
 

@@ -75,12 +75,13 @@ class RequestClaim:
 
     __slots__ = (
         "_attempts",
-        "_protocol",
         "_received_before",
         "connector",
         "fresh",
         "pooled",
+        "protocol",
         "ticket",
+        "token",
     )
 
     def __init__(self, connector: Connector, *, fresh: bool = False) -> None:
@@ -89,8 +90,12 @@ class RequestClaim:
         self.ticket: SocketTicket | None = None  # the last socket opened for this request
         self.pooled: SocketTicket | None = None  # the socket of a pooled connection it reused
         self._attempts: list[SocketTicket] | None = None  # Happy Eyeballs: every socket tried
-        self._protocol: ResponseHandler | None = None
+        # The pooled connection the request reused, if it did (see `took`).
+        self.protocol: ResponseHandler | None = None
         self._received_before = 0
+        # Set while the claim is in the task's context (`CLAIM`): for a traced request, or
+        # once it may open a connection (Happy Eyeballs' tasks inherit the context).
+        self.token: contextvars.Token[RequestClaim | None] | None = None
 
     def opened(self, ticket: SocketTicket) -> None:
         """A socket was opened for this request. Happy Eyeballs may open several, and the
@@ -110,18 +115,16 @@ class RequestClaim:
                     return ticket
         return self.ticket
 
-    @property
-    def protocol(self) -> ResponseHandler | None:
-        """A pooled connection the request reused (set by the connector as it takes one)."""
-        return self._protocol
-
-    @protocol.setter
-    def protocol(self, protocol: ResponseHandler | None) -> None:
-        self._protocol = protocol
-        state = self.connector.states.get(protocol) if protocol is not None else None
-        self.pooled = state.ticket if state is not None else None
-        if self.pooled is not None:
-            self._received_before = self.pooled.received
+    def took(self, protocol: ResponseHandler) -> None:
+        """The request takes *protocol*'s connection: remembered if it is a pooled one (it has
+        carried a response before; a new one's socket is known from `opened`)."""
+        state = self.connector.states.get(protocol)
+        if state is None:
+            return
+        self.protocol = protocol
+        self.pooled = pooled = state.ticket
+        if pooled is not None:
+            self._received_before = pooled.received
 
     def received_on_pooled(self) -> bool:
         """Whether `TrackedSocket.recv` read bytes on the reused pooled connection since the
@@ -130,7 +133,7 @@ class RequestClaim:
 
     def closing_ticket(self, connector: Connector) -> SocketTicket | None:
         """The ticket of the request's socket if aiohttp is closing it, else None."""
-        protocol = self._protocol
+        protocol = self.protocol
         if protocol is not None:
             state = connector.states.get(protocol)
             ticket = state.ticket if state is not None else None
@@ -150,6 +153,9 @@ CLAIM: contextvars.ContextVar[RequestClaim | None] = contextvars.ContextVar(
 """The claim of the request running in this task (set around aiohttp's request call)."""
 
 
+_recv = socket.socket.recv
+
+
 class TrackedSocket(socket.socket):
     """A socket that reports its close, so ``current_connections`` and the gate stay exact."""
 
@@ -161,7 +167,7 @@ class TrackedSocket(socket.socket):
         # its answer had begun (then it is never sent again). asyncio's transports read plain
         # text with recv; TLS goes through recv_into, uncounted (what arrives there may be the
         # close_notify of an idle close, and the parser decides).
-        data = super().recv(bufsize, flags)
+        data = _recv(self, bufsize, flags)  # socket.socket's own, without super()'s lookup
         ticket = self.ticket
         if ticket is not None:
             ticket.received += len(data)

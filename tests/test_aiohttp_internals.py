@@ -393,3 +393,52 @@ async def test_the_pool_and_its_hooks_at_work(server_port: int) -> None:
         assert not any(connector._conns.values())
     finally:
         await session.close()
+
+
+async def test_the_pool_hands_out_its_oldest_open_connection_first(server_port: int) -> None:
+    """asyncsp's pool lookup knows which connection a request takes before aiohttp's
+    ``_get`` runs: the first entry of the deque, when it is open and not expiring."""
+    _Response.protocols.clear()
+    connector = _Recorder(keepalive_timeout=30, limit_per_host=0)
+    session = aiohttp.ClientSession(connector=connector, response_class=_Response)
+    url = f"http://127.0.0.1:{server_port}/"
+    try:
+        # Two requests in flight at once: two connections.
+        first, second = await asyncio.gather(
+            session._request("GET", url, allow_redirects=False),
+            session._request("GET", url, allow_redirects=False),
+        )
+        assert len(connector.created) == 2
+        for response in (second, first):  # pooled in this order: second is the oldest
+            await response.read()
+            response.release()
+        [entries] = connector._conns.values()
+        oldest, newest = (protocol for protocol, _ in entries)
+        assert {oldest, newest} == set(_Response.protocols) and oldest is not newest
+        for expected in (oldest, newest):
+            response = await session._request("GET", url, allow_redirects=False)
+            assert connector.gets[-1] is expected
+            await response.read()  # pooled again, now behind the other one
+        assert len(connector.created) == 2
+    finally:
+        await session.close()
+
+
+async def test_the_pool_lookup_runs_before_the_request_first_waits(server_port: int) -> None:
+    """asyncsp hands a request's claim to its pool lookup through the connector (no context
+    variable on the hot path): that holds only while nothing in ``_request`` before the
+    lookup waits (trace hooks aside, which asyncsp handles apart)."""
+    connector = _Recorder(limit_per_host=0)
+    session = aiohttp.ClientSession(connector=connector)
+    url = f"http://127.0.0.1:{server_port}/"
+    try:
+        for pooled in (False, True):
+            task = asyncio.create_task(session._request("GET", url, allow_redirects=False))
+            await asyncio.sleep(0)  # the task's first step, up to its first wait
+            assert len(connector.gets) == 1 + pooled
+            response = await task
+            await response.read()
+            response.release()
+        assert connector.gets[-1] is not None  # the second took the pooled connection
+    finally:
+        await session.close()

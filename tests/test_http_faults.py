@@ -9,6 +9,7 @@ import socket
 import ssl
 import warnings
 
+import aiohttp
 import pytest
 import trustme
 from yarl import URL
@@ -25,7 +26,7 @@ from asyncsp import (
 )
 from asyncsp._http_pool import HttpLayer
 
-from .servers import LOCAL, RawServer, fd_baseline, reset, server_context
+from .servers import LOCAL, RawServer, fd_baseline, reset, server_context, wait_until
 from .test_http_support import Trusted, WebServer, endpoint_of, settled
 
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
@@ -160,6 +161,45 @@ async def test_stale_connection_is_retried_once_for_get() -> None:
         assert await (await mgr.get(server.url())).read() == b"ok"
         assert server.connections == 2
         assert len(server.heads) == 3  # the second GET went out twice
+
+
+@pytest.mark.parametrize("traced", [False, True])
+async def test_stale_connections_taken_at_once_are_each_retried(traced: bool) -> None:
+    """Two requests take two stale pooled connections at once. Traced, each waits in a trace
+    hook before aiohttp's pool lookup, so the other runs in between: each request's claim
+    must still reach its own lookup (see asyncsp._http_connector._PoolConnector._get)."""
+
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
+    ) -> None:
+        answered = False
+        while True:
+            await server.read_request(reader)
+            if index < 2 and answered:
+                return  # the first two connections answer once, then go stale
+            writer.write(OK_HEAD % 2 + b"ok")
+            await writer.drain()
+            answered = True
+
+    configs = []
+    if traced:
+        config = aiohttp.TraceConfig()
+
+        async def waits(*_: object) -> None:
+            await asyncio.sleep(0)
+
+        config.on_request_start.append(waits)
+        configs.append(config)
+    server = RawServer(script)
+    async with server, ConnectionManager(trace_configs=configs) as mgr:
+        for _ in range(2):
+            responses = await asyncio.gather(mgr.get(server.url()), mgr.get(server.url()))
+            assert [await response.read() for response in responses] == [b"ok", b"ok"]
+        assert server.connections == 4
+        assert len(server.heads) == 6  # both second-round GETs went out twice
+        endpoint = endpoint_of(mgr, server.url())
+        await wait_until(lambda: endpoint.sp.current_connections == 2)  # the stale ones gone
+        assert endpoint.held == 0 and endpoint.orphans == 0
 
 
 async def test_stale_tls_connection_is_retried_once(
