@@ -248,7 +248,7 @@ async def _send(
     connector = endpoint.try_begin()
     if connector is None:
         connector, options = await _begin_waiting(endpoint, method, url, options)
-    claim = RequestClaim(connector, fresh=not retry)
+    claim = RequestClaim(connector, not retry)
     started = time.monotonic()
     try:
         # How the connector's hooks find the claim: aiohttp's pool lookup runs before
@@ -510,7 +510,7 @@ async def fetch(
     started = time.monotonic()
     try:
         response = await _send(layer, call, call.method, call.url, call.options)
-        if call.follow and response.status in _REDIRECTS:
+        if call.follow and response._aio.status in _REDIRECTS:  # (not the property: hot path)
             response = await _follow(layer, call, response, started)
         if not response._read_buffered():
             await response.read()

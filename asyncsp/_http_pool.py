@@ -281,12 +281,17 @@ class HttpEndpoint:
         if response is not None:
             state, protocol = response.asyncsp_state, response.asyncsp_protocol
             ticket = state.ticket if state is not None else None
+            # Once aiohttp has released the connection, it has closed it (no transport) or
+            # pooled it; before, `should_close` says which it will do.
             if (
                 ticket is not None
                 and protocol is not None
                 and not ticket.done
                 and not ticket.orphan
-                and (protocol.transport is None or protocol.should_close)
+                and (
+                    protocol.transport is None
+                    or (response.connection is not None and protocol.should_close)
+                )
             ):
                 closing = ticket
         elif claim is not None:

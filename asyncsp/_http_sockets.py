@@ -84,7 +84,7 @@ class RequestClaim:
         "token",
     )
 
-    def __init__(self, connector: Connector, *, fresh: bool = False) -> None:
+    def __init__(self, connector: Connector, fresh: bool = False) -> None:
         self.connector = connector
         self.fresh = fresh
         self.ticket: SocketTicket | None = None  # the last socket opened for this request
