@@ -139,8 +139,13 @@ class Response:
         if limit is not None and len(data) > limit:
             self.close()
             raise self._too_large(limit)
-        state = self._aio.asyncsp_state
-        if state is not None and state.tls_object is not None:
+        aio = self._aio
+        state = aio.asyncsp_state
+        if (
+            state is not None
+            and state.tls_object is not None
+            and "Content-Length" not in aio.headers  # (`_check_whole`'s first test, inlined)
+        ):
             self._check_whole()
         if not self._done:  # (often ended already: aiohttp releases a body read in one go)
             self._end()

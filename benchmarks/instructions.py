@@ -113,9 +113,8 @@ def main() -> None:
                     counts[name] = per_request(name, url, cafile, args.base, args.requests)
                     print(f"  {scheme:5} {name:12} {counts[name]:9.0f} instructions/request")
             mine, peer, core = counts["asyncsp"], counts["aiohttp"], counts["aiohttp-core"]
-            print(
-                f"{scheme.upper()} keep-alive GETs, c={CONCURRENCY}, Python {sys.version.split()[0]}"
-            )
+            python = sys.version.split()[0]
+            print(f"{scheme.upper()} keep-alive GETs, c={CONCURRENCY}, Python {python}")
             print(f"  asyncsp/aiohttp       {mine / peer:.3f}  (goal <= 1.0; lower is cheaper)")
             print(f"  asyncsp/aiohttp-core  {mine / core:.3f}")
             print(

@@ -226,3 +226,48 @@ async def test_a_server_asking_to_renegotiate_is_refused(
                 # Renegotiation would run a second handshake after our check; the client
                 # refuses it (no_renegotiation), so nothing sent after it ever arrives.
                 assert b"after renegotiation" not in received
+
+
+def _memory_handshake(
+    client: ssl.SSLContext, server_cert: trustme.LeafCert
+) -> tuple[ssl.SSLObject, ssl.SSLObject]:
+    """A client SSL object (the caller's own memory BIOs) and a server one, not yet talking."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_cert.configure_cert(server)
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    tls = client.wrap_bio(c_in, c_out, server_hostname="localhost")
+    peer = server.wrap_bio(s_in, s_out, server_side=True)
+    tls.asyncsp_test_bios = (c_in, c_out, s_in, s_out)  # type: ignore[attr-defined]
+    return tls, peer
+
+
+def _writes_until_done(tls: ssl.SSLObject, peer: ssl.SSLObject) -> int:
+    """Write from the client before any handshake, passing flights until the write goes."""
+    c_in, c_out, s_in, s_out = tls.asyncsp_test_bios  # type: ignore[attr-defined]
+    for _ in range(8):  # a handshake is a few flights each way
+        try:
+            return tls.write(b"early")
+        except ssl.SSLWantReadError:
+            pass
+        s_in.write(c_out.read())
+        with contextlib.suppress(ssl.SSLWantReadError):
+            peer.do_handshake()
+        c_in.write(s_out.read())
+    raise AssertionError("the handshake did not finish")
+
+
+def test_a_write_before_the_handshake_runs_the_check_first(
+    server_cert: trustme.LeafCert, trusted: Callable[..., TlsPolicy]
+) -> None:
+    """A caller driving its own memory BIOs may write first; OpenSSL would then run the
+    handshake inside the write, past the check, so the write runs it (and the check) itself."""
+    tls, peer = _memory_handshake(trusted().ssl_context(), server_cert)
+    assert _writes_until_done(tls, peer) == len(b"early")
+    # Checked once: the writes after it go straight to the standard library's.
+    assert type(tls).write is ssl.SSLObject.write
+
+    wrong_pin = "00" * 32
+    tls, peer = _memory_handshake(trusted(pins={wrong_pin}).ssl_context(), server_cert)
+    with pytest.raises(ssl.SSLError, match="pin"):
+        _writes_until_done(tls, peer)
+    assert type(tls).write is not ssl.SSLObject.write  # refused: still guarded
