@@ -13,7 +13,7 @@ is the same whatever else the machine is doing (a second run differs by a few hu
 instructions a request, from how the event loop's wake-ups fall).
 
     python benchmarks/instructions.py [--scheme http|https|both] [--requests 5000]
-                                      [--base 1000]
+                                      [--base 1000] [--uvloop]
 
 Needs ``valgrind`` on PATH. A run takes about a minute per client and scheme.
 """
@@ -52,7 +52,7 @@ async def _requests(name: str, url: str, requests: int, ca_pem: str) -> None:
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
-def count(name: str, url: str, requests: int, cafile: str) -> int:
+def count(name: str, url: str, requests: int, cafile: str, loop: str) -> int:
     """Instructions the whole client process runs for *requests* GETs (callgrind's total)."""
     command = [
         "valgrind",
@@ -65,6 +65,7 @@ def count(name: str, url: str, requests: int, cafile: str) -> int:
         url,
         str(requests),
         cafile,
+        loop,
     ]
     done = subprocess.run(command, capture_output=True, timeout=1800, check=False)
     found = _COLLECTED.search(done.stderr)
@@ -74,11 +75,11 @@ def count(name: str, url: str, requests: int, cafile: str) -> int:
     return int(found.group(1))
 
 
-def per_request(name: str, url: str, cafile: str, base: int, requests: int) -> float:
+def per_request(name: str, url: str, cafile: str, base: int, requests: int, loop: str) -> float:
     """Instructions per request: the large run minus the small one (both at once)."""
     with ThreadPoolExecutor(2) as pool:
-        small = pool.submit(count, name, url, base, cafile)
-        large = pool.submit(count, name, url, requests, cafile)
+        small = pool.submit(count, name, url, base, cafile, loop)
+        large = pool.submit(count, name, url, requests, cafile, loop)
         return (large.result() - small.result()) / (requests - base)
 
 
@@ -87,11 +88,18 @@ def main() -> None:
     parser.add_argument("--scheme", choices=["http", "https", "both"], default="both")
     parser.add_argument("--requests", type=int, default=5000, help="GETs in the large run")
     parser.add_argument("--base", type=int, default=1000, help="GETs in the small run")
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--uvloop", action="store_true", help="run the clients under uvloop")
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        name, url, requests, cafile = args.worker
-        asyncio.run(_requests(name, url, int(requests), Path(cafile).read_text()))
+        name, url, requests, cafile, loop = args.worker
+        loop_factory = None
+        if loop == "uvloop":
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(_requests(name, url, int(requests), Path(cafile).read_text()))
         return
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
@@ -100,6 +108,7 @@ def main() -> None:
     ca = trustme.CA()
     leaf = ca.issue_cert("127.0.0.1", "localhost")
     schemes = ["http", "https"] if args.scheme == "both" else [args.scheme]
+    loop = "uvloop" if args.uvloop else "asyncio"
     with tempfile.TemporaryDirectory() as tmp:
         cafile, cert, key = (str(Path(tmp, name)) for name in ("ca.pem", "cert.pem", "key.pem"))
         ca.cert_pem.write_to_path(cafile)
@@ -110,11 +119,11 @@ def main() -> None:
                 url = f"{scheme}://127.0.0.1:{port}/"
                 counts = {}
                 for name in CLIENTS:
-                    counts[name] = per_request(name, url, cafile, args.base, args.requests)
+                    counts[name] = per_request(name, url, cafile, args.base, args.requests, loop)
                     print(f"  {scheme:5} {name:12} {counts[name]:9.0f} instructions/request")
             mine, peer, core = counts["asyncsp"], counts["aiohttp"], counts["aiohttp-core"]
             python = sys.version.split()[0]
-            print(f"{scheme.upper()} keep-alive GETs, c={CONCURRENCY}, Python {python}")
+            print(f"{scheme.upper()} keep-alive GETs, c={CONCURRENCY}, {loop}, Python {python}")
             print(f"  asyncsp/aiohttp       {mine / peer:.3f}  (goal <= 1.0; lower is cheaper)")
             print(f"  asyncsp/aiohttp-core  {mine / core:.3f}")
             print(
