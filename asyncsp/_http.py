@@ -2,8 +2,9 @@
 
 Every change to how an HTTP exchange runs (arguments, redirects, retries, reading the body)
 belongs in this file; the per-endpoint gate and connectors belong in ``_http_pool.py`` and
-``_http_connector.py``, the error translation in ``_http_errors.py``, and nothing of HTTP
-belongs outside the ``_http*`` modules.
+``_http_connector.py`` (the overrides of aiohttp's connector in ``_http_pool_connector.py``),
+the error translation in ``_http_errors.py``, and nothing of HTTP belongs outside the
+``_http*`` modules.
 
 `request` (streaming) and `fetch` (body read, connection freed) are what
 ``ConnectionManager.request``/``get``/``post``/... call. Each hop of a redirect goes through the
@@ -252,7 +253,7 @@ async def _send(
     started = time.monotonic()
     try:
         # How the connector's hooks find the claim: aiohttp's pool lookup runs before
-        # `_request` first waits, unless trace hooks run first (see `_PoolConnector._get`).
+        # `_request` first waits, unless trace hooks run first (see `PoolConnector._get`).
         pool = connector.aiohttp_connector
         if connector.traced:
             claim.token = CLAIM.set(claim)

@@ -35,14 +35,14 @@ PRIVATE_MEMBERS = {
     "_retry_connection": "ClientSession._retry_connection: turned off, asyncsp retries stale "
     "connections itself (asyncsp/_http_connector.py)",
     "_conns": "BaseConnector._conns: the idle pool, read to close idle connections "
-    "(asyncsp/_http_connector.py)",
+    "(asyncsp/_http_connector.py) and by the _get override",
     "_keepalive_timeout": "BaseConnector._keepalive_timeout: read by the _get override",
-    "_get": "BaseConnector._get: the pool lookup, overridden (asyncsp/_http_connector.py)",
+    "_get": "BaseConnector._get: the pool lookup, overridden (asyncsp/_http_pool_connector.py)",
     "_cleanup": "BaseConnector._cleanup: the keep-alive expiry, overridden "
-    "(asyncsp/_http_connector.py)",
+    "(asyncsp/_http_pool_connector.py)",
     "_create_connection": "TCPConnector._create_connection: the hook the CONNECT tunnel "
     "overrides (asyncsp/_http_tunnel.py), and the pool connector wraps to report each new "
-    "connection (asyncsp/_http_connector.py)",
+    "connection (asyncsp/_http_pool_connector.py)",
 }
 """Private member name -> what it is and where asyncsp uses it."""
 

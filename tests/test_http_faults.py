@@ -167,7 +167,7 @@ async def test_stale_connection_is_retried_once_for_get() -> None:
 async def test_stale_connections_taken_at_once_are_each_retried(traced: bool) -> None:
     """Two requests take two stale pooled connections at once. Traced, each waits in a trace
     hook before aiohttp's pool lookup, so the other runs in between: each request's claim
-    must still reach its own lookup (see asyncsp._http_connector._PoolConnector._get)."""
+    must still reach its own lookup (see asyncsp._http_pool_connector.PoolConnector._get)."""
 
     async def script(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
