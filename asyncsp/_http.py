@@ -366,8 +366,8 @@ def _may_retry(
         exc.message, RawResponseMessage
     ):
         return False  # aiohttp's parser made the start of a response of what arrived
-    # Over plain text any byte read counts (a reset can follow a partial answer); under TLS
-    # the bytes read may be the close_notify of an idle close, so the parser's verdict decides.
+    # Any byte of an answer counts (a reset can follow a partial one); counted after TLS, an
+    # idle close's close_notify is not among them.
     return not claim.received_on_pooled()
 
 

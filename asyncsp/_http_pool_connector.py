@@ -1,13 +1,16 @@
 """aiohttp's connector with its pool answering to asyncsp's gate: the hooks into aiohttp.
 
 Every override of aiohttp's connector internals lives here (its pool lookup ``_get``, its
-keep-alive expiry ``_cleanup``, its ``_create_connection``; CI checks each against the oldest
-and newest aiohttp pyproject allows, in ``tests/test_aiohttp_internals.py``). The `Connector`
-that owns one (``asyncsp._http_connector``) holds what asyncsp knows of its connections.
+keep-alive expiry ``_cleanup``, its ``_create_connection``, its protocol ``_factory``); CI checks
+each against the oldest and newest aiohttp pyproject allows, in
+``tests/test_aiohttp_internals.py``. The `Connector` that owns one (``asyncsp._http_connector``)
+holds what asyncsp knows of its connections.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import Coroutine
@@ -16,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
-from ._http_sockets import CLAIM, RequestClaim
+from ._http_sockets import CLAIM, CountingHandler, RequestClaim
 from ._http_tunnel import TunnelConnector
 from ._tls import CURRENT_ATTEMPT
 
@@ -46,6 +49,10 @@ class PoolConnector(aiohttp.TCPConnector):
 
     def __init__(self, owner: Connector, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # Its connections count what they receive (the stale-connection retry's evidence).
+        self._factory = functools.partial(  # type: ignore[assignment]  # a subclass's
+            CountingHandler, loop=asyncio.get_running_loop()
+        )
         self.asyncsp_owner = owner
         self.asyncsp_claim: RequestClaim | None = None  # see `_get`
 

@@ -14,13 +14,14 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_proto import ResponseHandler
 
+if TYPE_CHECKING:
     from ._http_connector import Connector
 
 __all__ = [
     "CLAIM",
+    "CountingHandler",
     "NagleSocket",
     "RequestClaim",
     "SocketTicket",
@@ -39,7 +40,6 @@ class SocketTicket:
         "opened_at",
         "orphan",
         "protocol",
-        "received",
         "reported",
         "socket",
     )
@@ -53,7 +53,6 @@ class SocketTicket:
         self.done = False
         self.held_slots = 0  # gate slots of finished requests that wait for this close
         self.orphan = False  # closed by us while idle; counted by the gate until gone
-        self.received = 0  # bytes read with recv (see TrackedSocket.recv)
         self.reported = False  # connected, and reported so (a losing connect attempt never is)
 
     def closed(self) -> None:
@@ -122,14 +121,17 @@ class RequestClaim:
         if state is None:
             return
         self.protocol = protocol
-        self.pooled = pooled = state.ticket
-        if pooled is not None:
-            self._received_before = pooled.received
+        self.pooled = state.ticket
+        self._received_before = getattr(protocol, "asyncsp_received", 0)
 
     def received_on_pooled(self) -> bool:
-        """Whether `TrackedSocket.recv` read bytes on the reused pooled connection since the
-        request took it (plain text only)."""
-        return self.pooled is not None and self.pooled.received != self._received_before
+        """Whether bytes of an answer arrived on the reused pooled connection since the request
+        took it (see `CountingHandler`)."""
+        protocol = self.protocol
+        return (
+            protocol is not None
+            and getattr(protocol, "asyncsp_received", 0) != self._received_before
+        )
 
     def closing_ticket(self, connector: Connector) -> SocketTicket | None:
         """The ticket of the request's socket if aiohttp is closing it, else None."""
@@ -153,7 +155,20 @@ CLAIM: contextvars.ContextVar[RequestClaim | None] = contextvars.ContextVar(
 """The claim of the request running in this task (set around aiohttp's request call)."""
 
 
-_recv = socket.socket.recv
+class CountingHandler(ResponseHandler):
+    """aiohttp's protocol for a connection, counting the bytes it receives.
+
+    A request that fails on a pooled connection is sent again only if no byte of an answer
+    had arrived (else the server may have acted on it). Counted here, after TLS, the bytes
+    are the answer's own: an idle close's close_notify is not among them. The connector's
+    protocol factory makes these (asyncsp._http_pool_connector), the CONNECT tunnel too.
+    """
+
+    asyncsp_received = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.asyncsp_received += len(data)
+        super().data_received(data)
 
 
 class TrackedSocket(socket.socket):
@@ -161,17 +176,6 @@ class TrackedSocket(socket.socket):
 
     __slots__ = ("ticket",)
     ticket: SocketTicket | None
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        # Counted, so a request that fails on a pooled plain-text connection can tell whether
-        # its answer had begun (then it is never sent again). asyncio's transports read plain
-        # text with recv; TLS goes through recv_into, uncounted (what arrives there may be the
-        # close_notify of an idle close, and the parser decides).
-        data = _recv(self, bufsize, flags)  # socket.socket's own, without super()'s lookup
-        ticket = self.ticket
-        if ticket is not None:
-            ticket.received += len(data)
-        return data
 
     def close(self) -> None:
         ticket, self.ticket = getattr(self, "ticket", None), None

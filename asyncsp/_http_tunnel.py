@@ -28,6 +28,7 @@ import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
 from ._errors import AsyncspError, ProxyError, TimeoutError
+from ._http_sockets import CountingHandler
 from ._proxy import (
     MAX_CONNECT_REPLY,
     ConnectReply,
@@ -106,7 +107,7 @@ class Tunnel:
                     reply.status,
                     reply.reason,
                 )
-            handler = ResponseHandler(loop=loop)
+            handler = CountingHandler(loop=loop)
             async with self._bounded(step_timeout, "did not finish the TLS handshake", tls=True):
                 # No await between this check and start_tls, which takes the transport over
                 # before it first yields: nothing can slip in unseen. Bytes the proxy sends

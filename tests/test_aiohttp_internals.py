@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import collections
+import functools
 import importlib
 import inspect
 import pkgutil
@@ -40,6 +41,8 @@ PRIVATE_MEMBERS = {
     "_get": "BaseConnector._get: the pool lookup, overridden (asyncsp/_http_pool_connector.py)",
     "_cleanup": "BaseConnector._cleanup: the keep-alive expiry, overridden "
     "(asyncsp/_http_pool_connector.py)",
+    "_factory": "BaseConnector._factory: makes each connection's protocol, replaced to count "
+    "what it receives (asyncsp/_http_pool_connector.py)",
     "_create_connection": "TCPConnector._create_connection: the hook the CONNECT tunnel "
     "overrides (asyncsp/_http_tunnel.py), and the pool connector wraps to report each new "
     "connection (asyncsp/_http_pool_connector.py)",
@@ -271,6 +274,19 @@ def test_the_constructor_options_asyncsp_passes_exist() -> None:
     session = _parameters(aiohttp.ClientSession.__init__)
     for option in ("connector", "connector_owner", "cookie_jar", "response_class", "trust_env"):
         assert option in session, option
+
+
+async def test_the_protocol_factory_is_a_partial_of_the_response_handler() -> None:
+    connector = aiohttp.TCPConnector()
+    try:
+        factory = connector._factory
+        assert isinstance(factory, functools.partial)
+        assert factory.func is aiohttp.client_proto.ResponseHandler
+        assert factory.keywords == {"loop": asyncio.get_running_loop()} and not factory.args
+    finally:
+        await connector.close()
+    # What the counting subclass overrides is aiohttp's own protocol method.
+    assert "data_received" in vars(aiohttp.client_proto.ResponseHandler)
 
 
 def test_response_handler_has_what_asyncsp_calls() -> None:

@@ -235,7 +235,9 @@ async def test_a_new_connection_dropped_after_the_request_is_never_retried(
         await settled(mgr, server.url())
 
 
-@pytest.mark.parametrize(("ending", "tls"), [("close", False), ("reset", False), ("close", True)])
+@pytest.mark.parametrize(
+    ("ending", "tls"), [("close", False), ("reset", False), ("close", True), ("reset", True)]
+)
 async def test_a_pooled_connection_that_began_its_answer_is_never_retried(
     ending: str, tls: bool, server_cert: trustme.LeafCert, trusted: Trusted
 ) -> None:
