@@ -3,7 +3,9 @@
 A `SocketTicket` follows one socket from its creation by the connector's factory until it is
 closed (or detached, or collected), so ``current_connections`` and the request gate stay exact.
 A `RequestClaim` tells which of them a request took, so a request that ends early keeps its
-gate slot until aiohttp has closed its connection.
+gate slot until aiohttp has closed its connection; a `CountingHandler` counts what each
+connection receives, so a request that fails on a reused one is sent again only if no byte of
+an answer had arrived.
 """
 
 from __future__ import annotations
