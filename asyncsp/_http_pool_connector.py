@@ -43,8 +43,9 @@ class PoolConnector(aiohttp.TCPConnector):
     It tells each request's `RequestClaim` which pooled connection it took (a new one is
     noted by `Connector._make_socket`), and the idle connections aiohttp's keep-alive expiry
     would close uncounted are closed first as orphans; each new connection is reported once
-    it is made. The hooks are aiohttp's pool lookup ``_get``, its ``_cleanup``, its pool
-    ``_conns`` and its ``_create_connection``, alike in every aiohttp version pyproject allows.
+    it is made; its connections count what they receive. The hooks are aiohttp's pool lookup
+    ``_get``, its ``_cleanup``, its pool ``_conns``, its ``_create_connection`` and its protocol
+    ``_factory``, alike in every aiohttp version pyproject allows.
     """
 
     def __init__(self, owner: Connector, **kwargs: Any) -> None:
@@ -105,10 +106,11 @@ class PoolConnector(aiohttp.TCPConnector):
                         "%s: reusing an idle connection", self.asyncsp_owner.endpoint.sp.address
                     )
                 return super()._get(key, traces)
-        if claim is not None and claim.token is None:
-            claim.token = CLAIM.set(claim)  # reset by `_send`
-        if claim is not None and claim.fresh:
-            return self._get_fresh()
+        if claim is not None:
+            if claim.token is None:
+                claim.token = CLAIM.set(claim)  # reset by `_send`
+            if claim.fresh:
+                return self._get_fresh()
         if not pooled:
             return super()._get(key, traces)  # nothing idle: the request opens a connection
         return self._get_watched(key, traces, claim)

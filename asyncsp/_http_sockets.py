@@ -79,7 +79,6 @@ class RequestClaim:
         "_received_before",
         "connector",
         "fresh",
-        "pooled",
         "protocol",
         "ticket",
         "token",
@@ -89,7 +88,6 @@ class RequestClaim:
         self.connector = connector
         self.fresh = fresh
         self.ticket: SocketTicket | None = None  # the last socket opened for this request
-        self.pooled: SocketTicket | None = None  # the socket of a pooled connection it reused
         self._attempts: list[SocketTicket] | None = None  # Happy Eyeballs: every socket tried
         # The pooled connection the request reused, if it did (see `took`).
         self.protocol: ResponseHandler | None = None
@@ -123,7 +121,6 @@ class RequestClaim:
         if state is None:
             return
         self.protocol = protocol
-        self.pooled = state.ticket
         self._received_before = getattr(protocol, "asyncsp_received", 0)
 
     def received_on_pooled(self) -> bool:
@@ -154,7 +151,9 @@ class RequestClaim:
 CLAIM: contextvars.ContextVar[RequestClaim | None] = contextvars.ContextVar(
     "asyncsp_http_claim", default=None
 )
-"""The claim of the request running in this task (set around aiohttp's request call)."""
+"""The claim of the request running in this task, where the connector's hooks cannot be handed
+it directly: a traced request's, and one's that may open a connection (see
+`asyncsp._http_pool_connector.PoolConnector._get`)."""
 
 
 class CountingHandler(ResponseHandler):
