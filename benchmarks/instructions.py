@@ -1,4 +1,5 @@
-"""Instructions per keep-alive GET, counted by valgrind: the client cost a busy machine hides.
+"""Instructions per keep-alive GET or new HTTPS connection, counted by valgrind: the client
+cost a busy machine hides.
 
 CPU time per request swings by several per cent between rounds on a small shared machine, more
 than the difference between asyncsp and aiohttp; an instruction count does not. Each client of
@@ -7,6 +8,12 @@ twice, for a small and a large number of GETs (c=10, against ``http_server.py`` 
 process, not counted); the difference between the two runs, divided by the difference in
 requests, is what one more request costs the client, with start-up and warm-up taken out.
 
+``--new-connections`` counts the clients of ``new_connections.py`` instead: every GET on a
+new connection (``Connection: close``) to nginx (or the Python server when nginx is missing),
+TLS 1.2 and TLS 1.3, c=20; asyncsp with and without TLS session resumption, aiohttp (no
+resumption: its default) and aiohttp-core. The handshake's cryptography is most of each
+connection's count, and the same in every client that does the same handshake.
+
 Instructions are not time (a cache miss costs more than an addition), but for the same Python
 on the same machine, code that runs fewer of them on the same path is cheaper; and the count
 is the same whatever else the machine is doing (a second run differs by a few hundred
@@ -14,6 +21,7 @@ instructions a request, from how the event loop's wake-ups fall).
 
     python benchmarks/instructions.py [--scheme http|https|both] [--requests 5000]
                                       [--base 1000] [--uvloop]
+    python benchmarks/instructions.py --new-connections [--requests 600] [--base 200]
 
 Needs ``valgrind`` on PATH. A run takes about a minute per client and scheme.
 """
@@ -24,6 +32,7 @@ import argparse
 import asyncio
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -34,10 +43,19 @@ import trustme
 
 sys.path.insert(0, str(Path(__file__).parent))
 import http_client  # the clients and the server of the keep-alive benchmark
+import new_connections  # the clients of the new-connection benchmark
+from _loopback import https_servers
+
+from asyncsp import SecurityProtocol
 
 CLIENTS = ("asyncsp", "aiohttp", "aiohttp-core")
+CONNECTION_CLIENTS = ("asyncsp (resumption)", "asyncsp (no resumption)", "aiohttp", "aiohttp-core")
 CONCURRENCY = 10
 _COLLECTED = re.compile(rb"Collected : (\d+)")
+_VERSIONS = {
+    "TLS 1.2": (ssl.TLSVersion.TLSv1_2, SecurityProtocol.TLS12),
+    "TLS 1.3": (ssl.TLSVersion.TLSv1_3, SecurityProtocol.TLS13),
+}
 
 
 async def _requests(name: str, url: str, requests: int, ca_pem: str) -> None:
@@ -52,8 +70,21 @@ async def _requests(name: str, url: str, requests: int, ca_pem: str) -> None:
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
-def count(name: str, url: str, requests: int, cafile: str, loop: str) -> int:
-    """Instructions the whole client process runs for *requests* GETs (callgrind's total)."""
+async def _connections(name: str, url: str, connections: int, cafile: str, version: str) -> None:
+    tls_version, protocols = _VERSIONS[version]
+    run = {
+        "asyncsp (resumption)": lambda: new_connections.make_asyncsp(cafile, protocols, True),
+        "asyncsp (no resumption)": lambda: new_connections.make_asyncsp(cafile, protocols, False),
+        "aiohttp": lambda: new_connections.make_aiohttp(
+            new_connections.client_context(cafile, tls_version)
+        ),
+        "aiohttp-core": lambda: new_connections.make_aiohttp_core(cafile, protocols),
+    }[name]()
+    await run(url, connections)
+
+
+def count(worker: list[str]) -> int:
+    """Instructions the whole client process runs for one worker (callgrind's total)."""
     command = [
         "valgrind",
         "--tool=callgrind",
@@ -61,50 +92,43 @@ def count(name: str, url: str, requests: int, cafile: str, loop: str) -> int:
         sys.executable,
         __file__,
         "--worker",
-        name,
-        url,
-        str(requests),
-        cafile,
-        loop,
+        *worker,
     ]
-    done = subprocess.run(command, capture_output=True, timeout=1800, check=False)
+    done = subprocess.run(command, capture_output=True, timeout=3600, check=False)
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
         tail = done.stderr.decode(errors="replace")[-2000:]
-        raise RuntimeError(f"{name}: the counted run failed ({done.returncode}):\n{tail}")
+        raise RuntimeError(f"{worker[:2]}: the counted run failed ({done.returncode}):\n{tail}")
     return int(found.group(1))
 
 
-def per_request(name: str, url: str, cafile: str, base: int, requests: int, loop: str) -> float:
-    """Instructions per request: the large run minus the small one (both at once)."""
+def per_unit(worker: list[str], base: int, large: int) -> float:
+    """Instructions per request or connection: the large run minus the small one (both at once).
+
+    *worker* holds "{n}" where the number of requests or connections goes.
+    """
     with ThreadPoolExecutor(2) as pool:
-        small = pool.submit(count, name, url, base, cafile, loop)
-        large = pool.submit(count, name, url, requests, cafile, loop)
-        return (large.result() - small.result()) / (requests - base)
+        small = pool.submit(count, [arg.format(n=base) for arg in worker])
+        big = pool.submit(count, [arg.format(n=large) for arg in worker])
+        return (big.result() - small.result()) / (large - base)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scheme", choices=["http", "https", "both"], default="both")
-    parser.add_argument("--requests", type=int, default=5000, help="GETs in the large run")
-    parser.add_argument("--base", type=int, default=1000, help="GETs in the small run")
-    parser.add_argument("--uvloop", action="store_true", help="run the clients under uvloop")
-    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        name, url, requests, cafile, loop = args.worker
-        loop_factory = None
-        if loop == "uvloop":
-            import uvloop
+def run_worker(argv: list[str]) -> None:
+    """The counted process: one client's requests or connections, nothing else."""
+    kind, name, url, n, cafile, extra = argv
+    loop_factory = None
+    if kind == "keep-alive" and extra == "uvloop":
+        import uvloop
 
-            loop_factory = uvloop.new_event_loop
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(_requests(name, url, int(requests), Path(cafile).read_text()))
-        return
-    if shutil.which("valgrind") is None:
-        sys.exit("valgrind is not installed (apt-get install valgrind)")
-    if not CONCURRENCY <= args.base < args.requests:
-        sys.exit(f"need {CONCURRENCY} <= --base < --requests")
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        if kind == "keep-alive":
+            runner.run(_requests(name, url, int(n), Path(cafile).read_text()))
+        else:
+            runner.run(_connections(name, url, int(n), cafile, extra))
+
+
+def keep_alive(args: argparse.Namespace) -> None:
     ca = trustme.CA()
     leaf = ca.issue_cert("127.0.0.1", "localhost")
     schemes = ["http", "https"] if args.scheme == "both" else [args.scheme]
@@ -119,7 +143,8 @@ def main() -> None:
                 url = f"{scheme}://127.0.0.1:{port}/"
                 counts = {}
                 for name in CLIENTS:
-                    counts[name] = per_request(name, url, cafile, args.base, args.requests, loop)
+                    worker = ["keep-alive", name, url, "{n}", cafile, loop]
+                    counts[name] = per_unit(worker, args.base, args.requests)
                     print(f"  {scheme:5} {name:12} {counts[name]:9.0f} instructions/request")
             mine, peer, core = counts["asyncsp"], counts["aiohttp"], counts["aiohttp-core"]
             python = sys.version.split()[0]
@@ -130,6 +155,53 @@ def main() -> None:
                 f"  above aiohttp-core: asyncsp {mine - core:,.0f}, aiohttp {peer - core:,.0f} "
                 "instructions/request"
             )
+
+
+def new_connection(args: argparse.Namespace) -> None:
+    with https_servers() as servers:
+        print(f"server: {servers.kind}; {ssl.OPENSSL_VERSION}, Python {sys.version.split()[0]}")
+        for version, port in (("TLS 1.2", servers.port12), ("TLS 1.3", servers.port13)):
+            url = f"https://localhost:{port}/"
+            counts = {}
+            for name in CONNECTION_CLIENTS:
+                worker = ["connections", name, url, "{n}", servers.cafile, version]
+                counts[name] = per_unit(worker, args.base, args.requests)
+                print(f"  {version} {name:24} {counts[name]:10.0f} instructions/connection")
+            peer, core = counts["aiohttp"], counts["aiohttp-core"]
+            plain = counts["asyncsp (no resumption)"]
+            resumed = counts["asyncsp (resumption)"]
+            print(f"{version}, a new connection per GET, c={new_connections.CONCURRENCY}")
+            print(f"  asyncsp (no resumption)/aiohttp  {plain / peer:.3f}  (lower is cheaper)")
+            print(f"  asyncsp (resumption)/aiohttp     {resumed / peer:.3f}")
+            print(
+                f"  above aiohttp-core: asyncsp {plain - core:,.0f}, aiohttp {peer - core:,.0f} "
+                "instructions/connection"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scheme", choices=["http", "https", "both"], default="both")
+    parser.add_argument("--new-connections", action="store_true", help="count new connections")
+    parser.add_argument("--requests", type=int, help="GETs in the large run (5000; 600 new)")
+    parser.add_argument("--base", type=int, help="GETs in the small run (1000; 200 new)")
+    parser.add_argument("--uvloop", action="store_true", help="run the clients under uvloop")
+    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        run_worker(args.worker)
+        return
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed (apt-get install valgrind)")
+    if args.new_connections:
+        args.requests = args.requests or 600
+        args.base = args.base or 200
+    else:
+        args.requests = args.requests or 5000
+        args.base = args.base or 1000
+    if not CONCURRENCY <= args.base < args.requests:
+        sys.exit(f"need {CONCURRENCY} <= --base < --requests")
+    (new_connection if args.new_connections else keep_alive)(args)
 
 
 if __name__ == "__main__":
