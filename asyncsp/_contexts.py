@@ -13,6 +13,7 @@ belongs in ``_tls.py``.
 from __future__ import annotations
 
 import _ssl
+import asyncio
 import ssl
 import threading
 import warnings
@@ -250,11 +251,41 @@ def built_context(policy: TlsPolicy) -> ssl.SSLContext | None:
 
 
 async def context_for_async(policy: TlsPolicy) -> ssl.SSLContext:
-    """Like `context_for`, building a new context in a worker thread (it reads CA files)."""
+    """Like `context_for`, building a new context in a worker thread (it reads CA files).
+
+    Requests that find the same policy's context missing at once (a burst's first ones) share
+    one build, in one thread, instead of a thread each.
+    """
     cached = CONTEXTS.peek(policy)
     if cached is not None:
         return cached
-    ctx, built = await anyio.to_thread.run_sync(CONTEXTS.get, policy)
-    if built:
+    loop = asyncio.get_running_loop()
+    key = (loop, policy)
+    build = _BUILDS.get(key)
+    if build is None:
+        build = _BUILDS[key] = _Build(loop.create_task(_build_in_thread(policy)))
+        build.task.add_done_callback(lambda _: _BUILDS.pop(key, None))
+    # Shielded: a caller cancelled while waiting leaves the build to the others.
+    ctx, built = await asyncio.shield(build.task)
+    if built and not build.warned:
+        build.warned = True
         warn_insecure(policy, stacklevel=4)
     return ctx
+
+
+class _Build:
+    """One context being built in a worker thread, and whether a caller warned of it."""
+
+    __slots__ = ("task", "warned")
+
+    def __init__(self, task: asyncio.Task[tuple[PolicyContext, bool]]) -> None:
+        self.task = task
+        self.warned = False
+
+
+_BUILDS: dict[tuple[asyncio.AbstractEventLoop, TlsPolicy], _Build] = {}
+"""The builds under way, per event loop and policy (an entry leaves when its build ends)."""
+
+
+async def _build_in_thread(policy: TlsPolicy) -> tuple[PolicyContext, bool]:
+    return await anyio.to_thread.run_sync(CONTEXTS.get, policy)
