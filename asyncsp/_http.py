@@ -305,7 +305,7 @@ async def _begin_waiting(
     limit = min(bounds)
     started = time.monotonic()
     try:
-        connector = await endpoint.begin(asyncio.get_running_loop().time() + limit)
+        connector = await endpoint.begin(limit)
     except builtins.TimeoutError:
         address = endpoint.sp.address
         error = TimeoutError(

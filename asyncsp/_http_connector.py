@@ -23,7 +23,7 @@ from aiohttp.client_proto import ResponseHandler
 
 from ._events import ConnectionClosed, ConnectionOpened
 from ._http_pool_connector import PoolConnector, TunnelPoolConnector
-from ._http_sockets import CLAIM, NagleSocket, SocketTicket, TrackedSocket
+from ._http_sockets import CLAIM, CountingHandler, NagleSocket, SocketTicket, TrackedSocket
 from ._http_tunnel import Tunnel
 from ._sockets import reset_on_close
 from ._tls import ConnectAttempt, TlsInfo, established_info
@@ -230,11 +230,20 @@ class Connector:
         """Report the connection aiohttp just made (after its TLS handshake, if any): a
         `ConnectionOpened` event, and the proxy it goes through in the asyncsp.proxy log."""
         transport = protocol.transport
-        raw = transport.get_extra_info("socket") if transport is not None else None
-        ticket = self._tickets.get(raw.fileno()) if raw is not None else None
-        if ticket is None or transport is None:
+        if transport is None:
             return
+        # The request's claim knows the socket it opened (`_make_socket`), unless it raced
+        # several; else the socket's descriptor finds its ticket.
+        claim = CLAIM.get()
+        ticket = claim.sole_socket() if claim is not None else None
+        if ticket is None or ticket.connector is not self:
+            raw = transport.get_extra_info("socket")
+            ticket = self._tickets.get(raw.fileno()) if raw is not None else None
+            if ticket is None:
+                return
         ticket.reported = True
+        if isinstance(protocol, CountingHandler):
+            protocol.asyncsp_ticket = ticket  # for `first_use`
         sp = self.endpoint.sp
         route = self.endpoint.route
         if route is not None and PROXY_LOG.isEnabledFor(logging.DEBUG):
@@ -278,9 +287,10 @@ class Connector:
         ticket = None
         ssl_object = None
         if transport is not None:
-            raw = transport.get_extra_info("socket")
-            if raw is not None:
-                ticket = self._tickets.get(raw.fileno())
+            ticket = getattr(protocol, "asyncsp_ticket", None)  # set by `connected`
+            if ticket is None or ticket.done:
+                raw = transport.get_extra_info("socket")
+                ticket = self._tickets.get(raw.fileno()) if raw is not None else None
             if self.context is not None:
                 ssl_object = transport.get_extra_info("ssl_object")
         tls = established_info(ssl_object) if ssl_object is not None else None

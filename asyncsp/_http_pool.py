@@ -95,15 +95,18 @@ class HttpEndpoint:
         self.lease = sp.connection_lease_timeout
         return True
 
-    async def admit(self, deadline: float | None = None) -> None:
+    async def admit(
+        self, deadline: float | None = None, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         """Take a gate slot, waiting (first come, first served) while the endpoint is full;
-        `builtins.TimeoutError` once *deadline* (loop time) passes without one."""
+        `builtins.TimeoutError` once *deadline* (*loop*'s time) passes without one."""
         if self._closed_error is not None:
             raise self._closed_error
         if not self._waiters and self._free():
             self.held += 1
             return
-        loop = asyncio.get_running_loop()
+        if loop is None:
+            loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiters[waiter] = None
         since = self.sp.slot_wait_started()
@@ -183,12 +186,15 @@ class HttpEndpoint:
         sp.stats.requests += 1
         return current
 
-    async def begin(self, deadline: float | None = None) -> Connector:
+    async def begin(self, timeout: float | None = None) -> Connector:
         """Start a request: wait for a gate slot, then pick (or make) the current connector;
-        `builtins.TimeoutError` if that is not done by *deadline* (loop time)."""
+        `builtins.TimeoutError` if that is not done within *timeout* seconds."""
         self.sp.begin_exchange()
         try:
-            await self.admit(deadline)
+            # One lookup of the loop for the whole wait (on Python 3.11 each costs a getpid).
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout is None else loop.time() + timeout
+            await self.admit(deadline, loop)
             try:
                 connector = await self._pick(deadline)
             except BaseException:

@@ -105,6 +105,14 @@ class RequestClaim:
             self._attempts = [self.ticket, ticket]
         self.ticket = ticket
 
+    def sole_socket(self) -> SocketTicket | None:
+        """The socket opened for this request, when it opened just one and that is open: the
+        connection aiohttp just made from it (no race, no second address tried)."""
+        ticket = self.ticket
+        if self._attempts is None and ticket is not None and not ticket.done:
+            return ticket
+        return None
+
     def _own_socket(self) -> SocketTicket | None:
         """The socket opened for this request that is still open (the race's winner), or
         the last one opened."""
@@ -166,6 +174,7 @@ class CountingHandler(ResponseHandler):
     """
 
     asyncsp_received = 0
+    asyncsp_ticket: SocketTicket | None = None  # its socket's, once connected
 
     def data_received(self, data: bytes) -> None:
         self.asyncsp_received += len(data)
