@@ -9,6 +9,7 @@ import pytest
 import trustme
 from yarl import URL
 
+import asyncsp
 from asyncsp import ConnectionManager, SecurityProtocol
 from asyncsp._http_pool import HttpLayer
 
@@ -310,3 +311,41 @@ async def test_waiting_requests_go_in_order_and_a_cancelled_one_frees_nothing(
     assert order == ["0", "1", "3", "4", "5"]
     assert plain.seen.peak_open == 1
     await wait_until(lambda: endpoint.held == 0 and not endpoint._waiters)
+
+
+async def test_requests_waiting_for_a_slot_each_end_at_their_own_deadline(
+    https: WebServer, mgr: ConnectionManager
+) -> None:
+    """The gate's waiters share one expiry timer: each still ends at its own deadline, a later
+    waiter with a sooner deadline first, and one whose slot frees in time gets it."""
+    sp = mgr.find_service_point(https.url())
+    sp.connection_limit = 1
+    loop = asyncio.get_running_loop()
+    async with mgr.request("GET", https.url("/stream")) as holder:  # takes the only slot
+        await https.stream_started.wait()
+        started = loop.time()
+        ended: dict[str, float] = {}
+
+        async def waiting(name: str, timeout: float) -> BaseException | int:
+            try:
+                return (await mgr.get(https.url(), timeout=timeout)).status
+            except Exception as exc:
+                return exc
+            finally:
+                ended[name] = loop.time() - started
+
+        slow = asyncio.ensure_future(waiting("slow", 0.6))
+        await wait_until(lambda: len(endpoint_of(mgr, https.url())._waiters) == 1, 1.0)
+        quick = asyncio.ensure_future(waiting("quick", 0.2))  # arrives later, due sooner
+        patient = asyncio.ensure_future(waiting("patient", 30.0))
+        quick_error = await quick
+        assert isinstance(quick_error, asyncsp.TimeoutError)
+        assert "within 0.2 s" in str(quick_error) and 0.2 <= ended["quick"] < 0.5
+        slow_error = await slow
+        assert isinstance(slow_error, asyncsp.TimeoutError)
+        assert "within 0.6 s" in str(slow_error) and 0.6 <= ended["slow"] < 0.9
+        assert not patient.done()  # its deadline is far: still waiting
+        https.release_stream.set()
+        assert await holder.read() == b"first-last"
+    assert await patient == 200  # the slot freed in time
+    assert not endpoint_of(mgr, https.url())._waiters
