@@ -21,7 +21,12 @@ instructions a request, from how the event loop's wake-ups fall).
 
     python benchmarks/instructions.py [--scheme http|https|both] [--requests 5000]
                                       [--base 1000] [--uvloop]
-    python benchmarks/instructions.py --new-connections [--requests 600] [--base 200]
+    python benchmarks/instructions.py --new-connections [--requests 300] [--base 100]
+
+``--no-gc`` counts with the garbage collector off: the code's own work, without the
+collections, whose cost depends on when they fall (how many objects are alive at once, how
+many outlived the one before), so a change to the code can move it either way by more than
+the change itself costs.
 
 Needs ``valgrind`` on PATH. A run takes about a minute per client and scheme.
 """
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import re
 import shutil
 import ssl
@@ -115,7 +121,9 @@ def per_unit(worker: list[str], base: int, large: int) -> float:
 
 def run_worker(argv: list[str]) -> None:
     """The counted process: one client's requests or connections, nothing else."""
-    kind, name, url, n, cafile, extra = argv
+    kind, name, url, n, cafile, extra, collector = argv
+    if collector == "off":
+        gc.disable()
     loop_factory = None
     if kind == "keep-alive" and extra == "uvloop":
         import uvloop
@@ -143,12 +151,15 @@ def keep_alive(args: argparse.Namespace) -> None:
                 url = f"{scheme}://127.0.0.1:{port}/"
                 counts = {}
                 for name in CLIENTS:
-                    worker = ["keep-alive", name, url, "{n}", cafile, loop]
+                    worker = ["keep-alive", name, url, "{n}", cafile, loop, args.gc]
                     counts[name] = per_unit(worker, args.base, args.requests)
                     print(f"  {scheme:5} {name:12} {counts[name]:9.0f} instructions/request")
             mine, peer, core = counts["asyncsp"], counts["aiohttp"], counts["aiohttp-core"]
             python = sys.version.split()[0]
-            print(f"{scheme.upper()} keep-alive GETs, c={CONCURRENCY}, {loop}, Python {python}")
+            print(
+                f"{scheme.upper()} keep-alive GETs, c={CONCURRENCY}, {loop}, Python {python}, "
+                f"collector {args.gc}"
+            )
             print(f"  asyncsp/aiohttp       {mine / peer:.3f}  (goal <= 1.0; lower is cheaper)")
             print(f"  asyncsp/aiohttp-core  {mine / core:.3f}")
             print(
@@ -164,13 +175,16 @@ def new_connection(args: argparse.Namespace) -> None:
             url = f"https://localhost:{port}/"
             counts = {}
             for name in CONNECTION_CLIENTS:
-                worker = ["connections", name, url, "{n}", servers.cafile, version]
+                worker = ["connections", name, url, "{n}", servers.cafile, version, args.gc]
                 counts[name] = per_unit(worker, args.base, args.requests)
                 print(f"  {version} {name:24} {counts[name]:10.0f} instructions/connection")
             peer, core = counts["aiohttp"], counts["aiohttp-core"]
             plain = counts["asyncsp (no resumption)"]
             resumed = counts["asyncsp (resumption)"]
-            print(f"{version}, a new connection per GET, c={new_connections.CONCURRENCY}")
+            print(
+                f"{version}, a new connection per GET, c={new_connections.CONCURRENCY}, "
+                f"collector {args.gc}"
+            )
             print(f"  asyncsp (no resumption)/aiohttp  {plain / peer:.3f}  (lower is cheaper)")
             print(f"  asyncsp (resumption)/aiohttp     {resumed / peer:.3f}")
             print(
@@ -183,19 +197,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scheme", choices=["http", "https", "both"], default="both")
     parser.add_argument("--new-connections", action="store_true", help="count new connections")
-    parser.add_argument("--requests", type=int, help="GETs in the large run (5000; 600 new)")
-    parser.add_argument("--base", type=int, help="GETs in the small run (1000; 200 new)")
+    parser.add_argument("--requests", type=int, help="GETs in the large run (5000; 300 new)")
+    parser.add_argument("--base", type=int, help="GETs in the small run (1000; 100 new)")
+    parser.add_argument("--no-gc", action="store_true", help="count with the collector off")
     parser.add_argument("--uvloop", action="store_true", help="run the clients under uvloop")
-    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         run_worker(args.worker)
         return
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
+    args.gc = "off" if args.no_gc else "on"
     if args.new_connections:
-        args.requests = args.requests or 600
-        args.base = args.base or 200
+        args.requests = args.requests or 300
+        args.base = args.base or 100
     else:
         args.requests = args.requests or 5000
         args.base = args.base or 1000
