@@ -10,6 +10,10 @@ its own: callers close what it hands back to them, outside of it. The invariants
   keeps a slot; a holder returns its slot with `release` whether it ends well or not.
 - Waiters queue in arrival order in an ordered dict keyed by their future: waking the first and
   removing a cancelled one are O(1) each, however long the queue.
+- Waiters are served first: while one waits, or was woken and has not run yet (`queued`), a
+  newcomer queues behind it instead of taking the slot or connection its wake-up was for. (A task
+  that gives a connection back and at once asks again would otherwise win every time, and a
+  waiter could wait out its timeout while the endpoint served others.)
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ class SlotPool(Generic[C]):
         self._idle: collections.deque[_Idle[C]] = collections.deque()
         # In arrival order; a plain dict (an empty one is not tracked by the cyclic collector).
         self._waiters: dict[asyncio.Future[None], None] = {}
+        self._woken = 0  # waiters woken that have not run since: what they were woken for is theirs
         self._make_error: Callable[[], BaseException] | None = None
 
     @property
@@ -103,6 +108,12 @@ class SlotPool(Generic[C]):
     def waiting(self) -> int:
         # A woken waiter leaves the queue as it is woken, a cancelled one as its task resumes.
         return len(self._waiters)
+
+    @property
+    def queued(self) -> bool:
+        """Whether a newcomer must queue: someone waits, or was woken and has not taken what
+        it was woken for yet."""
+        return bool(self._waiters) or self._woken > 0
 
     # -- taking ---------------------------------------------------------------------------
 
@@ -152,13 +163,22 @@ class SlotPool(Generic[C]):
         self._waiters[waiter] = None
         try:
             await waiter
-        except asyncio.CancelledError:
-            # Woken and cancelled at once: hand the wake-up to the next waiter.
+        except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # Woken, then cancelled (or its task closed) before it ran: hand the wake-up on.
+                self._woken -= 1
                 self._wake_one()
             raise
+        else:
+            self._woken -= 1  # the caller takes what it was woken for before its next await
         finally:
             self._waiters.pop(waiter, None)
+
+    def served(self) -> None:
+        """A woken waiter took what it was woken for: if a slot is still free, the next waiter
+        may take it (a newcomer queued behind the first, and nothing else would wake it)."""
+        if self._waiters and self.opened < self.limit:
+            self._wake_one()
 
     # -- giving back ----------------------------------------------------------------------
 
@@ -234,4 +254,5 @@ class SlotPool(Generic[C]):
             del self._waiters[waiter]
             if not waiter.done():
                 waiter.set_result(None)
+                self._woken += 1
                 return

@@ -356,11 +356,13 @@ class ServicePoint:
         """
         self._manager.check_open()
         policy = self.policy
-        done, conn = self._take(reuse_key, policy, None)
-        if not done:  # the endpoint is full: wait, within *timeout*
+        # Behind anyone already waiting (first come, first served), else at once if it can.
+        queued = self._pool.queued
+        done, conn = (False, None) if queued else self._take(reuse_key, policy, None)
+        if not done:  # the endpoint is full, or others wait: wait, within *timeout*
             try:
                 async with asyncio.timeout(timeout):
-                    conn = await self._acquire(reuse_key, policy)
+                    conn = await self._acquire(reuse_key, policy, wait_first=queued)
             except builtins.TimeoutError as exc:
                 raise TimeoutError(
                     f"{self.address}: no connection became free within {timeout} s "
@@ -446,11 +448,15 @@ class ServicePoint:
             return True, None
         return False, None
 
-    async def _acquire(self, reuse_key: Hashable | None, policy: TlsPolicy) -> Any:
-        """`_take` after making room or waiting, until it succeeds (a first `_take` failed)."""
+    async def _acquire(
+        self, reuse_key: Hashable | None, policy: TlsPolicy, *, wait_first: bool = False
+    ) -> Any:
+        """`_take` after making room or waiting, until it succeeds (a first `_take` failed, or
+        *wait_first*: others were waiting, and room is theirs to make first)."""
         waited_since: float | None = None
         while True:
-            victim = self._pool.evict_idle()
+            victim = None if wait_first else self._pool.evict_idle()
+            wait_first = False
             if victim is not None:
                 # Closing frees its slot; shielded so a cancelled waiter still closes it.
                 await asyncio.shield(self._manager.spawn(close_quietly(victim)))
@@ -461,6 +467,7 @@ class ServicePoint:
                 await self._pool.wait()
             done, conn = self._take(reuse_key, policy, waited_since)
             if done:
+                self._pool.served()
                 return conn
 
     def slot_wait_started(self) -> float | None:

@@ -240,3 +240,21 @@ async def test_fifo_order_and_a_cancellation_mid_queue_frees_nothing() -> None:
     # Every freed slot woke the next waiter in line; the cancelled one lost no wake-up.
     assert order == [0, 1, 3, 4, 5]
     assert pool.opened == 0 and pool.waiting == 0
+
+
+async def test_a_woken_waiter_keeps_newcomers_queued_until_it_runs_or_is_cancelled() -> None:
+    pool: SlotPool[Any] = SlotPool(limit=1)
+    assert pool.try_reserve()
+    served = asyncio.create_task(pool.wait())
+    cancelled = asyncio.create_task(pool.wait())
+    await wait_until(lambda: pool.waiting == 2)
+    pool.release()  # wakes the first; the slot is its to take
+    assert pool.queued and pool.waiting == 1
+    await served  # it ran: what it was woken for is taken now (or never will be)
+    assert pool.try_reserve()
+    assert pool.queued  # the second still waits
+    pool.release()  # wakes the second, which is cancelled before it runs
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert not pool.queued and pool.opened == 0

@@ -550,3 +550,62 @@ async def test_negotiated_group_where_the_ssl_module_tells_it(
                 assert isinstance(stream.tls.group, str) and stream.tls.group
             else:
                 assert stream.tls.group is None
+
+
+async def test_a_waiter_is_served_before_a_task_that_asks_again(
+    plain_server: ThreadedServer,
+) -> None:
+    """A task that frees the only slot and at once asks for one again queues behind the task
+    already waiting (else a busy worker wins every time and a waiter can time out while the
+    endpoint keeps serving)."""
+    order: list[str] = []
+    held, release = asyncio.Event(), asyncio.Event()
+    async with ConnectionManager(default_connection_limit=1) as mgr:
+        sp = mgr.find_service_point(f"tcp://127.0.0.1:{plain_server.port}")
+
+        async def busy() -> None:
+            async with mgr.open_stream("127.0.0.1", plain_server.port, timeout=5):
+                held.set()
+                await release.wait()
+            # The slot was just freed (and the waiter woken for it): ask again at once.
+            async with mgr.open_stream("127.0.0.1", plain_server.port, timeout=5):
+                order.append("again")
+
+        async def waiter() -> None:
+            async with mgr.open_stream("127.0.0.1", plain_server.port, timeout=5):
+                order.append("waiter")
+
+        worker = asyncio.create_task(busy())
+        await held.wait()
+        waiting = asyncio.create_task(waiter())
+        await wait_until(lambda: sp._pool.waiting == 1)
+        release.set()
+        await asyncio.gather(worker, waiting)
+        assert order == ["waiter", "again"]
+        assert sp.current_connections == 0 and not sp._pool.queued
+
+
+async def test_a_newcomer_behind_a_woken_waiter_takes_a_second_free_slot(
+    plain_server: ThreadedServer,
+) -> None:
+    """A newcomer that queued behind a woken waiter while another slot was free is woken by
+    that waiter once it has taken its own: it does not wait for a connection to close."""
+    entered, done = asyncio.Event(), asyncio.Event()
+    async with ConnectionManager(default_connection_limit=1) as mgr:
+        sp = mgr.find_service_point(f"tcp://127.0.0.1:{plain_server.port}")
+
+        async def waiter() -> None:
+            async with mgr.open_stream("127.0.0.1", plain_server.port, timeout=5):
+                entered.set()
+                await done.wait()
+
+        async with mgr.open_stream("127.0.0.1", plain_server.port, timeout=5):
+            waiting = asyncio.create_task(waiter())
+            await wait_until(lambda: sp._pool.waiting == 1)
+            sp.connection_limit = 3  # two slots free; the one waiter is woken for one
+            async with mgr.open_stream("127.0.0.1", plain_server.port, timeout=5):
+                await entered.wait()
+                assert sp.current_connections == 3
+            done.set()
+            await waiting
+    assert sp.current_connections == 0
