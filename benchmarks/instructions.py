@@ -10,9 +10,11 @@ requests, is what one more request costs the client, with start-up and warm-up t
 
 ``--new-connections`` counts the clients of ``new_connections.py`` instead: every GET on a
 new connection (``Connection: close``) to nginx (or the Python server when nginx is missing),
-TLS 1.2 and TLS 1.3, c=20; asyncsp with and without TLS session resumption, aiohttp (no
-resumption: its default) and aiohttp-core. The handshake's cryptography is most of each
-connection's count, and the same in every client that does the same handshake.
+TLS 1.2 and TLS 1.3, c=20; asyncsp with and without TLS session resumption, and without it
+under a connection limit of twice the concurrency ("room": no request waits for the socket
+before it to close), aiohttp (no resumption: its default) and aiohttp-core. The handshake's
+cryptography is most of each connection's count, and the same in every client that does the
+same handshake.
 
 Instructions are not time (a cache miss costs more than an addition), but for the same Python
 on the same machine, code that runs fewer of them on the same path is cheaper; and the count
@@ -55,7 +57,13 @@ from _loopback import https_servers
 from asyncsp import SecurityProtocol
 
 CLIENTS = ("asyncsp", "aiohttp", "aiohttp-core")
-CONNECTION_CLIENTS = ("asyncsp (resumption)", "asyncsp (no resumption)", "aiohttp", "aiohttp-core")
+CONNECTION_CLIENTS = (
+    "asyncsp (resumption)",
+    "asyncsp (no resumption)",
+    "asyncsp (no res., room)",
+    "aiohttp",
+    "aiohttp-core",
+)
 CONCURRENCY = 10
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 _VERSIONS = {
@@ -81,6 +89,9 @@ async def _connections(name: str, url: str, connections: int, cafile: str, versi
     run = {
         "asyncsp (resumption)": lambda: new_connections.make_asyncsp(cafile, protocols, True),
         "asyncsp (no resumption)": lambda: new_connections.make_asyncsp(cafile, protocols, False),
+        "asyncsp (no res., room)": lambda: new_connections.make_asyncsp(
+            cafile, protocols, False, limit=2 * new_connections.CONCURRENCY
+        ),
         "aiohttp": lambda: new_connections.make_aiohttp(
             new_connections.client_context(cafile, tls_version)
         ),
@@ -187,6 +198,8 @@ def new_connection(args: argparse.Namespace) -> None:
             )
             print(f"  asyncsp (no resumption)/aiohttp  {plain / peer:.3f}  (lower is cheaper)")
             print(f"  asyncsp (resumption)/aiohttp     {resumed / peer:.3f}")
+            room = counts["asyncsp (no res., room)"]
+            print(f"  asyncsp (no res., room)/aiohttp  {room / peer:.3f}")
             print(
                 f"  above aiohttp-core: asyncsp {plain - core:,.0f}, aiohttp {peer - core:,.0f} "
                 "instructions/connection"
