@@ -365,12 +365,15 @@ def tunnel(*, inject: bytes = b"", inject_after_hello: bytes = b"") -> Script:
         target = head.split(b" ")[1].decode()
         host, _, port = target.rpartition(":")
         up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))
-        w.write(b"HTTP/1.1 200 Connection established\r\n\r\n" + inject)
-        hello = await reader.read(65536)
-        if inject_after_hello:
-            w.write(inject_after_hello)
-        up_writer.write(hello)
-        await asyncio.gather(relay(reader, up_writer), relay(up_reader, w))
+        try:
+            w.write(b"HTTP/1.1 200 Connection established\r\n\r\n" + inject)
+            hello = await reader.read(65536)
+            if inject_after_hello:
+                w.write(inject_after_hello)
+            up_writer.write(hello)
+            await asyncio.gather(relay(reader, up_writer), relay(up_reader, w))
+        finally:
+            up_writer.close()  # also when the client left before its hello
 
     return script
 
