@@ -8,6 +8,7 @@ creation until it is closed, and each connection is recorded on its first respon
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -122,6 +123,9 @@ class Connector:
         # What we know of each connection, dropped when its socket closes.
         self.states: dict[ResponseHandler, ConnectionState] = {}
         self._tickets: dict[int, SocketTicket] = {}
+        # The manager's close waits for these sockets to be gone (see `_end_closes`).
+        self._closing_sockets: set[SocketTicket] = set()
+        self._closing_gone: asyncio.Future[None] | None = None
         self._socket_options = endpoint.layer.manager.socket_options
         self.attempt = self._new_attempt()
         dns = self.dns_refresh_timeout
@@ -223,6 +227,11 @@ class Connector:
             ticket.protocol = None
         self.open_sockets -= 1
         self.endpoint.socket_closed(ticket)
+        if self._closing_sockets:
+            self._closing_sockets.discard(ticket)
+            gone = self._closing_gone
+            if not self._closing_sockets and gone is not None and not gone.done():
+                gone.set_result(None)
 
     # -- what operators see ----------------------------------------------------------------
 
@@ -411,12 +420,39 @@ class Connector:
         for its timeout), and a socket still connecting or in its TLS handshake is woken (aiohttp
         would let it run to its timeout). Idle connections close cleanly, with a FIN.
         """
-        if self.closing:  # the session is closing its pool: nothing idle is known any more
+        manager = self.endpoint.layer.manager
+        if not self.closing:  # else the session is closing its pool: nothing idle is known
+            if interrupt:
+                self._interrupt()
+            self.closing = True
+            manager.spawn(self.session.close())
+        if interrupt and self.context is not None:
+            manager.spawn(self._end_closes())  # after the session's close has begun
+
+    async def _end_closes(self) -> None:
+        """End the TLS closes still waiting for the peer's close_notify, and wait until their
+        sockets are gone: the manager's close returns with every socket closed.
+
+        asyncio waits up to 30 s for a peer's close_notify (RFC 8446 §6.1 does not ask a
+        client to), and a peer that neither sends one nor closes its end would keep the
+        socket open that long. Ours is out: shutting down the receiving side ends the wait
+        (as if the peer had closed) and sends nothing, so the close still ends the connection
+        with a FIN, or a reset where `_interrupt` asked for one.
+        """
+        for ticket in list(self._tickets.values()):
+            protocol = ticket.protocol
+            sock = ticket.socket()
+            if protocol is None or protocol.is_connected() or sock is None:
+                continue  # not yet answered (`_interrupt` woke it), or still open
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
+            self._closing_sockets.add(ticket)
+        if not self._closing_sockets:
             return
-        if interrupt:
-            self._interrupt()
-        self.closing = True
-        self.endpoint.layer.manager.spawn(self.session.close())
+        gone = self._closing_gone
+        if gone is None or gone.done():  # the manager's close may call this twice
+            gone = self._closing_gone = asyncio.get_running_loop().create_future()
+        await gone
 
     def _interrupt(self) -> None:
         idle = {protocol for protocol, _ in self._idle()}

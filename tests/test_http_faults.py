@@ -7,6 +7,7 @@ import asyncio
 import gc
 import socket
 import ssl
+import threading
 import warnings
 
 import aiohttp
@@ -26,7 +27,17 @@ from asyncsp import (
 )
 from asyncsp._http_pool import HttpLayer
 
-from .servers import LOCAL, RawServer, fd_baseline, reset, server_context, wait_until
+from .servers import (
+    LOCAL,
+    RawServer,
+    ServerRecord,
+    ThreadedServer,
+    connected,
+    fd_baseline,
+    reset,
+    server_context,
+    wait_until,
+)
 from .test_http_support import Trusted, WebServer, endpoint_of, settled
 
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
@@ -513,3 +524,39 @@ async def test_a_tunnel_cut_off_during_its_setup_is_reset(
             await mgr.get(f"https://{LOCAL}:9/", timeout=0.3)
         assert await asyncio.wait_for(outcome, 5) == "reset"
         assert proxy.heads[0].startswith(f"CONNECT {LOCAL}:9 ".encode())
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["idle", "connection-close"])
+async def test_closing_the_manager_ends_tls_closes_the_peer_never_answers(
+    server_cert: trustme.LeafCert, trusted: Trusted, close: bool
+) -> None:
+    """A TLS peer that neither answers our close_notify nor closes its end would keep the
+    socket open for asyncio's 30 s shutdown timeout: the manager's close ends it at once,
+    both for a pooled connection and for one aiohttp closed after ``Connection: close``."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n%s\r\n" % (
+        b"Connection: close\r\n" if close else b""
+    )
+    done = threading.Event()
+
+    def handler(conn: socket.socket, record: ServerRecord) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += conn.recv(4096)
+        conn.sendall(head + b"ok")
+        done.wait(10)  # reads nothing more: our close_notify is never answered
+
+    with ThreadedServer(server_context(server_cert), handler) as server:
+        url = f"https://{LOCAL}:{server.port}/"
+        mgr = ConnectionManager(policy=trusted())
+        sp = mgr.find_service_point(url)
+        try:
+            assert await (await mgr.get(url)).text() == "ok"
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await mgr.aclose()
+            took = loop.time() - started
+            assert sp.current_connections == 0  # the socket is closed, not only counted so
+            assert connected(server.record.live_fds) == 0
+            assert took < 1.0, f"the manager's close took {took:.2f} s"
+        finally:
+            done.set()
