@@ -368,7 +368,11 @@ async def scripted(
     context = server_context(cert)
 
     def handler(conn: socket.socket, record: ServerRecord) -> None:
-        script(Control(conn, context, record))
+        control = Control(conn, context, record)
+        try:
+            script(control)
+        finally:
+            control.sock.close()  # after AUTH it is a TLS socket of its own (`conn` detached)
 
     server = ThreadedServer(context if implicit else None, handler).__enter__()
     try:
