@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import socket
 import ssl
 import threading
@@ -556,6 +557,43 @@ async def test_closing_the_manager_ends_tls_closes_the_peer_never_answers(
             await mgr.aclose()
             took = loop.time() - started
             assert sp.current_connections == 0  # the socket is closed, not only counted so
+            assert connected(server.record.live_fds) == 0
+            assert took < 1.0, f"the manager's close took {took:.2f} s"
+        finally:
+            done.set()
+
+
+async def test_closing_the_manager_ends_a_stalled_tls_upload(
+    server_cert: trustme.LeafCert, trusted: Trusted
+) -> None:
+    """An upload the peer stopped reading (our send buffer full, so not even a close_notify
+    could be written) ends with the manager's close: the request fails, no socket is left."""
+    loop = asyncio.get_running_loop()
+    head_read = asyncio.Event()
+    done = threading.Event()
+
+    def handler(conn: socket.socket, record: ServerRecord) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += conn.recv(4096)
+        loop.call_soon_threadsafe(head_read.set)
+        done.wait(10)  # reads no more of the body
+
+    with ThreadedServer(server_context(server_cert), handler) as server:
+        url = f"https://{LOCAL}:{server.port}/"
+        mgr = ConnectionManager(policy=trusted())
+        sp = mgr.find_service_point(url)
+        body = io.BytesIO(b"x" * (32 << 20))  # more than loopback's buffers hold
+        upload = asyncio.create_task(mgr.post(url, data=body))
+        try:
+            await asyncio.wait_for(head_read.wait(), 5)
+            started = loop.time()
+            await mgr.aclose()
+            took = loop.time() - started
+            with pytest.raises(ManagerClosedError):
+                await upload
+            assert body.tell() < 32 << 20  # it was stalled, not finished
+            assert sp.current_connections == 0
             assert connected(server.record.live_fds) == 0
             assert took < 1.0, f"the manager's close took {took:.2f} s"
         finally:
