@@ -16,6 +16,11 @@ before it to close), aiohttp (no resumption: its default) and aiohttp-core. The 
 cryptography is most of each connection's count, and the same in every client that does the
 same handshake.
 
+``--streams`` counts the byte runs of ``streams.py``: a TLS 1.3 stream through asyncsp and
+through ``asyncio.open_connection(ssl=)``, writing in 64 KiB and in 16 KiB writes (each
+followed by ``drain()``) to a sink, and reading 64 KiB at a time from a source; instructions
+per KiB, from a small and a large run (16 and 64 MiB).
+
 Instructions are not time (a cache miss costs more than an addition), but for the same Python
 on the same machine, code that runs fewer of them on the same path is cheaper; and the count
 is the same whatever else the machine is doing (a second run differs by a few hundred
@@ -24,6 +29,7 @@ instructions a request, from how the event loop's wake-ups fall).
     python benchmarks/instructions.py [--scheme http|https|both] [--requests 5000]
                                       [--base 1000] [--uvloop]
     python benchmarks/instructions.py --new-connections [--requests 300] [--base 100]
+    python benchmarks/instructions.py --streams [--requests 64] [--base 16]   # MiB
 
 ``--no-gc`` counts with the garbage collector off: the code's own work, without the
 collections, whose cost depends on when they fall (how many objects are alive at once, how
@@ -52,6 +58,7 @@ import trustme
 sys.path.insert(0, str(Path(__file__).parent))
 import http_client  # the clients and the server of the keep-alive benchmark
 import new_connections  # the clients of the new-connection benchmark
+import streams  # the clients and the servers of the stream benchmark
 from _loopback import https_servers
 
 from asyncsp import SecurityProtocol
@@ -64,6 +71,12 @@ CONNECTION_CLIENTS = (
     "aiohttp",
     "aiohttp-core",
 )
+STREAM_CLIENTS = ("asyncsp", "asyncio")
+STREAM_CASES = {
+    "write 64 KiB": (streams.write_bytes, 65536),
+    "write 16 KiB": (streams.write_bytes, 16384),
+    "read 64 KiB": (streams.read_bytes, 65536),
+}
 CONCURRENCY = 10
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 _VERSIONS = {
@@ -98,6 +111,14 @@ async def _connections(name: str, url: str, connections: int, cafile: str, versi
         "aiohttp-core": lambda: new_connections.make_aiohttp_core(cafile, protocols),
     }[name]()
     await run(url, connections)
+
+
+async def _stream_bytes(name: str, port: int, mib: int, ca_pem: str, case: str) -> None:
+    client, timeout = streams.CLIENTS[name]
+    body, size = STREAM_CASES[case]
+    async with client(ca_pem, 10, timeout) as open_:
+        async with open_("127.0.0.1", port, True) as conn:
+            await body(conn, mib * 2**20, size)
 
 
 def count(worker: list[str]) -> int:
@@ -143,6 +164,8 @@ def run_worker(argv: list[str]) -> None:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         if kind == "keep-alive":
             runner.run(_requests(name, url, int(n), Path(cafile).read_text()))
+        elif kind == "streams":
+            runner.run(_stream_bytes(name, int(url), int(n), Path(cafile).read_text(), extra))
         else:
             runner.run(_connections(name, url, int(n), cafile, extra))
 
@@ -206,12 +229,36 @@ def new_connection(args: argparse.Namespace) -> None:
             )
 
 
+def stream_bytes(args: argparse.Namespace) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    with tempfile.TemporaryDirectory() as tmp:
+        cafile, cert, key = (str(Path(tmp, name)) for name in ("ca.pem", "cert.pem", "key.pem"))
+        ca.cert_pem.write_to_path(cafile)
+        leaf.private_key_pem.write_to_path(key)
+        leaf.cert_chain_pems[0].write_to_path(cert)
+        with streams.servers(cert, key) as (sink_port, _, _, _):
+            print(f"{ssl.OPENSSL_VERSION}, Python {sys.version.split()[0]}")
+            for case in STREAM_CASES:
+                counts = {}
+                for name in STREAM_CLIENTS:
+                    worker = ["streams", name, str(sink_port), "{n}", cafile, case, args.gc]
+                    counts[name] = per_unit(worker, args.base, args.requests) / 1024
+                    print(f"  {case} {name:8} {counts[name]:9.0f} instructions/KiB")
+                mine, peer = counts["asyncsp"], counts["asyncio"]
+                print(
+                    f"TLS 1.3 stream, {case}, collector {args.gc}: asyncsp/asyncio "
+                    f"{mine / peer:.3f} (lower is cheaper), {mine - peer:+,.0f} instructions/KiB"
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scheme", choices=["http", "https", "both"], default="both")
     parser.add_argument("--new-connections", action="store_true", help="count new connections")
     parser.add_argument("--requests", type=int, help="GETs in the large run (5000; 300 new)")
     parser.add_argument("--base", type=int, help="GETs in the small run (1000; 100 new)")
+    parser.add_argument("--streams", action="store_true", help="count TLS stream bytes")
     parser.add_argument("--no-gc", action="store_true", help="count with the collector off")
     parser.add_argument("--uvloop", action="store_true", help="run the clients under uvloop")
     parser.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
@@ -222,6 +269,13 @@ def main() -> None:
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
     args.gc = "off" if args.no_gc else "on"
+    if args.streams:  # MiB
+        args.requests = args.requests or 64
+        args.base = args.base or 16
+        if not 0 < args.base < args.requests:
+            sys.exit("need 0 < --base < --requests")
+        stream_bytes(args)
+        return
     if args.new_connections:
         args.requests = args.requests or 300
         args.base = args.base or 100
