@@ -433,11 +433,11 @@ class Connector:
         """End the TLS closes still waiting for the peer's close_notify, and wait until their
         sockets are gone: the manager's close returns with every socket closed.
 
-        asyncio waits up to 30 s for a peer's close_notify (RFC 8446 §6.1 does not ask a
-        client to), and a peer that neither sends one nor closes its end would keep the
-        socket open that long. Ours is out: shutting down the receiving side ends the wait
-        (as if the peer had closed) and sends nothing, so the close still ends the connection
-        with a FIN, or a reset where `_interrupt` asked for one.
+        asyncio waits up to 30 s for the peer's close_notify (RFC 8446 §6.1 lets a closing
+        side skip that wait), so a peer that neither answers nor closes its end would keep the
+        socket open that long. Shutting down the receiving side ends the wait (as if the peer
+        had closed) and sends nothing, so the connection still ends with a FIN, or a reset
+        where `_interrupt` asked for one.
         """
         for ticket in list(self._tickets.values()):
             protocol = ticket.protocol
